@@ -1,0 +1,1 @@
+"""cpjax: learned image compositing in JAX/Flax."""

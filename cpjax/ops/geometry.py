@@ -1,0 +1,220 @@
+"""Geometric operations on device: crops, 4-point homographies, homography and affine warps.
+
+Two coordinate conventions, related by x_index = x_continuous - 0.5:
+  * continuous (`crop_and_resize`, `cpjax.ops.masks`): pixel (row i, column j) covers
+    [i, i + 1) x [j, j + 1), so its centre is at (i + 0.5, j + 0.5); boxes are given by their edges.
+  * index, OpenCV's (`bilinear_sample`, `homography_from_points`, `warp_perspective`,
+    `affine_warp`, `random_homography`): integer coordinates are pixel centres, pixel (i, j) is
+    at (x=j, y=i), and the image spans [-0.5, W - 0.5] x [-0.5, H - 0.5]. Matrices therefore
+    mean the same as in cv2.getPerspectiveTransform / cv2.warpPerspective / cv2.warpAffine
+    and can be exchanged with OpenCV unchanged. Points are (x, y) = (column, row), as in OpenCV.
+A matrix A in index coordinates is S A S^-1 in continuous ones, with S a translation by +0.5.
+
+Fill modes for samples that fall outside the image (names as in `np.pad`):
+  'reflect'   d c b | a b c d | c b a  (cv2.BORDER_REFLECT_101, scipy 'mirror')
+  'symmetric' c b a | a b c d | d c b  (cv2.BORDER_REFLECT, scipy 'reflect')
+  'edge'      a a a | a b c d | d d d  (cv2.BORDER_REPLICATE)
+  'constant'  0 0 0 | a b c d | 0 0 0  (cv2.BORDER_CONSTANT with value 0)
+As in OpenCV, a bilinear sample mixes the four neighbours after each one has been mapped by the
+fill mode, so 'constant' fades to 0 over the last pixel.
+
+All functions work on one example (no batch axis); use `jax.vmap` for batches.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Our fill names -> jax.scipy.ndimage.map_coordinates modes.
+_FILL_MODES = {"reflect": "mirror", "symmetric": "reflect", "edge": "nearest",
+               "constant": "constant"}
+FILLS = tuple(_FILL_MODES)
+
+
+def crop_and_resize(image: jax.Array, box: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """Bilinearly resamples the box of an image to a fixed size (differentiable w.r.t. image).
+
+  Args:
+    image: [H, W, C] float.
+    box: [4] (y0, x0, y1, x1) in continuous pixel coordinates (see module docstring); it may
+      extend past the image, where the nearest edge pixels are repeated.
+    size: (h, w) of the output.
+
+  Returns:
+    [h, w, C] float, the same dtype as image.
+  """
+  out_h, out_w = size
+  y0, x0, y1, x1 = box[0], box[1], box[2], box[3]
+  scale = jnp.stack([out_h / jnp.maximum(y1 - y0, 1e-3), out_w / jnp.maximum(x1 - x0, 1e-3)])
+  translation = -jnp.stack([y0, x0]) * scale
+  return jax.image.scale_and_translate(
+      image, (out_h, out_w, image.shape[-1]), spatial_dims=(0, 1), scale=scale,
+      translation=translation, method="linear", antialias=False)
+
+
+def _normalizing_transform(points: jax.Array) -> jax.Array:
+  """Hartley normalisation: [3, 3] similarity moving points to mean 0, mean distance sqrt(2)."""
+  centre = jnp.mean(points, axis=0)
+  dist = jnp.mean(jnp.linalg.norm(points - centre, axis=-1))
+  scale = jnp.sqrt(2.0) / jnp.maximum(dist, 1e-8)
+  return jnp.array([[scale, 0.0, -scale * centre[0]],
+                    [0.0, scale, -scale * centre[1]],
+                    [0.0, 0.0, 1.0]], dtype=points.dtype)
+
+
+def _apply_h(h: jax.Array, points: jax.Array) -> jax.Array:
+  """Applies a [3, 3] homography to [N, 2] (x, y) points (no guard against w = 0)."""
+  p = points @ h[:, :2].T + h[:, 2]
+  return p[:, :2] / p[:, 2:]
+
+
+def homography_from_points(src: jax.Array, dst: jax.Array) -> jax.Array:
+  """The homography H with H src_i ~ dst_i and H[2, 2] = 1 (cv2.getPerspectiveTransform).
+
+  Solves the 2N x 8 linear system of the correspondences by least squares (paper sec. 3.1.2),
+  on Hartley-normalised points so that float32 is accurate; exact for N = 4 points in general
+  position.
+
+  Args:
+    src: [N, 2] (x, y) points, N >= 4, any coordinate convention (used as given).
+    dst: [N, 2] (x, y) points.
+
+  Returns:
+    [3, 3] float32 H mapping src to dst (homogeneous, H[2, 2] = 1).
+  """
+  src = jnp.asarray(src, jnp.float32)
+  dst = jnp.asarray(dst, jnp.float32)
+  t_src, t_dst = _normalizing_transform(src), _normalizing_transform(dst)
+  s, d = _apply_h(t_src, src), _apply_h(t_dst, dst)
+  x, y, u, v = s[:, 0], s[:, 1], d[:, 0], d[:, 1]
+  one, zero = jnp.ones_like(x), jnp.zeros_like(x)
+  rows_u = jnp.stack([x, y, one, zero, zero, zero, -u * x, -u * y], -1)
+  rows_v = jnp.stack([zero, zero, zero, x, y, one, -v * x, -v * y], -1)
+  a = jnp.concatenate([rows_u, rows_v], 0)
+  b = jnp.concatenate([u, v], 0)
+  coef = jnp.linalg.lstsq(a, b)[0]
+  h_norm = jnp.append(coef, 1.0).reshape(3, 3)
+  h = jnp.linalg.inv(t_dst) @ h_norm @ t_src
+  return h / h[2, 2]
+
+
+def bilinear_sample(image: jax.Array, ys: jax.Array, xs: jax.Array,
+                    fill: str = "reflect") -> jax.Array:
+  """Samples an image bilinearly at real-valued index coordinates (integer = pixel centre).
+
+  Uses jax.scipy.ndimage.map_coordinates (order 1) per channel; differentiable w.r.t. the
+  image and the coordinates.
+
+  Args:
+    image: [H, W, C] float.
+    ys, xs: [...] row and column coordinates (same shape), index convention.
+    fill: what is read outside the image: 'reflect', 'symmetric', 'edge' or 'constant' (0);
+      see the module docstring.
+
+  Returns:
+    [..., C] float, the dtype of image.
+  """
+  if fill not in _FILL_MODES:
+    raise ValueError(f"cpjax.ops.geometry: fill={fill!r}; use one of {FILLS}.")
+  mode = _FILL_MODES[fill]
+  sample = lambda channel: jax.scipy.ndimage.map_coordinates(
+      channel, [ys, xs], order=1, mode=mode, cval=0.0)
+  return jax.vmap(sample, in_axes=-1, out_axes=-1)(image)
+
+
+def _pixel_grid(height: int, width: int) -> tuple[jax.Array, jax.Array]:
+  """Index coordinates (ys, xs), each [height, width] float32, of all pixel centres."""
+  ys, xs = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
+                        jnp.arange(width, dtype=jnp.float32), indexing="ij")
+  return ys, xs
+
+
+def warp_perspective(image: jax.Array, h: jax.Array, fill: str = "reflect") -> jax.Array:
+  """Warps an image by a homography: out(p) = image(h^-1 p), like cv2.warpPerspective.
+
+  Same result as `cv2.warpPerspective(image, h, (W, H), flags=cv2.INTER_LINEAR,
+  borderMode=...)` (up to OpenCV's 1/32-pixel quantisation of sample positions): `h` maps input
+  to output index coordinates (integer = pixel centre, (x, y) order).
+
+  Args:
+    image: [H, W, C] float.
+    h: [3, 3] homography, input -> output.
+    fill: what fills output pixels whose source lies outside the image (module docstring).
+      The default 'reflect' (BORDER_REFLECT_101) fills them with mirrored content, as the
+      paper intends (content gets lost and duplicated), instead of black borders that a
+      network could trivially detect.
+
+  Returns:
+    [H, W, C] float, the dtype of image.
+  """
+  height, width = image.shape[-3], image.shape[-2]
+  ys, xs = _pixel_grid(height, width)
+  h_inv = jnp.linalg.inv(jnp.asarray(h, jnp.float32))
+  u = h_inv[0, 0] * xs + h_inv[0, 1] * ys + h_inv[0, 2]
+  v = h_inv[1, 0] * xs + h_inv[1, 1] * ys + h_inv[1, 2]
+  w = h_inv[2, 0] * xs + h_inv[2, 1] * ys + h_inv[2, 2]
+  w = jnp.where(jnp.abs(w) < 1e-8, jnp.where(w < 0, -1e-8, 1e-8), w)
+  return bilinear_sample(image, v / w, u / w, fill)
+
+
+def affine_warp(image: jax.Array, matrix: jax.Array, fill: str = "reflect") -> jax.Array:
+  """Warps an image by an affine map: out(p) = image(A^-1 p), like cv2.warpAffine.
+
+  Same result as `cv2.warpAffine(image, matrix, (W, H), flags=cv2.INTER_LINEAR,
+  borderMode=...)` (up to OpenCV's 1/32-pixel quantisation).
+
+  Args:
+    image: [H, W, C] float.
+    matrix: [2, 3] affine map, input -> output index coordinates ((x, y) order).
+    fill: what fills output pixels whose source lies outside the image (module docstring).
+
+  Returns:
+    [H, W, C] float, the dtype of image.
+  """
+  matrix = jnp.asarray(matrix, jnp.float32)
+  h = jnp.concatenate([matrix, jnp.array([[0.0, 0.0, 1.0]], jnp.float32)], axis=0)
+  return warp_perspective(image, h, fill)
+
+
+def image_corners(height: int, width: int) -> jax.Array:
+  """[4, 2] (x, y) index coordinates of the four corner pixels' centres, clockwise from (0, 0)."""
+  return jnp.array([[0.0, 0.0], [width - 1.0, 0.0], [width - 1.0, height - 1.0],
+                    [0.0, height - 1.0]], jnp.float32)
+
+
+def random_homography(key: jax.Array, height: int, width: int,
+                      sigma: float | jax.Array) -> jax.Array:
+  """A random homography near the identity (paper sec. 3.1.2).
+
+  Each of the 4 corner pixels p_i (index coordinates) moves to p_i + o_i, with every coordinate
+  of o_i drawn independently from U(-sigma, sigma) pixels; H solves p_i -> p_i + o_i.
+
+  Args:
+    key: PRNG key.
+    height, width: image size.
+    sigma: maximum corner offset in pixels (paper: 15 at 512 px); 0 gives the identity.
+
+  Returns:
+    [3, 3] float32 H, input -> output, H[2, 2] = 1.
+  """
+  corners = image_corners(height, width)
+  offsets = jax.random.uniform(key, (4, 2), jnp.float32, -1.0, 1.0) * sigma
+  return homography_from_points(corners, corners + offsets)
+
+
+def random_geometric(key: jax.Array, image: jax.Array, sigma: float | jax.Array,
+                     fill: str = "reflect") -> jax.Array:
+  """T_geometric: warps the image by `random_homography` (paper sec. 3.1.2).
+
+  Args:
+    key: PRNG key.
+    image: [H, W, C] float.
+    sigma: maximum corner offset in pixels.
+    fill: fill mode for content from outside the image (default 'reflect', see
+      `warp_perspective`).
+
+  Returns:
+    [H, W, C] float, the dtype of image.
+  """
+  height, width = image.shape[-3], image.shape[-2]
+  return warp_perspective(image, random_homography(key, height, width, sigma), fill)

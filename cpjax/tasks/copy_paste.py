@@ -1,0 +1,160 @@
+"""Smart, deep copy-paste (paper section 3): generator + conditional WGAN-GP critic.
+
+One train step, on the sharded global batch:
+  1. per-example keys -> on-device transform T and random mask M (`cpjax.ops.transform`):
+     X = (I (1 - M) + T(I) M, M);
+  2. `critic_steps` critic updates (default 1, on the same batch, fresh GP interpolates each):
+     L_D = E[D(Y)] - E[D(I)] + lambda GP + gamma E[D(I)^2]   (eq. 5 and the drift term of eq. 7);
+  3. one generator update: L_G = L1(Y, I) - alpha E[D(Y)], with Y = (G(X) + T(I)) M + I (1 - M).
+Eq. 7 writes the objective as L = L_rec + alpha L_WGAN-GP + gamma E[D(I)^2]; as in every WGAN-GP
+implementation the generator takes the E[D(Y)] part with the sign that raises the critic's score,
+and the critic minimises the rest (the authors' public GAN code does the same, REFERENCE.md).
+
+Config fields: model.generator_widths, model.dilations, model.critic_global_widths,
+model.critic_local_widths, model.critic_local_size, model.critic_dense, model.dtype;
+transform.* (`TransformConfig.from_dict`); loss.alpha, loss.gamma, loss.gp_lambda;
+optim.lr, optim.b1, optim.b2, optim.critic_steps; data.image_size.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from cpjax import losses, metrics
+from cpjax.models.copy_paste import CopyPasteGenerator
+from cpjax.models.critic import Critic
+from cpjax.ops.transform import TransformConfig, make_copy_paste_example
+from cpjax.tasks.base import Batch, Metrics, Task, example_keys
+
+_NOISE, _GP = 1, 2  # salts for batch-level keys (generator noise images, GP interpolation)
+
+
+@flax.struct.dataclass
+class GanState:
+  step: jax.Array
+  generator: Any
+  critic: Any
+  generator_opt: optax.OptState
+  critic_opt: optax.OptState
+
+
+def image_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  size = config.data.image_size
+  return (size, size) if isinstance(size, int) else tuple(size)
+
+
+class CopyPasteTask(Task):
+  """The copy-paste system as a task of the shared training loop."""
+
+  sample_columns = ("original", "cut_paste", "mask", "result")
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    m = config.model
+    dtype = jnp.dtype(m.dtype)
+    self.generator = CopyPasteGenerator(widths=tuple(m.generator_widths),
+                                        dilations=tuple(m.dilations), dtype=dtype)
+    self.critic = Critic(global_widths=tuple(m.critic_global_widths),
+                         local_widths=tuple(m.critic_local_widths),
+                         local_size=m.critic_local_size, dense_width=m.critic_dense, dtype=dtype)
+    self.transform = TransformConfig.from_dict(config.transform)
+    o = config.optim
+    self.generator_tx = optax.adam(o.lr, b1=o.b1, b2=o.b2)
+    self.critic_tx = optax.adam(o.lr, b1=o.b1, b2=o.b2)
+
+  def init(self, key: jax.Array) -> GanState:
+    h, w = image_size(self.config)
+    g_key, noise_key, d_key = jax.random.split(key, 3)
+    x = jnp.zeros((1, h, w, 4), jnp.float32)
+    g_params = self.generator.init({"params": g_key, "noise": noise_key}, x)["params"]
+    d_params = self.critic.init(d_key, jnp.zeros((1, h, w, 3)), x, jnp.ones((1, h, w, 1)))["params"]
+    return GanState(step=jnp.zeros((), jnp.int32), generator=g_params, critic=d_params,
+                    generator_opt=self.generator_tx.init(g_params),
+                    critic_opt=self.critic_tx.init(d_params))
+
+  def problems(self, batch: Batch, key: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
+    """Copy-paste problems built on device: image, source T(I), mask, composite, input X."""
+    images = batch["image"].astype(jnp.float32) / 255.0
+    keys = example_keys(key, step, batch["index"])
+    ex = jax.vmap(make_copy_paste_example, in_axes=(0, 0, None))(keys, images, self.transform)
+    ex["input"] = jnp.concatenate([ex["composite"], ex["mask"]], axis=-1)
+    return ex
+
+  def generate(self, params: Any, ex: dict[str, jax.Array], noise_key: jax.Array,
+               deterministic: bool = False) -> jax.Array:
+    """Y = (G(X) + T(I)) M + I (1 - M): [B, H, W, 3]."""
+    residual = self.generator.apply({"params": params}, ex["input"], deterministic=deterministic,
+                                    rngs={"noise": noise_key})
+    residual = residual.astype(jnp.float32)
+    return (residual + ex["source"]) * ex["mask"] + ex["image"] * (1.0 - ex["mask"])
+
+  def _score(self, params: Any, images: jax.Array, ex: dict[str, jax.Array]) -> jax.Array:
+    return self.critic.apply({"params": params}, images, ex["input"], ex["mask"]).astype(jnp.float32)
+
+  def _critic_update(self, state: GanState, ex: dict[str, jax.Array], fake: jax.Array,
+                     gp_key: jax.Array) -> tuple[GanState, Metrics]:
+    loss_cfg = self.config.loss
+
+    def critic_loss(params):
+      d_real = self._score(params, ex["image"], ex)
+      d_fake = self._score(params, fake, ex)
+      gp = losses.gradient_penalty(lambda z: self._score(params, z, ex), ex["image"], fake, gp_key)
+      loss = losses.wgan_gp_critic_loss(d_real, d_fake, gp, gp_lambda=loss_cfg.gp_lambda,
+                                        drift=loss_cfg.gamma)
+      return loss, {"critic_loss": loss, "gradient_penalty": gp,
+                    "wasserstein": jnp.mean(d_real) - jnp.mean(d_fake)}
+
+    grads, aux = jax.grad(critic_loss, has_aux=True)(state.critic)
+    updates, opt = self.critic_tx.update(grads, state.critic_opt, state.critic)
+    return state.replace(critic=optax.apply_updates(state.critic, updates), critic_opt=opt), aux
+
+  def train_step(self, state: GanState, batch: Batch, key: jax.Array) -> tuple[GanState, Metrics]:
+    ex = self.problems(batch, key, state.step)
+    step_key = jax.random.fold_in(key, state.step)
+    noise_key = jax.random.fold_in(step_key, _NOISE)
+    fake = jax.lax.stop_gradient(self.generate(state.generator, ex, noise_key))
+    critic_metrics: Metrics = {}
+    for i in range(self.config.optim.critic_steps):
+      gp_key = jax.random.fold_in(jax.random.fold_in(step_key, _GP), i)
+      state, critic_metrics = self._critic_update(state, ex, fake, gp_key)
+
+    def generator_loss(params):
+      y = self.generate(params, ex, noise_key)
+      rec = losses.l1(y, ex["image"])
+      adversarial = losses.wgan_generator_loss(self._score(state.critic, y, ex))
+      loss = rec + self.config.loss.alpha * adversarial
+      return loss, {"l1": rec, "generator_adversarial": adversarial}
+
+    (loss, g_metrics), grads = jax.value_and_grad(generator_loss, has_aux=True)(state.generator)
+    updates, opt = self.generator_tx.update(grads, state.generator_opt, state.generator)
+    state = state.replace(step=state.step + 1, generator=optax.apply_updates(state.generator, updates),
+                          generator_opt=opt)
+    return state, {"loss": loss, **g_metrics, **critic_metrics}
+
+  def _fixed_problems(self, state: GanState, batch: Batch,
+                      key: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
+    """Problems and results that depend only on (key, example index), not on the step."""
+    ex = self.problems(batch, key, jnp.zeros((), jnp.int32))
+    y = self.generate(state.generator, ex, jax.random.fold_in(key, _NOISE))
+    return ex, jnp.clip(y, 0.0, 1.0)
+
+  def eval_step(self, state: GanState, batch: Batch, key: jax.Array) -> Metrics:
+    """L1, PSNR, SSIM of Y vs I, beside the same for plain cut-and-paste (the composite)."""
+    ex, y = self._fixed_problems(state, batch, key)
+    out = {}
+    for name, pred in (("", y), ("cut_paste_", ex["composite"])):
+      out[f"{name}l1"] = metrics.l1_per_example(pred, ex["image"])
+      out[f"{name}psnr"] = metrics.psnr(pred, ex["image"])
+      out[f"{name}ssim"] = metrics.ssim(pred, ex["image"])
+    return out
+
+  def samples(self, state: GanState, batch: Batch, key: jax.Array) -> dict[str, jax.Array]:
+    """The same problems at every step, so successive grids show progress."""
+    ex, y = self._fixed_problems(state, batch, key)
+    return {"original": ex["image"], "cut_paste": ex["composite"],
+            "mask": jnp.broadcast_to(ex["mask"], ex["image"].shape), "result": y}

@@ -1,0 +1,32 @@
+"""Trainer fields every config starts from (`cpjax.train.trainer` reads them)."""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import types
+
+import ml_collections
+
+
+def trainer_config() -> ml_collections.ConfigDict:
+  """Defaults for the loop: seed, checkpoints, logging, evaluation, partitioning."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 1000
+  c.batch_size = 8                       # global, split over all devices and processes
+  c.fsdp = False                         # True: shard params + optimizer state over `data`
+  c.log_every_steps = 50
+  c.sample_every_steps = 1000            # 0 = never (a grid is still written at the end)
+  c.checkpoint = dict(every_steps=1000, max_to_keep=3, async_save=True)
+  c.eval = dict(source="", num_examples=64, batch_size=8, every_steps=0, step=-1, follow=False,
+                poll_secs=60.0, seed=1234)
+  return c
+
+
+def load_sibling(config_file: str, name: str) -> types.ModuleType:
+  """Loads `name.py` from the folder of `config_file` (configs build on each other)."""
+  path = pathlib.Path(config_file).with_name(f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"cpjax_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

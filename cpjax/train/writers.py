@@ -1,0 +1,88 @@
+"""What a person watches: console progress, TensorBoard event files, PNG sample grids.
+
+Only process 0 writes (`Writer(enabled=jax.process_index() == 0)`); on other processes every
+method is a no-op. TensorBoard files are written by tensorboardX, which needs no TensorFlow.
+"""
+from __future__ import annotations
+
+import pathlib
+import time
+
+import numpy as np
+from absl import logging
+from PIL import Image
+
+
+def image_grid(columns: dict[str, np.ndarray], max_rows: int = 8) -> np.ndarray:
+  """Tiles images into a grid: one row per example, one column per entry of `columns`.
+
+  Args:
+    columns: name -> [B, H, W, 3] float in [0, 1] (values outside are clipped).
+    max_rows: at most this many examples.
+
+  Returns:
+    uint8 [rows * H, len(columns) * W, 3].
+  """
+  arrays = [np.asarray(v, np.float32)[:max_rows] for v in columns.values()]
+  rows = [np.concatenate([a[i] for a in arrays], axis=1) for i in range(arrays[0].shape[0])]
+  grid = np.concatenate(rows, axis=0)
+  return np.round(np.clip(grid, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+class Progress:
+  """Steps/s, examples/s and ETA over the interval since the last report."""
+
+  def __init__(self, total_steps: int, global_batch_size: int, first_step: int):
+    self.total_steps, self.batch_size = total_steps, global_batch_size
+    self._last_step, self._last_time = first_step, time.perf_counter()
+
+  def report(self, step: int) -> dict[str, float]:
+    now = time.perf_counter()
+    steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    eta = (self.total_steps - step) / steps_per_sec if steps_per_sec > 0 else float("inf")
+    return {"steps_per_sec": steps_per_sec, "examples_per_sec": steps_per_sec * self.batch_size,
+            "eta_sec": eta}
+
+
+def format_eta(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+class Writer:
+  """TensorBoard scalars and images under `workdir/tensorboard/<name>`, PNGs under `samples/`."""
+
+  def __init__(self, workdir: str | pathlib.Path, name: str, *, enabled: bool):
+    self.enabled = enabled
+    self.workdir = pathlib.Path(workdir)
+    self._tb = None
+    if enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(str(self.workdir / "tensorboard" / name))
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    for name, value in values.items():
+      self._tb.add_scalar(name, float(value), step)
+    self._tb.flush()
+
+  def grid(self, step: int, name: str, columns: dict[str, np.ndarray]) -> pathlib.Path | None:
+    """Writes a sample grid as `samples/<name>_<step>.png` and to TensorBoard."""
+    if not self.enabled:
+      return None
+    grid = image_grid(columns)
+    path = self.workdir / "samples" / f"{name}_{step:08d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+    self._tb.add_image(name, grid, step, dataformats="HWC")
+    self._tb.flush()
+    logging.info("wrote %s (columns: %s)", path, ", ".join(columns))
+    return path
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()

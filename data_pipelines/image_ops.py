@@ -1,0 +1,204 @@
+"""Host-side uint8 image operations for the data pipelines (PIL and NumPy, one job each).
+
+Every function takes and returns uint8 arrays [H, W, 3] (RGB), the format the pipelines hand to
+the device; conversion to float32 [0, 1] happens on the device. Sizes are (height, width); an
+int size means a square.
+
+- `decode_image`: encoded bytes (PNG, JPEG, WebP, ...) -> RGB, with EXIF orientation applied.
+- `to_rgb`: any 2-D / 3-D image array (gray, gray + alpha, RGB, RGBA; uint8, uint16, bool or
+  float in [0, 1]) -> uint8 RGB. Alpha is dropped (transparent pixels keep their stored colour).
+- `resize`: to an exact size, antialiased bicubic (PIL).
+- `resized_shape` / `resize_to_spec`: the `resize` field of a data config: None (keep), an int
+  (shorter side to that size, aspect kept) or (h, w) (exact).
+- `cover`: upscale, aspect kept, so the image covers a crop size (never downscales).
+- `center_crop`, `random_crop`, `flip_left_right`.
+"""
+from __future__ import annotations
+
+import io
+import math
+from typing import Sequence, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+Size = Union[int, Sequence[int]]
+
+# Resampling filter for every resize: PIL's bicubic is antialiased when downscaling.
+_RESAMPLE = Image.Resampling.BICUBIC
+
+
+class DecodeError(ValueError):
+  """An image that cannot be read or decoded; `path` names it."""
+
+  def __init__(self, path: str, reason: str):
+    super().__init__(f"cannot decode image {path}: {reason}; remove or replace the file")
+    self.path = path
+    self.reason = reason
+
+  def __reduce__(self):  # picklable, so errors from grain worker processes arrive intact
+    return type(self), (self.path, self.reason)
+
+
+def pair(size: Size) -> tuple[int, int]:
+  """(height, width) from an int (square) or a (h, w) pair, checked to be positive."""
+  if isinstance(size, (int, np.integer)):
+    h = w = int(size)
+  else:
+    if len(size) != 2:
+      raise ValueError(f"image size {size!r} must be an int or (height, width)")
+    h, w = int(size[0]), int(size[1])
+  if h <= 0 or w <= 0:
+    raise ValueError(f"image size {size!r} must be positive")
+  return h, w
+
+
+def to_rgb(image: np.ndarray, path: str = "<array>") -> np.ndarray:
+  """Any image array -> uint8 [H, W, 3].
+
+  Args:
+    image: [H, W], [H, W, 1], [H, W, 2] (gray + alpha), [H, W, 3] or [H, W, 4] (RGBA); uint8,
+      uint16 (scaled by 1/257), bool, or float in [0, 1].
+    path: named in the error for an unsupported array.
+
+  Returns:
+    uint8 [H, W, 3]; gray is repeated over the channels, alpha is dropped.
+  """
+  x = np.asarray(image)
+  if x.ndim == 2:
+    x = x[:, :, None]
+  if x.ndim != 3 or x.shape[-1] not in (1, 2, 3, 4) or x.shape[0] == 0 or x.shape[1] == 0:
+    raise DecodeError(path, f"unsupported image array shape {x.shape}")
+  if x.shape[-1] in (2, 4):  # drop alpha
+    x = x[:, :, :-1]
+  if x.dtype == np.uint8:
+    pass
+  elif x.dtype == np.bool_:
+    x = x.astype(np.uint8) * 255
+  elif x.dtype == np.uint16:
+    x = ((x.astype(np.uint32) + 128) // 257).astype(np.uint8)
+  elif np.issubdtype(x.dtype, np.floating):
+    x = np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+  else:
+    raise DecodeError(path, f"unsupported image dtype {x.dtype}")
+  if x.shape[-1] == 1:
+    x = np.repeat(x, 3, axis=-1)
+  return np.ascontiguousarray(x)
+
+
+def decode_image(data: bytes, path: str = "<bytes>") -> np.ndarray:
+  """Encoded image bytes -> uint8 [H, W, 3] RGB.
+
+  Grayscale, palette, 16-bit and RGBA/LA images are converted (alpha dropped); the EXIF
+  orientation tag is applied, so photos come out upright.
+
+  Raises:
+    DecodeError: the bytes are not a readable image (the message names `path`).
+  """
+  try:
+    with Image.open(io.BytesIO(data)) as img:
+      img.load()
+      img = ImageOps.exif_transpose(img)
+      if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(img).astype(np.uint16 if img.mode != "I" else np.int64)
+        if array.dtype == np.int64:  # 32-bit integer PNGs hold 16-bit data in practice
+          array = np.clip(array, 0, 65535).astype(np.uint16)
+        return to_rgb(array, path)
+      if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+      if img.mode != "RGB":
+        img = img.convert("RGB")
+      return np.asarray(img, dtype=np.uint8).copy()
+  except DecodeError:
+    raise
+  except Image.UnidentifiedImageError as e:
+    raise DecodeError(path, "not an image in a format PIL can read") from e
+  except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise DecodeError(path, reason) from e
+
+
+def resize(image: np.ndarray, size: Size) -> np.ndarray:
+  """Resize uint8 [H, W, 3] to exactly `size` (antialiased bicubic); a no-op at the same size."""
+  h, w = pair(size)
+  if image.shape[:2] == (h, w):
+    return image
+  return np.asarray(Image.fromarray(image).resize((w, h), resample=_RESAMPLE), dtype=np.uint8)
+
+
+def resized_shape(height: int, width: int, spec: Size | None) -> tuple[int, int]:
+  """The (h, w) that a data config's `resize` field asks for.
+
+  Args:
+    height, width: the image size.
+    spec: None (keep the size), an int (shorter side to `spec`, aspect kept, the longer side
+      rounded) or (h, w) (exact).
+  """
+  if spec is None:
+    return height, width
+  if isinstance(spec, (int, np.integer)):
+    s = int(spec)
+    if s <= 0:
+      raise ValueError(f"resize {spec!r} must be positive")
+    if height <= width:
+      return s, max(1, round(width * s / height))
+    return max(1, round(height * s / width)), s
+  return pair(spec)
+
+
+def resize_to_spec(image: np.ndarray, spec: Size | None) -> np.ndarray:
+  """Apply a data config's `resize` field (see `resized_shape`) to uint8 [H, W, 3]."""
+  return resize(image, resized_shape(image.shape[0], image.shape[1], spec))
+
+
+def cover(image: np.ndarray, size: Size) -> np.ndarray:
+  """Upscale uint8 [H, W, 3], aspect kept, until it covers `size` = (h, w); never downscales.
+
+  The scale is max(h / H, w / W) (for a square crop: the shorter side becomes the crop size);
+  images that already cover the size are returned unchanged.
+  """
+  h, w = pair(size)
+  height, width = image.shape[:2]
+  if height >= h and width >= w:
+    return image
+  scale = max(h / height, w / width)
+  new_h = max(h, math.ceil(height * scale - 1e-6))
+  new_w = max(w, math.ceil(width * scale - 1e-6))
+  return resize(image, (new_h, new_w))
+
+
+def _check_covers(image: np.ndarray, h: int, w: int) -> None:
+  if image.shape[0] < h or image.shape[1] < w:
+    raise ValueError(f"image of size {image.shape[:2]} is smaller than the crop ({h}, {w}); "
+                     "call cover() first")
+
+
+def crop(image: np.ndarray, top: int, left: int, size: Size) -> np.ndarray:
+  """The window of `size` = (h, w) at (top, left) of [H, W, C]."""
+  h, w = pair(size)
+  _check_covers(image, h, w)
+  if not (0 <= top <= image.shape[0] - h and 0 <= left <= image.shape[1] - w):
+    raise ValueError(f"crop at ({top}, {left}) of size ({h}, {w}) leaves the image "
+                     f"{image.shape[:2]}")
+  return image[top:top + h, left:left + w]
+
+
+def center_crop(image: np.ndarray, size: Size) -> np.ndarray:
+  """The central window of `size`; an odd margin leaves the extra pixel at the bottom/right."""
+  h, w = pair(size)
+  _check_covers(image, h, w)
+  return crop(image, (image.shape[0] - h) // 2, (image.shape[1] - w) // 2, (h, w))
+
+
+def random_crop(image: np.ndarray, size: Size, rng: np.random.Generator) -> np.ndarray:
+  """A window of `size` at an offset drawn uniformly from `rng` (all offsets equally likely)."""
+  h, w = pair(size)
+  _check_covers(image, h, w)
+  top = int(rng.integers(0, image.shape[0] - h + 1))
+  left = int(rng.integers(0, image.shape[1] - w + 1))
+  return crop(image, top, left, (h, w))
+
+
+def flip_left_right(image: np.ndarray) -> np.ndarray:
+  """Mirror [H, W, C] horizontally (contiguous copy)."""
+  return np.ascontiguousarray(image[:, ::-1])

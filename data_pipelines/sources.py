@@ -1,0 +1,287 @@
+"""Image sources: random-access collections of RGB images, named by a spec string.
+
+A source has `len(source)` and `source[i] -> {'image': uint8 [H, W, 3], 'path': str}` (a grain
+RandomAccessDataSource), plus `source.path(i)` (the name of item i, without decoding it). Items
+are read and decoded on access, so a pipeline touches only the items it asks for. A source that
+cannot decode item i raises `DecodeError` (a ValueError whose message names the file); the
+training pipeline skips such items, evaluation stops on them. Sources are picklable (grain
+worker processes receive a copy).
+
+Spec strings (`make_source(spec)`, the `source` field of a data config):
+
+- `folder:/path` (or just `/path` for an existing directory): every *.jpg, *.jpeg, *.png and
+  *.webp file (case-insensitive) under /path, recursively, in sorted path order; other files
+  are ignored. Decoded with PIL: grayscale, palette and RGBA images become RGB (alpha dropped),
+  EXIF orientation is applied.
+- `cityscapes:/root:split`: the Cityscapes camera images
+  `/root/leftImg8bit/<split>/<city>/*_leftImg8bit.png` (split: train, val, test or
+  train_extra), sorted. Get `leftImg8bit_trainvaltest.zip` (and `leftImg8bit_trainextra.zip`
+  for train_extra) from https://www.cityscapes-dataset.com/downloads/ and unzip it into /root.
+- `tfds:NAME[/CONFIG][:VERSION]:SPLIT[@DATA_DIR]`: a TensorFlow Datasets dataset prepared in the
+  ArrayRecord format, read with `tfds.data_source` (random access, no TensorFlow needed);
+  SPLIT is any TFDS split string (`train`, `validation`, `train[:90%]`); DATA_DIR defaults to
+  TFDS's own ($TFDS_DATA_DIR or ~/tensorflow_datasets). The image is the feature `image_key`
+  (default 'image'), decoded here with PIL. Nothing is downloaded: prepare the dataset with
+  `tfds build NAME --file_format=array_record` on a machine with TensorFlow (or copy a prepared
+  ArrayRecord copy into DATA_DIR). Examples: `tfds:celeb_a_hq/256:train`,
+  `tfds:oxford_flowers102:train@/data/tfds`, `tfds:my_set:1.0.0:test@/tmp/tfds`.
+- `samples`, `samples:train`, `samples:eval`: the real RGB photos bundled with scikit-image (no
+  network): train = astronaut, rocket, hubble_deep_field, immunohistochemistry, retina,
+  motorcycle_left, motorcycle_right (7); eval = chelsea, coffee (2); `samples` = all 9, in that
+  order. Paths read `skimage.data.<name>` (the stereo pair `skimage.data.stereo_motorcycle[0]`
+  and `[1]`). For smoke tests and tiny configs.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Callable
+
+import numpy as np
+
+from data_pipelines import image_ops
+from data_pipelines.image_ops import DecodeError
+
+__all__ = ["DecodeError", "FileSource", "FolderSource", "CityscapesSource", "TfdsSource",
+           "SamplesSource", "make_source", "IMAGE_SUFFIXES", "SAMPLES_TRAIN", "SAMPLES_EVAL"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+CITYSCAPES_SPLITS = ("train", "val", "test", "train_extra")
+CITYSCAPES_URL = "https://www.cityscapes-dataset.com/downloads/"
+
+SAMPLES_TRAIN = ("astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+                 "motorcycle_left", "motorcycle_right")
+SAMPLES_EVAL = ("chelsea", "coffee")
+
+Example = dict[str, Any]
+
+
+class FileSource:
+  """Images from a fixed list of files, decoded with PIL on access."""
+
+  def __init__(self, paths: list[str], description: str):
+    self._paths = list(paths)
+    self._description = description
+
+  def __len__(self) -> int:
+    return len(self._paths)
+
+  def path(self, index: int) -> str:
+    return self._paths[index]
+
+  def __getitem__(self, index: int) -> Example:
+    path = self._paths[index]
+    try:
+      with open(path, "rb") as f:
+        data = f.read()
+    except OSError as e:
+      raise DecodeError(path, e.strerror or str(e)) from e
+    return {"image": image_ops.decode_image(data, path), "path": path}
+
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}({self._description}, {len(self)} images)"
+
+
+class FolderSource(FileSource):
+  """Every *.jpg, *.jpeg, *.png, *.webp (any case) under `root`, recursively, sorted by path."""
+
+  def __init__(self, root: str):
+    root = os.path.expanduser(root)
+    if not os.path.isdir(root):
+      what = "is not a directory" if os.path.exists(root) else "does not exist"
+      raise FileNotFoundError(f"image folder {root} {what}; set data.source to "
+                              "folder:/path/to/images")
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+      dirnames.sort()
+      paths.extend(os.path.join(dirpath, name) for name in filenames
+                   if name.lower().endswith(IMAGE_SUFFIXES))
+    paths.sort()
+    if not paths:
+      raise ValueError(f"no images found under {root} (searched *.jpg, *.jpeg, *.png, *.webp "
+                       "recursively)")
+    super().__init__(paths, root)
+
+
+class CityscapesSource(FileSource):
+  """Cityscapes camera images `root/leftImg8bit/<split>/<city>/*_leftImg8bit.png`, sorted."""
+
+  def __init__(self, root: str, split: str):
+    root = os.path.expanduser(root)
+    if split not in CITYSCAPES_SPLITS:
+      raise ValueError(f"unknown Cityscapes split {split!r}; use one of "
+                       f"{', '.join(CITYSCAPES_SPLITS)} (cityscapes:/root:split)")
+    split_dir = os.path.join(root, "leftImg8bit", split)
+    zip_name = "leftImg8bit_trainextra.zip" if split == "train_extra" else (
+        "leftImg8bit_trainvaltest.zip")
+    fix = (f"expected {split_dir}/<city>/*_leftImg8bit.png; download {zip_name} from "
+           f"{CITYSCAPES_URL} (free registration) and unzip it into {root}")
+    if not os.path.isdir(split_dir):
+      raise FileNotFoundError(f"Cityscapes {split} images not found: {split_dir} does not exist; "
+                              f"{fix}")
+    paths = []
+    for city in sorted(os.listdir(split_dir)):
+      city_dir = os.path.join(split_dir, city)
+      if os.path.isdir(city_dir):
+        paths.extend(os.path.join(city_dir, name) for name in os.listdir(city_dir)
+                     if name.endswith("_leftImg8bit.png"))
+    paths.sort()
+    if not paths:
+      raise ValueError(f"no Cityscapes images (*_leftImg8bit.png) under {split_dir}; {fix}")
+    super().__init__(paths, f"cityscapes {split} at {root}")
+
+
+class TfdsSource:
+  """A TFDS dataset prepared as ArrayRecord, read with `tfds.data_source` (no TensorFlow).
+
+  The image feature is read as encoded bytes (`tfds.decode.SkipDecoding`) and decoded with PIL,
+  so a corrupt record raises `DecodeError` like a corrupt file does. Nothing is downloaded.
+  """
+
+  def __init__(self, name: str, split: str, data_dir: str | None = None,
+               image_key: str = "image"):
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+    self._name, self._split, self._image_key = name, split, image_key
+    where = data_dir or "the default TFDS data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
+    base = name.split("/")[0].split(":")[0]
+    build = (f"tfds build {base} --file_format=array_record"
+             + (f" --data_dir={data_dir}" if data_dir else ""))
+    missing = (f"TFDS dataset {name} is not prepared in {where}; on a machine with TensorFlow "
+               f"run `{build}` (it downloads and prepares the data as ArrayRecord), then copy "
+               f"the prepared {base}/ folder into {data_dir or 'the data_dir'}")
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+      raise FileNotFoundError(missing) from e
+    except ValueError as e:
+      first = str(e).splitlines()[0].rstrip(": ")
+      raise ValueError(f"cannot open TFDS dataset {name} ({first}); check the name/config in "
+                       "tfds:NAME[/CONFIG][:VERSION]:SPLIT[@DATA_DIR]") from e
+    if not builder.is_prepared():
+      raise FileNotFoundError(missing)
+    file_format = builder.info.file_format
+    if file_format != tfds.core.FileFormat.ARRAY_RECORD:
+      fmt = getattr(file_format, "value", file_format)
+      raise ValueError(
+          f"TFDS dataset {name} in {builder.data_dir} is prepared as {fmt}, which has no random "
+          f"access; rebuild it with `{build}` (on a machine with TensorFlow) and use that copy")
+    features = builder.info.features
+    if image_key not in features:
+      raise ValueError(f"TFDS dataset {name} has no feature {image_key!r} (features: "
+                       f"{', '.join(sorted(features.keys()))}); set data.image_key")
+    try:
+      self._source = builder.as_data_source(
+          split=split, decoders={image_key: tfds.decode.SkipDecoding()})
+    except ValueError as e:
+      first = str(e).splitlines()[0]
+      raise ValueError(f"TFDS dataset {name}: bad split {split!r} ({first}); splits: "
+                       f"{', '.join(sorted(builder.info.splits.keys()))}") from e
+    if len(self._source) == 0:
+      raise ValueError(f"TFDS dataset {name} split {split} is empty; choose another split")
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def path(self, index: int) -> str:
+    return f"tfds:{self._name}:{self._split}[{index}]"
+
+  def __getitem__(self, index: int) -> Example:
+    path = self.path(index)
+    try:
+      record = self._source[index]
+    except Exception as e:  # a damaged ArrayRecord chunk or an undecodable feature
+      raise DecodeError(path, f"cannot read record ({e})") from e
+    value = record[self._image_key]
+    if isinstance(value, (bytes, np.bytes_)):
+      image = image_ops.decode_image(bytes(value), path)
+    else:
+      image = image_ops.to_rgb(value, path)
+    return {"image": image, "path": path}
+
+  def __repr__(self) -> str:
+    return f"TfdsSource({self._name}, {self._split}, {len(self)} images)"
+
+
+def _sample_loader(name: str) -> tuple[str, Callable[[], np.ndarray]]:
+  """(path, loader) of one bundled scikit-image photo."""
+  import skimage.data  # pylint: disable=import-outside-toplevel
+
+  if name == "motorcycle_left":
+    return "skimage.data.stereo_motorcycle[0]", lambda: skimage.data.stereo_motorcycle()[0]
+  if name == "motorcycle_right":
+    return "skimage.data.stereo_motorcycle[1]", lambda: skimage.data.stereo_motorcycle()[1]
+  return f"skimage.data.{name}", getattr(skimage.data, name)
+
+
+class SamplesSource:
+  """Real photos bundled with scikit-image (offline): split 'train', 'eval' or 'all'."""
+
+  def __init__(self, split: str = "all"):
+    names = {"train": SAMPLES_TRAIN, "eval": SAMPLES_EVAL,
+             "all": SAMPLES_TRAIN + SAMPLES_EVAL}.get(split)
+    if names is None:
+      raise ValueError(f"unknown samples split {split!r}; use samples, samples:train or "
+                       "samples:eval")
+    self._split, self._names = split, tuple(names)
+
+  def __len__(self) -> int:
+    return len(self._names)
+
+  def path(self, index: int) -> str:
+    return _sample_loader(self._names[index])[0]
+
+  def __getitem__(self, index: int) -> Example:
+    path, load = _sample_loader(self._names[index])
+    try:
+      image = load()
+    except Exception as e:  # e.g. a scikit-image release that no longer bundles the file
+      raise DecodeError(path, str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+    return {"image": image_ops.to_rgb(image, path), "path": path}
+
+  def __repr__(self) -> str:
+    return f"SamplesSource({self._split}, {len(self)} images)"
+
+
+_TFDS_SPEC = re.compile(
+    r"^(?P<name>[A-Za-z0-9_]+(?:/[A-Za-z0-9_.+\-]+)?(?::\d+\.\d+\.\d+)?)"
+    r":(?P<split>[^@]+?)(?:@(?P<data_dir>.+))?$")
+
+_FORMS = ("folder:/path, cityscapes:/root:split, tfds:NAME[/CONFIG][:VERSION]:SPLIT[@DATA_DIR], "
+          "samples, samples:train or samples:eval")
+
+
+def make_source(spec: str, *, image_key: str = "image"):
+  """The source a spec string names (see the module docstring for the forms).
+
+  Args:
+    spec: e.g. 'folder:/data/faces', 'cityscapes:/data/cityscapes:train',
+      'tfds:celeb_a_hq/256:train@/data/tfds', 'samples:train'.
+    image_key: the image feature of a TFDS dataset.
+
+  Returns:
+    A random-access source: len, [i] -> {'image': uint8 [H, W, 3], 'path': str}, path(i).
+  """
+  if not isinstance(spec, str) or not spec.strip():
+    raise ValueError(f"empty data source {spec!r}; set data.source to one of: {_FORMS}")
+  spec = spec.strip()
+  scheme, sep, rest = spec.partition(":")
+  if scheme == "folder" and sep:
+    return FolderSource(rest)
+  if scheme == "cityscapes" and sep:
+    root, sep2, split = rest.rpartition(":")
+    if not sep2 or not root:
+      raise ValueError(f"bad Cityscapes source {spec!r}; write cityscapes:/root:split with split "
+                       f"one of {', '.join(CITYSCAPES_SPLITS)}")
+    return CityscapesSource(root, split)
+  if scheme == "tfds" and sep:
+    match = _TFDS_SPEC.match(rest)
+    if not match:
+      raise ValueError(f"bad TFDS source {spec!r}; write tfds:NAME[/CONFIG][:VERSION]:SPLIT"
+                       "[@DATA_DIR], e.g. tfds:celeb_a_hq/256:train@/data/tfds")
+    return TfdsSource(match["name"], match["split"], match["data_dir"], image_key=image_key)
+  if scheme == "samples":
+    return SamplesSource(rest if sep else "all")
+  if spec.startswith(("/", ".", "~")) or os.path.isdir(os.path.expanduser(spec)):
+    return FolderSource(spec)
+  raise ValueError(f"unknown data source {spec!r}; use one of: {_FORMS}")

@@ -1,0 +1,33 @@
+"""Test session setup: 8 simulated CPU devices, set before JAX starts.
+
+Tests that need one device build a mesh over `jax.devices()[:1]`; multi-process tests start
+their own subprocesses with their own flags.
+"""
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One compilation cache for the session and the subprocesses it starts: runs of the same config
+# on the same devices compile once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      __import__("tempfile").mkdtemp(prefix="cpjax_test_jax_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+import jax  # noqa: E402  (after the flags above)
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def rng() -> jax.Array:
+  """A fixed PRNG key, so every test is reproducible."""
+  return jax.random.key(0)
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def load_config(name: str, variant: str = ""):
+  """configs/<name>.py's get_config(variant), loaded the way `cpjax.main` loads it (by path)."""
+  from cpjax.train import defaults  # pylint: disable=g-import-not-at-top
+  return defaults.load_sibling(str(REPO / "configs" / "x.py"), name).get_config(variant)

@@ -1,0 +1,180 @@
+"""Tests of cpjax.layers: pixel_norm (paper eq. 4), NoiseInjection (StyleGAN), ConvAct.
+
+Parameters are filled from NumPy after `jax.eval_shape(init)`: on XLA:CPU each small
+`jax.random` draw of a new shape takes seconds to compile, and these tests check layers, not
+initialisers.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cpjax import layers
+
+
+def _numpy_params(shapes, seed: int = 0):
+  """Random parameters of the given shape tree: kernels ~ N(0, 1 / fan_in), others ~ N(0, 0.1)."""
+  r = np.random.default_rng(seed)
+
+  def fill(path, s):
+    if path[-1].key == "kernel":
+      return jnp.asarray(r.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1])), s.dtype)
+    return jnp.asarray(0.1 * r.normal(size=s.shape), s.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def _leaky(x, slope=0.2):
+  return np.where(x >= 0, x, slope * x)
+
+
+def _np_pixel_norm(x):
+  return x / np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True) + 1e-8)
+
+
+# pixel_norm
+
+
+def test_pixel_norm_matches_numpy():
+  """pixel_norm equals x / sqrt(mean_c(x^2) + 1e-8) computed in float64 NumPy, to 1e-6."""
+  x = (3.0 * np.random.default_rng(0).normal(size=(2, 5, 6, 7))).astype(np.float32)
+  expected = _np_pixel_norm(x.astype(np.float64))
+  np.testing.assert_allclose(np.asarray(layers.pixel_norm(jnp.asarray(x))), expected,
+                             rtol=1e-6, atol=1e-6)
+
+
+def test_pixel_norm_unit_mean_square_per_pixel():
+  """After pixel_norm every pixel's mean square over channels is 1, whatever its scale
+  (scales 1e-1 .. 1e3 per pixel; far below, eps = 1e-8 starts to matter), so it normalises
+  over channels, not over space or batch."""
+  r = np.random.default_rng(1)
+  scale = 10.0**r.uniform(-1, 3, size=(3, 4, 4, 1))
+  x = jnp.asarray(r.normal(size=(3, 4, 4, 16)) * scale, jnp.float32)
+  ms = np.mean(np.square(np.asarray(layers.pixel_norm(x))), axis=-1)
+  np.testing.assert_allclose(ms, 1.0, rtol=1e-5)
+
+
+def test_pixel_norm_zero_and_dtype():
+  """A zero feature vector stays zero (eps prevents 0/0), and bf16 in gives bf16 out."""
+  y = layers.pixel_norm(jnp.zeros((1, 2, 2, 3)))
+  assert np.all(np.asarray(y) == 0.0)
+  assert layers.pixel_norm(jnp.ones((1, 2, 2, 3), jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+# NoiseInjection
+
+
+def _noise_out(x, weight, key, deterministic=False):
+  variables = {"params": {"weight": jnp.asarray(weight, jnp.float32)}}
+  rngs = {} if deterministic else {"noise": key}
+  return layers.NoiseInjection().apply(variables, x, deterministic=deterministic, rngs=rngs)
+
+
+def test_noise_injection_zero_init_is_identity(rng):
+  """The weight is initialised to zeros [C], so a fresh layer returns its input exactly."""
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 8, 8, 5)), jnp.float32)
+  variables = layers.NoiseInjection().init({"params": rng, "noise": rng}, x)
+  assert variables["params"]["weight"].shape == (5,)
+  assert np.all(np.asarray(variables["params"]["weight"]) == 0.0)
+  out = layers.NoiseInjection().apply(variables, x, rngs={"noise": jax.random.key(7)})
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
+
+
+def test_noise_injection_one_image_broadcast_over_channels(rng):
+  """With weight w, out - x = w[c] * n with one N(0, 1) image n per example shared by all
+  channels: (out - x) / w is identical across channels, ~N(0, 1), and differs per example."""
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 32, 32, 3)), jnp.float32)
+  w = np.array([1.0, -2.0, 0.5], np.float32)
+  n = (np.asarray(_noise_out(x, w, rng)) - np.asarray(x)) / w
+  np.testing.assert_allclose(n[..., 1], n[..., 0], atol=1e-5)
+  np.testing.assert_allclose(n[..., 2], n[..., 0], atol=1e-5)
+  assert abs(n[..., 0].mean()) < 0.1 and abs(n[..., 0].std() - 1.0) < 0.1
+  assert not np.allclose(n[0, ..., 0], n[1, ..., 0])
+
+
+def test_noise_injection_deterministic_adds_nothing():
+  """deterministic=True returns the input unchanged even with a non-zero weight, and needs no
+  'noise' rng (it would raise if it tried to draw)."""
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 8, 8, 3)), jnp.float32)
+  out = _noise_out(x, [1.0, 2.0, 3.0], None, deterministic=True)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
+
+
+def test_noise_injection_keys():
+  """The same key reproduces the noise; a different key gives different noise."""
+  x = jnp.zeros((1, 8, 8, 2))
+  w = [1.0, 1.0]
+  a = np.asarray(_noise_out(x, w, jax.random.key(1)))
+  b = np.asarray(_noise_out(x, w, jax.random.key(1)))
+  c = np.asarray(_noise_out(x, w, jax.random.key(2)))
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(a - c).mean() > 0.5  # independent N(0, 1): mean |a - c| ~ 1.13
+
+
+# ConvAct
+
+
+def _np_conv(x, k, b, stride, dilation):
+  """Direct NumPy conv with symmetric padding dilation * (kh - 1) // 2."""
+  kh = k.shape[0]
+  pad = dilation * (kh - 1) // 2
+  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  out_h = (xp.shape[1] - dilation * (kh - 1) - 1) // stride + 1
+  out_w = (xp.shape[2] - dilation * (kh - 1) - 1) // stride + 1
+  out = np.zeros((x.shape[0], out_h, out_w, k.shape[-1]))
+  for i in range(out_h):
+    for j in range(out_w):
+      for di in range(kh):
+        for dj in range(kh):
+          out[:, i, j] += xp[:, i * stride + di * dilation, j * stride + dj * dilation] @ k[di, dj]
+  return out + b
+
+
+@pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 1), (1, 2)])
+def test_conv_act_matches_numpy(stride, dilation):
+  """ConvAct = pixel_norm(leaky_relu_0.2(conv)) with symmetric padding, against a direct
+  NumPy conv: checks padding (PyTorch padding=1 / =dilation), stride, dilation and slope."""
+  x = np.random.default_rng(5).normal(size=(2, 6, 6, 3)).astype(np.float32)
+  module = layers.ConvAct(4, strides=stride, dilation=dilation)
+  params = _numpy_params(jax.eval_shape(module.init, jax.random.key(0), jnp.asarray(x)))
+  out = np.asarray(module.apply(params, jnp.asarray(x)))
+  p = params["params"]["conv"]
+  ref = _np_conv(x.astype(np.float64), np.asarray(p["kernel"], np.float64),
+                 np.asarray(p["bias"], np.float64), stride, dilation)
+  expected = _np_pixel_norm(_leaky(ref))
+  assert out.shape == (2, 6 // stride, 6 // stride, 4)
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_act_transpose_with_noise_matches_numpy():
+  """The 4x4 stride-2 transposed conv doubles the size and follows out[2i + 2 - t] += x[i] k[t]
+  per axis (PyTorch ConvTranspose2d(4, 2, padding=1) with a flipped kernel); with
+  deterministic=True the noise layer adds nothing; the noise weight is a child 'noise'."""
+  x = np.random.default_rng(6).normal(size=(1, 3, 4, 2)).astype(np.float32)
+  module = layers.ConvAct(3, kernel_size=4, strides=2, transpose=True, noise=True)
+  shapes = jax.eval_shape(lambda k: module.init(k, jnp.asarray(x), deterministic=True),
+                          jax.random.key(0))
+  assert shapes["params"]["noise"]["weight"].shape == (3,)
+  params = _numpy_params(shapes)
+  out = np.asarray(module.apply(params, jnp.asarray(x), deterministic=True))
+  k = np.asarray(params["params"]["conv"]["kernel"], np.float64)
+  b = np.asarray(params["params"]["conv"]["bias"], np.float64)
+  full = np.zeros((1, 2 * 3 + 4, 2 * 4 + 4, 3))  # out index + 2 offset, room for the borders
+  for i in range(3):
+    for j in range(4):
+      for ti in range(4):
+        for tj in range(4):
+          full[0, 2 * i + 2 - ti + 2, 2 * j + 2 - tj + 2] += x[0, i, j] @ k[ti, tj]
+  ref = full[:, 2:2 + 6, 2:2 + 8] + b
+  assert out.shape == (1, 6, 8, 3)
+  np.testing.assert_allclose(out, _np_pixel_norm(_leaky(ref)), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_act_threads_dtypes():
+  """dtype sets the compute (output) dtype, param_dtype the parameters' dtype."""
+  module = layers.ConvAct(4, noise=True, dtype=jnp.bfloat16, param_dtype=jnp.float32)
+  x = jnp.zeros((1, 4, 4, 2))
+  out, variables = jax.eval_shape(
+      lambda k: module.init_with_output(k, x, deterministic=True), jax.random.key(0))
+  assert out.dtype == jnp.bfloat16
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
