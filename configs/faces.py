@@ -38,6 +38,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model = dict(
       generator_widths=(64, 128, 256, 512),   # stem, then 3 stride-2 levels: 512 px -> 64 px x 512
       dilations=(2, 2, 4, 4, 8, 8, 16),       # 7 dilated 3x3 convs, rates rising to 16
+      noise="layers",                         # noise addition after each transposed conv
       critic_global_widths=(64, 128, 256, 512, 512, 512),
       critic_local_widths=(64, 128, 256, 512, 512),
       critic_local_size=256,
@@ -74,4 +75,4 @@ def shrink_for_tests(c: ml_collections.ConfigDict, *, image_size: int, source: s
   c.sample_every_steps = 0
   c.checkpoint.every_steps = 2
   c.eval.source = "samples:eval"
-  c.eval.num_examples, c.eval.batch_size = 8, 8
+  c.eval.num_examples, c.eval.repeats, c.eval.batch_size = 8, 4, 8

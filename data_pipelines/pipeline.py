@@ -18,8 +18,11 @@ works too and missing fields take the defaults):
   prefetch      batches prepared ahead (per worker with workers > 0); also the number of reader
                 threads; 0 reads synchronously.                            default 2
   image_key     image feature of a TFDS source.                            default 'image'
-  max_examples  evaluation only: use the first max_examples of the source (None = all).
+  max_examples  evaluation only: use the first max_examples examples (None = all).
                                                                            default None
+  repeats       evaluation only: each item yields this many consecutive examples with distinct
+                'index' (tasks that draw random problems per example, like copy-paste, then
+                evaluate several problems per held-out image).             default 1
 
 Per example: decode (the source) -> `resize` -> if smaller than `image_size`, upscale (aspect
 kept) until it covers it (the shorter side of a square crop becomes the crop size) -> crop ->
@@ -44,10 +47,11 @@ each bad path once per process. If no item decodes the pipeline raises. The iter
 `DatasetIterator`: `get_state()` / `set_state()` save and restore the position (also with
 workers > 0), so a restarted run continues the same stream.
 
-Evaluation (`eval_dataset`, `eval_batches`): items 0 .. N-1 in source order (no shuffle),
+Evaluation (`eval_dataset`, `eval_batches`): examples 0 .. N-1 (example j is item
+j // repeats) in source order (no shuffle),
 center crop, no flip, the same contiguous split of each global batch over processes; the last
 global batch is padded with zero images. Batches: image uint8 [B/P, h, w, 3], index int32 [B/P]
-(the position in the source, also on padding), valid bool [B/P] (False on padding). An item
+(the example's position, also on padding), valid bool [B/P] (False on padding). An item
 that cannot be decoded raises an error naming the file.
 
 grain worker processes (workers > 0) need absl flags parsed: run under `absl.app.run`, or call
@@ -73,7 +77,7 @@ Batch = dict[str, np.ndarray]
 DataConfig = Union[ml_collections.ConfigDict, Mapping[str, Any]]
 
 _DEFAULTS = dict(source="samples", image_size=256, resize=None, crop="random", flip=True,
-                 workers=0, prefetch=2, image_key="image", max_examples=None)
+                 workers=0, prefetch=2, image_key="image", max_examples=None, repeats=1)
 _CROPS = ("random", "center")
 
 
@@ -97,6 +101,7 @@ class _Settings:
   prefetch: int
   image_key: str
   max_examples: int | None
+  repeats: int
 
 
 def _settings(cfg: DataConfig) -> _Settings:
@@ -116,10 +121,14 @@ def _settings(cfg: DataConfig) -> _Settings:
   max_examples = get("max_examples")
   if max_examples is not None and int(max_examples) <= 0:
     raise ValueError(f"data.max_examples is {max_examples}; use a positive number or None")
+  repeats = int(get("repeats"))
+  if repeats < 1:
+    raise ValueError(f"data.repeats is {repeats}; use 1 or more")
   return _Settings(source=get("source"), image_size=image_ops.pair(get("image_size")),
                    resize=resize, crop=crop, flip=bool(get("flip")), workers=workers,
                    prefetch=prefetch, image_key=get("image_key"),
-                   max_examples=None if max_examples is None else int(max_examples))
+                   max_examples=None if max_examples is None else int(max_examples),
+                   repeats=repeats)
 
 
 def _local_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
@@ -214,7 +223,7 @@ class _EvalExample:
     if position >= self._num_examples:
       image = np.zeros((*self._settings.image_size, 3), np.uint8)
       return {"image": image, "index": np.int32(position), "valid": np.bool_(False)}
-    example = self._source[position]  # a DecodeError names the file
+    example = self._source[position // self._settings.repeats]  # a DecodeError names the file
     return {"image": _prepare(example["image"], self._settings, None),
             "index": np.int32(position), "valid": np.bool_(True)}
 
@@ -285,7 +294,9 @@ def eval_dataset(data_cfg: DataConfig, *, batch_size: int, process_index: int = 
 
   Args:
     data_cfg: data config; `crop` and `flip` are ignored (center crop, no flip);
-      `max_examples` limits the number of items.
+      `max_examples` limits the number of examples; `repeats` > 1 yields each image that many
+      times in a row (with distinct 'index', so tasks that draw per-example random problems,
+      like copy-paste, evaluate several problems per image).
     batch_size: global batch size B, divisible by process_count.
     process_index, process_count: this process and the number of processes (P).
 
@@ -296,7 +307,7 @@ def eval_dataset(data_cfg: DataConfig, *, batch_size: int, process_index: int = 
   settings = _settings(data_cfg)
   local_batch = _local_batch_size(batch_size, process_index, process_count)
   source = sources.make_source(settings.source, image_key=settings.image_key)
-  num_examples = len(source)
+  num_examples = len(source) * settings.repeats
   if settings.max_examples is not None:
     num_examples = min(num_examples, settings.max_examples)
   if num_examples < process_count:

@@ -62,10 +62,12 @@ class DecoderLevel(nn.Module):
 
   Attributes:
     features: output channels of both convs.
+    noise: whether the transposed conv is followed by noise injection.
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
   features: int
+  noise: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -84,7 +86,7 @@ class DecoderLevel(nn.Module):
     """
     layer = functools.partial(ConvAct, self.features, dtype=self.dtype,
                               param_dtype=self.param_dtype)
-    x = layer(kernel_size=4, strides=2, transpose=True, noise=True, name="upconv")(
+    x = layer(kernel_size=4, strides=2, transpose=True, noise=self.noise, name="upconv")(
         x, deterministic=deterministic)
     x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
     return layer(name="conv")(x)
@@ -109,17 +111,22 @@ class CopyPasteGenerator(nn.Module):
     normalisation): residuals must take any sign and scale, which leaky ReLU followed by
     pixel_norm (unit mean square over 3 channels) would not allow.
   - noise: after every transposed conv only (the paper), never in the encoder or the middle.
+    `noise='input'` is the paper's ablation instead (section 3.2: "better results than feeding a
+    single noise image as input"): one N(0, 1) image concatenated to the input as a 5th
+    channel; `noise='none'` has no noise at all.
   - no equalised learning rate (not in the paper); default flax initialisers.
 
   Attributes:
     widths: stem width then one width per stride-2 level; L = len(widths) - 1 levels, a
       down-sampling factor of 2**L (8 by default).
     dilations: dilation rate of each 3x3 conv of the middle, at width widths[-1].
+    noise: 'layers' (the paper), 'input' (one noise image as an extra input channel) or 'none'.
     dtype: compute dtype (e.g. jnp.bfloat16); pixel_norm statistics stay float32.
     param_dtype: parameter dtype.
   """
   widths: Sequence[int] = (64, 128, 256, 512)
   dilations: Sequence[int] = (2, 2, 4, 4, 8, 8, 16)
+  noise: str = "layers"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -154,8 +161,16 @@ class CopyPasteGenerator(nn.Module):
           f"CopyPasteGenerator: input is {height}x{width} (shape {tuple(x.shape)}) but height "
           f"and width must be multiples of {factor} (2**{levels} for {levels} stride-2 levels); "
           "pad or crop the image to a multiple of that.")
+    if self.noise not in ("layers", "input", "none"):
+      raise ValueError(f"CopyPasteGenerator: noise is {self.noise!r}; use 'layers', 'input' or "
+                       "'none'.")
     layer = functools.partial(ConvAct, dtype=self.dtype, param_dtype=self.param_dtype)
     x = x.astype(self.dtype)
+    if self.noise == "input":
+      batch = x.shape[0]
+      noise = (jnp.zeros((batch * height * width,), jnp.float32) if deterministic else
+               jax.random.normal(self.make_rng("noise"), (batch * height * width,), jnp.float32))
+      x = jnp.concatenate([x, noise.reshape(batch, height, width, 1).astype(self.dtype)], -1)
 
     # Encoder: stem at full resolution, then `levels` stride-2 steps.
     h = layer(self.widths[0], name="encoder_0")(x)
@@ -171,8 +186,8 @@ class CopyPasteGenerator(nn.Module):
 
     # Decoder: mirror of the encoder, U-Net skips by concatenation.
     for level in range(levels, 0, -1):
-      h = DecoderLevel(self.widths[level - 1], dtype=self.dtype, param_dtype=self.param_dtype,
-                       name=f"decoder_{level}")(h, skips[level - 1], deterministic=deterministic)
+      h = DecoderLevel(self.widths[level - 1], noise=self.noise == "layers", dtype=self.dtype,
+                       param_dtype=self.param_dtype, name=f"decoder_{level}")(h, skips[level - 1], deterministic=deterministic)
 
     # Linear output: residuals of any sign and scale.
     return nn.Conv(3, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,

@@ -10,7 +10,7 @@ Eq. 7 writes the objective as L = L_rec + alpha L_WGAN-GP + gamma E[D(I)^2]; as 
 implementation the generator takes the E[D(Y)] part with the sign that raises the critic's score,
 and the critic minimises the rest (the authors' public GAN code does the same, REFERENCE.md).
 
-Config fields: model.generator_widths, model.dilations, model.critic_global_widths,
+Config fields: model.generator_widths, model.dilations, model.noise, model.critic_global_widths,
 model.critic_local_widths, model.critic_local_size, model.critic_dense, model.dtype;
 transform.* (`TransformConfig.from_dict`); loss.alpha, loss.gamma, loss.gp_lambda;
 optim.lr, optim.b1, optim.b2, optim.critic_steps; data.image_size.
@@ -58,7 +58,8 @@ class CopyPasteTask(Task):
     m = config.model
     dtype = jnp.dtype(m.dtype)
     self.generator = CopyPasteGenerator(widths=tuple(m.generator_widths),
-                                        dilations=tuple(m.dilations), dtype=dtype)
+                                        dilations=tuple(m.dilations), noise=m.noise,
+                                        dtype=dtype)
     self.critic = Critic(global_widths=tuple(m.critic_global_widths),
                          local_widths=tuple(m.critic_local_widths),
                          local_size=m.critic_local_size, dense_width=m.critic_dense, dtype=dtype)

@@ -5,8 +5,8 @@ Used by every task (`cpjax.tasks`). Config fields read here (each config sets th
   data.*                          training pipeline (`data_pipelines.pipeline`),
   log_every_steps, sample_every_steps,
   checkpoint.every_steps, checkpoint.max_to_keep, checkpoint.async_save,
-  eval.source, eval.num_examples, eval.batch_size, eval.every_steps (0 = only at the end),
-  eval.step (-1 = latest), eval.follow, eval.poll_secs, eval.seed.
+  eval.source, eval.num_examples, eval.repeats, eval.batch_size,
+  eval.every_steps (0 = only at the end), eval.step (-1 = latest), eval.follow, eval.poll_secs, eval.seed.
 """
 from __future__ import annotations
 
@@ -111,6 +111,7 @@ class _Run:
     data.source = self.config.eval.source
     data.crop, data.flip = "center", False
     data.max_examples = self.config.eval.num_examples
+    data.repeats = self.config.eval.get("repeats", 1)
     return data
 
   def evaluate(self, state: Any, step: int, writer: writers.Writer) -> dict[str, float]:

@@ -269,3 +269,17 @@ def test_samples_source_through_the_pipeline():
   cfg.update(source="samples:train", image_size=16)
   batch = next(pipeline.train_iterator(cfg, global_batch_size=2, seed=0))
   assert batch["image"].shape == (2, 16, 16, 3)
+
+
+def test_eval_repeats_give_distinct_indices_of_the_same_image():
+  """With repeats=3, examples 0-2 are item 0 (same pixels, indices 0, 1, 2), 3-5 item 1, and
+  max_examples caps the total."""
+  cfg = dict(source="samples:eval", image_size=32, resize=48, repeats=3, max_examples=5)
+  batches = list(pipeline.eval_batches(cfg, batch_size=4))
+  images = np.concatenate([b["image"] for b in batches])
+  index = np.concatenate([b["index"] for b in batches])
+  valid = np.concatenate([b["valid"] for b in batches])
+  assert valid.sum() == 5 and list(index[:5]) == [0, 1, 2, 3, 4]
+  np.testing.assert_array_equal(images[0], images[2])
+  assert not np.array_equal(images[2], images[3])
+  np.testing.assert_array_equal(images[3], images[4])

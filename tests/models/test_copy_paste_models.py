@@ -298,3 +298,18 @@ def test_critic_gradient_penalty_is_finite_and_trainable(rng):
   leaves = [np.asarray(g) for g in jax.tree.leaves(grads)]
   assert all(np.all(np.isfinite(g)) for g in leaves)
   assert sum(np.abs(g).sum() for g in leaves) > 0
+
+
+@pytest.mark.parametrize("mode", ["input", "none"])
+def test_generator_noise_ablation_modes(mode):
+  """'input' feeds one noise image as a 5th input channel (stem kernel has 5 input channels, no
+  noise weights in the decoder, output changes with the key); 'none' is deterministic."""
+  gen = CopyPasteGenerator(widths=(4, 8), dilations=(2,), noise=mode)
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(1, 8, 8, 4)), jnp.float32)
+  params = gen.init({"params": jax.random.key(0), "noise": jax.random.key(1)}, x)["params"]
+  assert params["encoder_0"]["conv"]["kernel"].shape[2] == (5 if mode == "input" else 4)
+  assert "noise" not in params["decoder_1"]["upconv"]
+  params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero weights everywhere
+  y1 = gen.apply({"params": params}, x, rngs={"noise": jax.random.key(2)})
+  y2 = gen.apply({"params": params}, x, rngs={"noise": jax.random.key(3)})
+  assert (mode == "input") == (not np.allclose(y1, y2))
