@@ -14,7 +14,7 @@ faces = defaults.load_sibling(__file__, "faces")
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = faces.get_config()
-  c.total_steps = 1500
+  c.total_steps = 800
   c.batch_size = 8
   c.data.source = "samples:train"
   c.data.image_size = 64
@@ -28,13 +28,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model.critic_local_size = 32
   c.model.critic_dense = 128
   c.log_every_steps = 25
-  c.sample_every_steps = 250
-  c.checkpoint.every_steps = 250
+  c.sample_every_steps = 200
+  c.checkpoint.every_steps = 200
   c.eval.source = "samples:eval"
   c.eval.num_examples = 64
   c.eval.repeats = 32                    # 2 held-out photos x 32 seeded problems each
   c.eval.batch_size = 8
-  c.eval.every_steps = 500
+  c.eval.every_steps = 200
   if arg == "tiny":
     faces.shrink_for_tests(c, image_size=32, source="samples:train")
   elif arg:

@@ -1,0 +1,50 @@
+"""Every config loads in every variant, unknown variants are refused, and the tiny variants of
+the copy-paste configs train end to end (demo's is exercised by tests/train)."""
+from __future__ import annotations
+
+import json
+
+import jax
+import pytest
+
+from conftest import REPO, load_config
+from cpjax.train import trainer
+
+CONFIGS = {"faces": ["", "tiny"], "cityscapes": ["", "tiny"], "demo": ["", "tiny"]}
+
+
+def test_every_config_file_is_listed():
+  assert {p.stem for p in (REPO / "configs").glob("*.py")} == set(CONFIGS)
+
+
+@pytest.mark.parametrize("name,variant", [(n, v) for n, vs in CONFIGS.items() for v in vs])
+def test_config_loads(name, variant):
+  c = load_config(name, variant)
+  assert c.task and c.total_steps > 0 and c.batch_size > 0
+  if variant == "tiny":
+    assert c.total_steps <= 10 and c.data.image_size <= 64
+
+
+def test_paper_hyperparameters():
+  """faces.py and cityscapes.py carry the paper's numbers (section 3.3)."""
+  f, c = load_config("faces"), load_config("cityscapes")
+  assert (f.data.image_size, f.batch_size, f.total_steps, f.transform.sigma) == (512, 5, 250_000, 15)
+  assert (f.loss.alpha, f.loss.gamma, f.loss.gp_lambda) == (1e-4, 1e-3, 10.0)
+  assert (f.optim.lr, f.optim.b1, f.optim.b2) == (2e-4, 0.0, 0.9)
+  assert c.transform.sigma == 10 and tuple(c.data.resize) == (512, 1024)
+  assert len(f.model.dilations) == 7 and max(f.model.dilations) == 16
+
+
+def test_unknown_variant_is_refused():
+  with pytest.raises(ValueError, match="unknown variant 'huge'"):
+    load_config("faces", "huge")
+
+
+@pytest.mark.parametrize("name", ["faces", "cityscapes"])
+def test_tiny_variant_trains(name, tmp_path):
+  c = load_config(name, "tiny")
+  c.total_steps, c.checkpoint.async_save = 2, False
+  state = trainer.train(c, tmp_path, devices=jax.devices()[:1])
+  assert int(state.step) == 2
+  result = json.loads((tmp_path / "eval" / "step_00000002.json").read_text())
+  assert result["num_examples"] == c.eval.num_examples
