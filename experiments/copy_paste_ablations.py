@@ -27,7 +27,8 @@ from absl import app, flags
 _SWEEP = flags.DEFINE_enum("sweep", "sigma", ["sigma", "shading", "noise"], "Which ablation.")
 _CONFIG = flags.DEFINE_string("config", "configs/faces.py", "Base config (with :variant).")
 _ROOT = flags.DEFINE_string("root", None, "Parent directory of the runs' workdirs.")
-_SIGMA = flags.DEFINE_float("base_sigma", 15.0, "The base config's sigma (15 faces, 10 Cityscapes).")
+_SIGMA = flags.DEFINE_float("base_sigma", 15.0,
+                            "The base config's sigma (15 faces, 10 Cityscapes).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
 flags.mark_flag_as_required("root")
 

@@ -31,3 +31,18 @@ def load_config(name: str, variant: str = ""):
   """configs/<name>.py's get_config(variant), loaded the way `cpjax.main` loads it (by path)."""
   from cpjax.train import defaults  # pylint: disable=g-import-not-at-top
   return defaults.load_sibling(str(REPO / "configs" / "x.py"), name).get_config(variant)
+
+
+def numpy_params(shapes, seed: int = 0):
+  """Random parameters for a tree of ShapeDtypeStructs, drawn with NumPy (no XLA compile):
+  kernels ~ N(0, 1 / fan_in), everything else ~ N(0, 0.1)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  r = np.random.default_rng(seed)
+
+  def fill(path, s):
+    if path[-1].key == "kernel":
+      return jnp.asarray(r.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1])), s.dtype)
+    return jnp.asarray(0.1 * r.normal(size=s.shape), s.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)

@@ -28,7 +28,8 @@ def test_config_loads(name, variant):
 def test_paper_hyperparameters():
   """faces.py and cityscapes.py carry the paper's numbers (section 3.3)."""
   f, c = load_config("faces"), load_config("cityscapes")
-  assert (f.data.image_size, f.batch_size, f.total_steps, f.transform.sigma) == (512, 5, 250_000, 15)
+  assert (f.data.image_size, f.batch_size, f.total_steps) == (512, 5, 250_000)
+  assert f.transform.sigma == 15
   assert (f.loss.alpha, f.loss.gamma, f.loss.gp_lambda) == (1e-4, 1e-3, 10.0)
   assert (f.optim.lr, f.optim.b1, f.optim.b2) == (2e-4, 0.0, 0.9)
   assert c.transform.sigma == 10 and tuple(c.data.resize) == (512, 1024)

@@ -187,7 +187,8 @@ class CopyPasteGenerator(nn.Module):
     # Decoder: mirror of the encoder, U-Net skips by concatenation.
     for level in range(levels, 0, -1):
       h = DecoderLevel(self.widths[level - 1], noise=self.noise == "layers", dtype=self.dtype,
-                       param_dtype=self.param_dtype, name=f"decoder_{level}")(h, skips[level - 1], deterministic=deterministic)
+                       param_dtype=self.param_dtype, name=f"decoder_{level}")(
+                           h, skips[level - 1], deterministic=deterministic)
 
     # Linear output: residuals of any sign and scale.
     return nn.Conv(3, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,

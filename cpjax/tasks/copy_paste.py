@@ -95,7 +95,8 @@ class CopyPasteTask(Task):
     return (residual + ex["source"]) * ex["mask"] + ex["image"] * (1.0 - ex["mask"])
 
   def _score(self, params: Any, images: jax.Array, ex: dict[str, jax.Array]) -> jax.Array:
-    return self.critic.apply({"params": params}, images, ex["input"], ex["mask"]).astype(jnp.float32)
+    scores = self.critic.apply({"params": params}, images, ex["input"], ex["mask"])
+    return scores.astype(jnp.float32)
 
   def _critic_update(self, state: GanState, ex: dict[str, jax.Array], fake: jax.Array,
                      gp_key: jax.Array) -> tuple[GanState, Metrics]:
@@ -133,7 +134,8 @@ class CopyPasteTask(Task):
 
     (loss, g_metrics), grads = jax.value_and_grad(generator_loss, has_aux=True)(state.generator)
     updates, opt = self.generator_tx.update(grads, state.generator_opt, state.generator)
-    state = state.replace(step=state.step + 1, generator=optax.apply_updates(state.generator, updates),
+    state = state.replace(step=state.step + 1,
+                          generator=optax.apply_updates(state.generator, updates),
                           generator_opt=opt)
     return state, {"loss": loss, **g_metrics, **critic_metrics}
 

@@ -71,7 +71,8 @@ class Checkpointer:
         step, args=ocp.args.Composite(**{DATA: grain.checkpoint.CheckpointRestore(data_iterator)}))
 
   def restore_config(self, step: int) -> dict[str, Any]:
-    restored = self._manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
     return restored[CONFIG]
 
   def reached_preemption(self, step: int) -> bool:

@@ -6,7 +6,8 @@ Used by every task (`cpjax.tasks`). Config fields read here (each config sets th
   log_every_steps, sample_every_steps,
   checkpoint.every_steps, checkpoint.max_to_keep, checkpoint.async_save,
   eval.source, eval.num_examples, eval.repeats, eval.batch_size,
-  eval.every_steps (0 = only at the end), eval.step (-1 = latest), eval.follow, eval.poll_secs, eval.seed.
+  eval.every_steps (0 = only at the end), eval.step (-1 = latest), eval.follow, eval.poll_secs,
+  eval.seed.
 """
 from __future__ import annotations
 
@@ -187,7 +188,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
       process_index=jax.process_index(), process_count=jax.process_count())
   latest = run.checkpointer.latest_step()
   if latest is not None:
-    logging.info("resuming from the checkpoint of step %d in %s", latest, run.checkpointer.directory)
+    logging.info("resuming from the checkpoint of step %d in %s", latest,
+                 run.checkpointer.directory)
     state = run.checkpointer.restore_state(latest, run.abstract_state)
     run.checkpointer.restore_data_iterator(latest, data)
   else:

@@ -24,6 +24,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/faces.py", "Config 
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Override config.data.image_size.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Override the global batch size.")
 _ITERS = flags.DEFINE_integer("iters", 10, "Timed iterations.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed iterations first (compilation, caches).")
 _OUT = flags.DEFINE_string("out", None, "Append the JSON row to this file.")
 
 
@@ -47,24 +48,28 @@ def main(argv):
        "index": np.arange(batch_size, dtype=np.int32)}, mesh)
   train = jax.jit(task.train_step, out_shardings=(state_sh, partitioning.replicated(mesh)),
                   donate_argnums=0)
-  train_stats = harness.measure(train, state, batch, key, iters=_ITERS.value, chain=True)
+  train_stats = harness.measure(train, state, batch, key, iters=_ITERS.value, warmup=_WARMUP.value,
+                               chain=True)
   state = jax.jit(task.init, out_shardings=state_sh)(key)
 
   def infer(state, batch, key):
     ex = task.problems(batch, key, jnp.zeros((), jnp.int32))
     return task.generate(state.generator, ex, key)
 
-  infer_stats = harness.measure(jax.jit(infer), state, batch, key, iters=_ITERS.value)
+  infer_stats = harness.measure(jax.jit(infer), state, batch, key, iters=_ITERS.value,
+                                warmup=_WARMUP.value)
 
   def transform(batch, key):
     images = batch["image"].astype(jnp.float32) / 255.0
     keys = example_keys(key, 0, batch["index"])
     return jax.vmap(transform_T, in_axes=(0, 0, None))(keys, images, task.transform)
 
-  t_stats = harness.measure(jax.jit(transform), batch, key, iters=_ITERS.value)
+  t_stats = harness.measure(jax.jit(transform), batch, key, iters=_ITERS.value,
+                            warmup=_WARMUP.value)
   megapixels = batch_size * size * size / 1e6
   harness.write_row(_OUT.value, {
-      "benchmark": "copy_paste", "config": config_flags.get_config_filename(flags.FLAGS["config"]), "image_size": size,
+      "benchmark": "copy_paste",
+      "config": config_flags.get_config_filename(flags.FLAGS["config"]), "image_size": size,
       "global_batch": batch_size, **harness.environment(),
       "train_examples_per_sec": batch_size / train_stats["seconds_per_call"],
       "train_gflops_per_sec": train_stats["achieved_gflops_per_sec"],

@@ -9,21 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import numpy_params
 from cpjax import losses
 from cpjax.models.copy_paste import CopyPasteGenerator
 from cpjax.models.critic import Critic, local_box
-
-
-def _numpy_params(shapes, seed: int = 0):
-  """Random parameters of the given shape tree: kernels ~ N(0, 1 / fan_in), others ~ N(0, 0.1)."""
-  r = np.random.default_rng(seed)
-
-  def fill(path, s):
-    if path[-1].key == "kernel":
-      return jnp.asarray(r.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1])), s.dtype)
-    return jnp.asarray(0.1 * r.normal(size=s.shape), s.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def _count(tree) -> int:
@@ -44,7 +33,7 @@ _gen_det = jax.jit(lambda v, x: TINY.apply(v, x, deterministic=True))
 
 def _gen_params(shape=(2, 32, 32, 4)):
   x = jnp.zeros(shape)
-  return _numpy_params(jax.eval_shape(lambda: TINY.init(jax.random.key(0), x, deterministic=True)))
+  return numpy_params(jax.eval_shape(lambda: TINY.init(jax.random.key(0), x, deterministic=True)))
 
 
 def _inputs(shape, seed=0):
@@ -178,7 +167,7 @@ def _critic_inputs(batch=2, size=32, seed=0):
 
 
 def _critic_params(inputs, seed=0):
-  return _numpy_params(jax.eval_shape(lambda: TINY_CRITIC.init(jax.random.key(0), *inputs)),
+  return numpy_params(jax.eval_shape(lambda: TINY_CRITIC.init(jax.random.key(0), *inputs)),
                        seed)
 
 

@@ -9,19 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import numpy_params
 from cpjax import layers
-
-
-def _numpy_params(shapes, seed: int = 0):
-  """Random parameters of the given shape tree: kernels ~ N(0, 1 / fan_in), others ~ N(0, 0.1)."""
-  r = np.random.default_rng(seed)
-
-  def fill(path, s):
-    if path[-1].key == "kernel":
-      return jnp.asarray(r.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1])), s.dtype)
-    return jnp.asarray(0.1 * r.normal(size=s.shape), s.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def _leaky(x, slope=0.2):
@@ -136,7 +125,7 @@ def test_conv_act_matches_numpy(stride, dilation):
   NumPy conv: checks padding (PyTorch padding=1 / =dilation), stride, dilation and slope."""
   x = np.random.default_rng(5).normal(size=(2, 6, 6, 3)).astype(np.float32)
   module = layers.ConvAct(4, strides=stride, dilation=dilation)
-  params = _numpy_params(jax.eval_shape(module.init, jax.random.key(0), jnp.asarray(x)))
+  params = numpy_params(jax.eval_shape(module.init, jax.random.key(0), jnp.asarray(x)))
   out = np.asarray(module.apply(params, jnp.asarray(x)))
   p = params["params"]["conv"]
   ref = _np_conv(x.astype(np.float64), np.asarray(p["kernel"], np.float64),
@@ -155,7 +144,7 @@ def test_conv_act_transpose_with_noise_matches_numpy():
   shapes = jax.eval_shape(lambda k: module.init(k, jnp.asarray(x), deterministic=True),
                           jax.random.key(0))
   assert shapes["params"]["noise"]["weight"].shape == (3,)
-  params = _numpy_params(shapes)
+  params = numpy_params(shapes)
   out = np.asarray(module.apply(params, jnp.asarray(x), deterministic=True))
   k = np.asarray(params["params"]["conv"]["kernel"], np.float64)
   b = np.asarray(params["params"]["conv"]["bias"], np.float64)
