@@ -58,7 +58,8 @@ class CopyPasteTask(Task):
     m = config.model
     dtype = jnp.dtype(m.dtype)
     self.generator = CopyPasteGenerator(widths=tuple(m.generator_widths),
-                                        dilations=tuple(m.dilations), noise=m.noise,
+                                        dilations=tuple(m.dilations),
+                                        noise=m.get("noise", "layers"),  # older checkpoints
                                         dtype=dtype)
     self.critic = Critic(global_widths=tuple(m.critic_global_widths),
                          local_widths=tuple(m.critic_local_widths),

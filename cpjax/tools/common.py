@@ -1,0 +1,278 @@
+"""What the command-line tools share: image and mask files, checkpoints, error reporting.
+
+Images are float32 NHWC without the batch axis: `read_image` gives [H, W, 3] in [0, 1],
+`read_mask` [H, W, 1] in {0, 1}, and `write_image` writes [H, W, 3] as an 8-bit PNG. Sizes in
+messages are HEIGHTxWIDTH, as everywhere in cpjax.
+
+Every file a tool reads with `read_image` / `read_mask` is remembered, and `write_image` refuses
+to overwrite it: a tool never destroys its own inputs.
+
+A tool's `main` raises `ToolError` (or `ValueError`) with one line naming the file and the fix;
+`run_tool` prints it as `cpjax.tools.<name>: message` and exits with status 1 (the traceback
+only with --verbose).
+"""
+from __future__ import annotations
+
+import logging as logging_lib
+import os
+import pathlib
+import sys
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image, ImageOps
+
+PathLike = str | os.PathLike
+
+# Resolved path -> (height, width) of every image or mask read by this process.
+_INPUTS: dict[pathlib.Path, tuple[int, int]] = {}
+
+# A mask may have anti-aliased edges, but at most this fraction of its pixels strictly between
+# _GRAY_LOW and _GRAY_HIGH.
+_MAX_GRAY_FRACTION = 0.05
+_GRAY_LOW, _GRAY_HIGH = 0.1, 0.9
+
+
+class ToolError(Exception):
+  """A problem the user can fix; the message is one line naming the file and the fix."""
+
+
+def _resolved(path: PathLike) -> pathlib.Path:
+  return pathlib.Path(path).expanduser().resolve()
+
+
+def _hw(shape: tuple[int, ...]) -> str:
+  return f"{shape[0]}x{shape[1]}"
+
+
+def _load(path: PathLike) -> tuple[Image.Image, np.ndarray]:
+  """Decodes an image file, EXIF rotation applied.
+
+  Returns:
+    The PIL image and its pixels as float32 [H, W] or [H, W, C] scaled to [0, 1] (8- and 16-bit
+    files alike).
+
+  Raises:
+    ToolError: missing, unreadable or corrupt file.
+  """
+  name = str(path)
+  p = pathlib.Path(path).expanduser()
+  if not p.exists():
+    raise ToolError(f"{name}: no such file; check the path.")
+  if p.is_dir():
+    raise ToolError(f"{name} is a directory; give an image file (PNG or JPEG).")
+  try:
+    with Image.open(p) as image:
+      image.load()
+      image = ImageOps.exif_transpose(image)
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise ToolError(f"{name} cannot be read as an image ({reason}); give a PNG or JPEG "
+                    "file.") from e
+  if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+    pixels = np.asarray(image, np.float32) / 65535.0   # 16-bit grayscale
+  elif image.mode == "F":
+    pixels = np.asarray(image, np.float32)
+  else:
+    if image.mode not in ("L", "RGB"):
+      image = image.convert("RGBA" if "A" in image.getbands() or image.mode == "P" else "RGB")
+    pixels = np.asarray(image, np.float32) / 255.0
+  if pixels.size == 0:
+    raise ToolError(f"{name} has no pixels ({image.width}x{image.height}); give a real image.")
+  _INPUTS[_resolved(path)] = pixels.shape[:2]
+  return image, np.clip(pixels, 0.0, 1.0)
+
+
+def read_image(path: PathLike) -> np.ndarray:
+  """Reads an RGB image; grayscale is repeated over 3 channels, alpha is dropped.
+
+  Returns:
+    [H, W, 3] float32 in [0, 1].
+
+  Raises:
+    ToolError: missing, unreadable or corrupt file (the message names it).
+  """
+  _, pixels = _load(path)
+  if pixels.ndim == 2:
+    pixels = pixels[..., None]
+  if pixels.shape[-1] in (2, 4):    # LA, RGBA: drop alpha
+    pixels = pixels[..., :-1]
+  if pixels.shape[-1] == 1:
+    pixels = np.repeat(pixels, 3, axis=-1)
+  return np.ascontiguousarray(pixels[..., :3], np.float32)
+
+
+def _size_of(path: PathLike) -> tuple[int, int]:
+  size = _INPUTS.get(_resolved(path))
+  return size if size is not None else read_image(path).shape[:2]
+
+
+def read_mask(path: PathLike, like: PathLike | None = None) -> np.ndarray:
+  """Reads a black/white mask: white (>= 0.5 on the first channel, or the luminance) is 1.
+
+  Args:
+    path: the mask file; anti-aliased edges are fine, but at most 5% of the pixels may lie
+      strictly between 10% and 90% gray.
+    like: the image the mask belongs to; the mask must have its height and width.
+
+  Returns:
+    [H, W, 1] float32 in {0, 1}, with at least one 1.
+
+  Raises:
+    ToolError: unreadable file, a size other than `like`'s, a gray (non-binary) or empty mask.
+  """
+  name = str(path)
+  image, pixels = _load(path)
+  if pixels.ndim == 3:
+    if image.mode in ("RGB", "RGBA"):
+      rgb = pixels[..., :3]
+      pixels = rgb @ np.asarray([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luminance
+    else:
+      pixels = pixels[..., 0]
+  if like is not None:
+    size = _size_of(like)
+    if pixels.shape[:2] != tuple(size):
+      raise ToolError(f"{name} is {_hw(pixels.shape)} but {like} is {_hw(size)}; give a mask "
+                      f"the size of {pathlib.Path(like).name}.")
+  gray = float(np.mean((pixels > _GRAY_LOW) & (pixels < _GRAY_HIGH)))
+  if gray > _MAX_GRAY_FRACTION:
+    raise ToolError(f"{name} is not a binary mask ({100 * gray:.1f}% of pixels are gray); "
+                    "save it as black/white.")
+  mask = (pixels >= 0.5).astype(np.float32)[..., None]
+  if not mask.any():
+    raise ToolError(f"{name} is empty (no white pixels); paint the region to use white on "
+                    "black.")
+  return mask
+
+
+def check_output(path: PathLike) -> None:
+  """Raises ToolError if writing `path` would overwrite an input, or it is not a .png path."""
+  name = str(path)
+  if pathlib.Path(path).suffix.lower() != ".png":
+    raise ToolError(f"{name}: results are written as PNG; give an output path ending in .png.")
+  if _resolved(path) in _INPUTS:
+    raise ToolError(f"{name} is one of the input files and would be overwritten; give another "
+                    "output path.")
+  if pathlib.Path(path).is_dir():
+    raise ToolError(f"{name} is a directory; give an output file path ending in .png.")
+
+
+def write_image(path: PathLike, image: Any) -> None:
+  """Writes [H, W, 3] (or [H, W, 1]) values in [0, 1] as an 8-bit PNG (clipped, rounded).
+
+  Creates the parent directories; refuses to overwrite any file read by `read_image` or
+  `read_mask` in this process.
+
+  Raises:
+    ToolError: `path` is an input, not a .png path, or cannot be written.
+  """
+  check_output(path)
+  pixels = np.asarray(image, np.float32)
+  if pixels.ndim != 3 or pixels.shape[-1] not in (1, 3):
+    raise ValueError(f"write_image: image has shape {pixels.shape}; give [H, W, 3] or "
+                     "[H, W, 1].")
+  pixels = np.round(np.clip(np.nan_to_num(pixels), 0.0, 1.0) * 255.0).astype(np.uint8)
+  pixels = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+  p = pathlib.Path(path).expanduser()
+  try:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(p, format="PNG")
+  except OSError as e:
+    raise ToolError(f"{path} cannot be written ({e.strerror or e}); give a writable output "
+                    "path.") from e
+
+
+def restore_task(workdir: PathLike, step: int | None = None) -> tuple[Any, Any, Any]:
+  """Rebuilds a trained system from its checkpoint, on the first local device.
+
+  The config is the one saved in the checkpoint (not a config file), so the network matches
+  the weights.
+
+  Args:
+    workdir: a training run's --workdir (checkpoints under `workdir/checkpoints`).
+    step: the checkpoint to restore; None: the latest.
+
+  Returns:
+    (config, task, state): the run's `ml_collections.ConfigDict`, the `cpjax.tasks` task it
+    names and the train state, replicated on a 1-device mesh.
+
+  Raises:
+    ToolError: no checkpoint (of that step) in the workdir.
+  """
+  # Imported here so that a tool reports file errors before JAX starts.
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  from cpjax import tasks  # pylint: disable=g-import-not-at-top
+  from cpjax.train import checkpointing, partitioning  # pylint: disable=g-import-not-at-top
+
+  directory = pathlib.Path(workdir).expanduser() / "checkpoints"
+  no_checkpoint = (f"no checkpoint in {directory}; train one with python -m cpjax.main "
+                   f"--config=configs/demo.py --workdir={workdir}")
+  if not directory.is_dir():
+    raise ToolError(no_checkpoint)
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  try:
+    steps = checkpointer.all_steps()
+    if not steps:
+      raise ToolError(no_checkpoint)
+    if step is None:
+      step = steps[-1]
+    elif step not in steps:
+      raise ToolError(f"no checkpoint of step {step} in {directory}; available steps: "
+                      f"{', '.join(map(str, steps))} (omit --step for the latest).")
+    config = ml_collections.ConfigDict(checkpointer.restore_config(step))
+    task = tasks.build(config)
+    mesh = partitioning.make_mesh(jax.local_devices()[:1])
+    shapes = jax.eval_shape(task.init, jax.random.key(config.get("seed", 0)))
+    shardings = jax.tree.map(lambda _: partitioning.replicated(mesh), shapes)
+    state = checkpointer.restore_state(
+        step, checkpointing.abstract_with_shardings(shapes, shardings))
+  finally:
+    checkpointer.close()
+  return config, task, state
+
+
+class _LibraryErrorsOnly(logging_lib.Filter):
+  """Keeps cpjax's own lines and libraries' errors: orbax alone warns three times per read-only
+  restore, which would bury the one line a tool prints. --verbose shows everything."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    return record.levelno >= logging_lib.ERROR or "/cpjax/" in record.pathname
+
+
+def _tool_name(main_fn: Callable[..., Any]) -> str:
+  module = main_fn.__module__
+  if module == "__main__":
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    module = spec.name if spec is not None else pathlib.Path(sys.argv[0]).stem
+  return module
+
+
+def run_tool(main_fn: Callable[[list[str]], int | None], name: str | None = None) -> None:
+  """Runs `main_fn(argv)` under `absl.app`, reporting ToolError / ValueError / OSError as one
+  line `cpjax.tools.<name>: message` on stderr and exit status 1 (the traceback with --verbose).
+
+  Defines the --verbose flag if no other module has.
+  """
+  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+
+  if "verbose" not in flags.FLAGS:
+    flags.DEFINE_bool("verbose", False, "Show the full traceback and library logs on errors.")
+  name = name or _tool_name(main_fn)
+
+  def wrapped(argv: list[str]) -> int | None:
+    verbose = flags.FLAGS.verbose
+    if not verbose:
+      logging.set_verbosity(logging.WARNING)
+      logging.get_absl_handler().addFilter(_LibraryErrorsOnly())
+    try:
+      return main_fn(argv)
+    except (ToolError, ValueError, OSError) as e:
+      if verbose:
+        raise
+      message = " ".join(str(e).split()) or type(e).__name__
+      print(f"{name}: {message}", file=sys.stderr)
+      return 1
+
+  app.run(wrapped)
