@@ -199,3 +199,23 @@ def test_missing_dataset_message(tmp_path):
   assert run.returncode == 1
   assert "--config.data.source=folder:" in run.stderr and "configs/demo.py" in run.stderr
   assert "Traceback" not in run.stderr
+
+
+def test_eval_sweep_follow_waits_for_the_final_step(tmp_path):
+  """With eval.follow the sweep evaluates what exists, keeps polling while training goes on,
+  and exits once the final step's result exists."""
+  trainer.train(_tiny(total_steps=1), tmp_path, devices=jax.devices()[:1])
+  (tmp_path / "eval" / "step_00000001.json").unlink()  # leave step 1 to the sweep
+  sweep = subprocess.Popen(
+      _main_cmd(tmp_path, "--mode=eval_sweep", "--config.total_steps=2",
+                "--config.eval.follow=True", "--config.eval.poll_secs=1"),
+      cwd=REPO, env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 300
+  while not (tmp_path / "eval" / "step_00000001.json").exists() and time.time() < deadline:
+    time.sleep(1)
+  assert sweep.poll() is None, "the sweep stopped before the final step existed"
+  trainer.train(_tiny(total_steps=2), tmp_path, devices=jax.devices()[:1])
+  out, _ = sweep.communicate(timeout=300)
+  assert sweep.returncode == 0, out[-3000:]
+  assert (tmp_path / "eval" / "step_00000002.json").exists()
