@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import pathlib
 import signal
+import threading
 import time
 from typing import Any, Iterator
 
@@ -42,7 +43,8 @@ class _Preemption:
   def __init__(self):
     self.requested = False
     self._previous = None
-    if jax.process_count() == 1:
+    # Signal handlers can only be set from the main thread (not from a notebook's worker).
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
