@@ -12,6 +12,11 @@ int size means a square.
   (shorter side to that size, aspect kept) or (h, w) (exact).
 - `cover`: upscale, aspect kept, so the image covers a crop size (never downscales).
 - `center_crop`, `random_crop`, `flip_left_right`.
+
+Aligned fields (`data_pipelines.sources.FIELD_KINDS`): masks (uint8 [H, W, 1]) and label maps
+(uint8 [H, W]) travel with their image; `resize_field` and `pad_field` treat each kind the way
+its values need (bilinear for masks, nearest for class ids, ignore-label padding), and
+`covering_shape`, `random_resized_crop_box` compute one geometry for all the fields.
 """
 from __future__ import annotations
 
@@ -151,20 +156,23 @@ def resize_to_spec(image: np.ndarray, spec: Size | None) -> np.ndarray:
   return resize(image, resized_shape(image.shape[0], image.shape[1], spec))
 
 
-def cover(image: np.ndarray, size: Size) -> np.ndarray:
-  """Upscale uint8 [H, W, 3], aspect kept, until it covers `size` = (h, w); never downscales.
+def covering_shape(height: int, width: int, size: Size) -> tuple[int, int]:
+  """The smallest (h', w') >= (height, width) scaled, aspect kept, that covers `size` = (h, w).
 
-  The scale is max(h / H, w / W) (for a square crop: the shorter side becomes the crop size);
-  images that already cover the size are returned unchanged.
+  The scale is max(h / height, w / width) when the image is smaller than `size` in either
+  dimension (for a square crop: the shorter side becomes the crop size); otherwise the shape
+  is unchanged (never downscales).
   """
   h, w = pair(size)
-  height, width = image.shape[:2]
   if height >= h and width >= w:
-    return image
+    return height, width
   scale = max(h / height, w / width)
-  new_h = max(h, math.ceil(height * scale - 1e-6))
-  new_w = max(w, math.ceil(width * scale - 1e-6))
-  return resize(image, (new_h, new_w))
+  return max(h, math.ceil(height * scale - 1e-6)), max(w, math.ceil(width * scale - 1e-6))
+
+
+def cover(image: np.ndarray, size: Size) -> np.ndarray:
+  """Upscale uint8 [H, W, 3], aspect kept, until it covers `size` (`covering_shape`)."""
+  return resize(image, covering_shape(image.shape[0], image.shape[1], size))
 
 
 def _check_covers(image: np.ndarray, h: int, w: int) -> None:
@@ -202,3 +210,77 @@ def random_crop(image: np.ndarray, size: Size, rng: np.random.Generator) -> np.n
 def flip_left_right(image: np.ndarray) -> np.ndarray:
   """Mirror [H, W, C] horizontally (contiguous copy)."""
   return np.ascontiguousarray(image[:, ::-1])
+
+
+_FIELD_RESAMPLE = {"image": _RESAMPLE, "mask": Image.Resampling.BILINEAR,
+                   "label": Image.Resampling.NEAREST}
+_FIELD_FILL = {"image": 0, "mask": 0, "label": 255}
+
+
+def resize_field(array: np.ndarray, size: Size, kind: str) -> np.ndarray:
+  """Resize an aligned field to exactly `size` = (h, w) the way its kind needs.
+
+  Args:
+    array: 'image' uint8 [H, W, 3]; 'mask' uint8 [H, W, 1] in 0..255; 'label' uint8 [H, W]
+      class ids.
+    size: (h, w) or an int (square).
+    kind: 'image' (antialiased bicubic), 'mask' (bilinear: soft edges stay in 0..255) or
+      'label' (nearest: no invented class ids).
+
+  Returns:
+    The same dtype and channel layout at (h, w); the input itself when the size already matches.
+  """
+  if kind == "image":
+    return resize(array, size)
+  h, w = pair(size)
+  if array.shape[:2] == (h, w):
+    return array
+  plane = array[..., 0] if kind == "mask" else array
+  out = np.asarray(Image.fromarray(plane).resize((w, h), resample=_FIELD_RESAMPLE[kind]),
+                   dtype=np.uint8)
+  return out[..., None] if kind == "mask" else out
+
+
+def pad_field(array: np.ndarray, size: Size, kind: str, path: str = "<array>") -> np.ndarray:
+  """Pad a field at the bottom and right up to `size` with its kind's fill (labels: 255).
+
+  Raises:
+    ValueError: the field is larger than `size` (names `path` and the fix).
+  """
+  h, w = pair(size)
+  height, width = array.shape[:2]
+  if height > h or width > w:
+    raise ValueError(f"{path} is {height}x{width}, larger than the padded evaluation size "
+                     f"{h}x{w}; raise data.image_size to at least ({height}, {width}) or "
+                     "use eval.mode='resize'")
+  pad = [(0, h - height), (0, w - width)] + [(0, 0)] * (array.ndim - 2)
+  return np.pad(array, pad, constant_values=_FIELD_FILL[kind])
+
+
+def random_resized_crop_box(height: int, width: int, scale: tuple[float, float],
+                            ratio: tuple[float, float], rng: np.random.Generator
+                            ) -> tuple[int, int, int, int]:
+  """A crop box (top, left, h, w) drawn like torchvision's / albumentations' RandomResizedCrop.
+
+  Up to 10 tries: area fraction ~ U(scale), log aspect (w / h) ~ U(log ratio); the first box
+  that fits is placed uniformly. Otherwise the central box with the aspect clamped to `ratio`.
+  """
+  area = height * width
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target_area = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(*log_ratio))
+    w = int(round(math.sqrt(target_area * aspect)))
+    h = int(round(math.sqrt(target_area / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return top, left, h, w
+  in_ratio = width / height
+  if in_ratio < ratio[0]:
+    w, h = width, int(round(width / ratio[0]))
+  elif in_ratio > ratio[1]:
+    h, w = height, int(round(height * ratio[1]))
+  else:
+    h, w = height, width
+  return (height - h) // 2, (width - w) // 2, h, w

@@ -23,10 +23,27 @@ works too and missing fields take the defaults):
   repeats       evaluation only: each item yields this many consecutive examples with distinct
                 'index' (tasks that draw random problems per example, like copy-paste, then
                 evaluate several problems per held-out image).             default 1
+  augment       training geometry: 'crop' (below) or 'random_resized_crop' (torchvision's
+                RandomResizedCrop to image_size, then flip).               default 'crop'
+  scale, ratio  area-fraction and aspect (w/h) ranges of 'random_resized_crop'.
+                                                          default (0.5, 1.0), (3/4, 4/3)
+  keep_foreground  None, or the name of a 'mask' field: a random-resized crop that keeps <= 1
+                foreground pixel (> 127) is redrawn (up to 10 times), except that it is kept
+                with probability 0.05 (the iDIH reference's rule).         default None
+  eval_mode     evaluation geometry: 'center' (resize -> cover -> center crop), 'resize' (every
+                field resized exactly to image_size, as the iHarmony4 reference evaluates) or
+                'pad' (resize, then pad bottom/right up to image_size with each field kind's
+                fill; a larger item is an error). The trainer sets it from eval.mode.
+                                                                           default 'center'
 
-Per example: decode (the source) -> `resize` -> if smaller than `image_size`, upscale (aspect
-kept) until it covers it (the shorter side of a square crop becomes the crop size) -> crop ->
-flip. Images of any size and aspect ratio can be mixed.
+Per example with augment='crop': decode (the source) -> `resize` -> if smaller than
+`image_size`, upscale (aspect kept) until it covers it (the shorter side of a square crop
+becomes the crop size) -> crop -> flip. Images of any size and aspect ratio can be mixed.
+
+Aligned fields. A source may declare more per-pixel fields than 'image' (`sources.source_fields`:
+masks uint8 [h, w, 1], label maps uint8 [h, w]) and integer scalars (`sources.source_scalars`);
+every field goes through the same geometry (each resized as its kind needs,
+`image_ops.resize_field`), and batches hold each field and scalar (int32) beside the keys below.
 
 Training stream and sharding (`train_dataset`, `train_iterator`). The global example stream is
 a shuffle of the source with `seed`, repeated forever with a new shuffle per epoch
@@ -77,8 +94,14 @@ Batch = dict[str, np.ndarray]
 DataConfig = Union[ml_collections.ConfigDict, Mapping[str, Any]]
 
 _DEFAULTS = dict(source="samples", image_size=256, resize=None, crop="random", flip=True,
-                 workers=0, prefetch=2, image_key="image", max_examples=None, repeats=1)
+                 workers=0, prefetch=2, image_key="image", max_examples=None, repeats=1,
+                 augment="crop", scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), keep_foreground=None,
+                 eval_mode="center")
 _CROPS = ("random", "center")
+_AUGMENTS = ("crop", "random_resized_crop")
+_EVAL_MODES = ("center", "resize", "pad")
+_KEEP_PROBABILITY = 0.05   # a random-resized crop without foreground is kept this often
+_FOREGROUND_TRIES = 10
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -102,6 +125,11 @@ class _Settings:
   image_key: str
   max_examples: int | None
   repeats: int
+  augment: str
+  scale: tuple[float, float]
+  ratio: tuple[float, float]
+  keep_foreground: str | None
+  eval_mode: str
 
 
 def _settings(cfg: DataConfig) -> _Settings:
@@ -124,11 +152,22 @@ def _settings(cfg: DataConfig) -> _Settings:
   repeats = int(get("repeats"))
   if repeats < 1:
     raise ValueError(f"data.repeats is {repeats}; use 1 or more")
+  augment, eval_mode = get("augment"), get("eval_mode")
+  if augment not in _AUGMENTS:
+    raise ValueError(f"data.augment is {augment!r}; use one of {', '.join(_AUGMENTS)}")
+  if eval_mode not in _EVAL_MODES:
+    raise ValueError(f"eval mode is {eval_mode!r}; use one of {', '.join(_EVAL_MODES)}")
+  scale, ratio = tuple(map(float, get("scale"))), tuple(map(float, get("ratio")))
+  if not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
+    raise ValueError(f"data.scale is {scale}; use (low, high) with 0 < low <= high <= 1")
+  if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1]):
+    raise ValueError(f"data.ratio is {ratio}; use (low, high) with 0 < low <= high")
   return _Settings(source=get("source"), image_size=image_ops.pair(get("image_size")),
                    resize=resize, crop=crop, flip=bool(get("flip")), workers=workers,
                    prefetch=prefetch, image_key=get("image_key"),
                    max_examples=None if max_examples is None else int(max_examples),
-                   repeats=repeats)
+                   repeats=repeats, augment=augment, scale=scale, ratio=ratio,
+                   keep_foreground=get("keep_foreground"), eval_mode=eval_mode)
 
 
 def _local_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
@@ -148,18 +187,94 @@ def _global_position(local: int, batch_size: int, local_batch: int, process_inde
   return step * batch_size + process_index * local_batch + k
 
 
-def _prepare(image: np.ndarray, settings: _Settings, rng: np.random.Generator | None
-             ) -> np.ndarray:
-  """resize -> cover the crop -> crop (random with rng, else center) -> flip (with rng)."""
-  image = image_ops.resize_to_spec(image, settings.resize)
-  image = image_ops.cover(image, settings.image_size)
+Fields = dict[str, str]   # aligned field -> kind ('image', 'mask', 'label')
+
+
+def _resize_all(example: dict[str, Any], fields: Fields, shape: tuple[int, int]
+                ) -> dict[str, np.ndarray]:
+  return {k: image_ops.resize_field(example[k], shape, kind) for k, kind in fields.items()}
+
+
+def _crop_all(example: dict[str, np.ndarray], top: int, left: int, size: tuple[int, int]
+              ) -> dict[str, np.ndarray]:
+  return {k: image_ops.crop(v, top, left, size) for k, v in example.items()}
+
+
+def _crop_geometry(example: dict[str, Any], fields: Fields, settings: _Settings,
+                   rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+  """resize -> cover the crop -> crop (random with rng, else center)."""
+  height, width = example["image"].shape[:2]
+  shape = image_ops.resized_shape(height, width, settings.resize)
+  out = _resize_all(example, fields, shape)
+  out = _resize_all(out, fields, image_ops.covering_shape(*shape, settings.image_size))
+  (h, w), (height, width) = settings.image_size, out["image"].shape[:2]
   if rng is not None and settings.crop == "random":
-    image = image_ops.random_crop(image, settings.image_size, rng)
+    top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
   else:
-    image = image_ops.center_crop(image, settings.image_size)
+    top, left = (height - h) // 2, (width - w) // 2
+  return _crop_all(out, top, left, (h, w))
+
+
+def _foreground_pixels(mask: np.ndarray) -> int:
+  return int(np.count_nonzero(mask > 127))
+
+
+def _random_resized_crop(example: dict[str, Any], fields: Fields, settings: _Settings,
+                         rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """RandomResizedCrop of every field to image_size; with keep_foreground, redrawn until the
+  crop keeps foreground (or a coin with probability 0.05 keeps it anyway)."""
+  resized = _resize_all(example, fields, image_ops.resized_shape(
+      *example["image"].shape[:2], settings.resize))
+  height, width = resized["image"].shape[:2]
+  for _ in range(_FOREGROUND_TRIES):
+    top, left, h, w = image_ops.random_resized_crop_box(height, width, settings.scale,
+                                                       settings.ratio, rng)
+    out = _resize_all(_crop_all(resized, top, left, (h, w)), fields, settings.image_size)
+    if (settings.keep_foreground is None
+        or _foreground_pixels(out[settings.keep_foreground]) > 1
+        or rng.random() < _KEEP_PROBABILITY):
+      break
+  return out
+
+
+def _prepare(example: dict[str, Any], fields: Fields, settings: _Settings,
+             rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+  """The geometry of one example, the same for all its aligned fields.
+
+  Training (rng given): 'crop' or 'random_resized_crop', then a flip with probability 1/2.
+  Evaluation (rng None): settings.eval_mode.
+  """
+  if rng is None and settings.eval_mode == "resize":
+    out = _resize_all(example, fields, settings.image_size)
+  elif rng is None and settings.eval_mode == "pad":
+    out = _resize_all(example, fields, image_ops.resized_shape(
+        *example["image"].shape[:2], settings.resize))
+    path = str(example.get("path", "<item>"))
+    out = {k: image_ops.pad_field(v, settings.image_size, fields[k], path) for k, v in out.items()}
+  elif rng is not None and settings.augment == "random_resized_crop":
+    out = _random_resized_crop(example, fields, settings, rng)
+  else:
+    out = _crop_geometry(example, fields, settings, rng)
   if rng is not None and settings.flip and rng.random() < 0.5:
-    image = image_ops.flip_left_right(image)
-  return np.ascontiguousarray(image)
+    out = {k: image_ops.flip_left_right(v) for k, v in out.items()}
+  return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def _check_item(example: dict[str, Any], fields: Fields, path: str) -> None:
+  """Every declared field is present and aligned with the image."""
+  shape = example["image"].shape[:2]
+  for key in fields:
+    if key not in example:
+      raise ValueError(f"item {path} has no field {key!r} that its source declares")
+    if example[key].shape[:2] != shape:
+      raise ValueError(f"item {path}: field {key!r} is {example[key].shape[:2]} but the image is "
+                       f"{shape}; the fields of an item must be aligned")
+
+
+def _with_scalars(out: dict[str, np.ndarray], example: dict[str, Any], scalars: tuple[str, ...]
+                  ) -> dict[str, np.ndarray]:
+  out.update({k: np.int32(example[k]) for k in scalars})
+  return out
 
 
 _warned_paths: set[str] = set()
@@ -191,11 +306,12 @@ def _read_skipping(source, start: int) -> tuple[dict[str, Any], int]:
 
 
 class _TrainExample:
-  """Local example j of a process -> {'image', 'index', 'skipped'} (picklable for workers)."""
+  """Local example j of a process -> {fields..., scalars..., 'index', 'skipped'} (picklable)."""
 
   def __init__(self, source, settings: _Settings, seed: int, batch_size: int, local_batch: int,
                process_index: int):
     self._source, self._settings, self._seed = source, settings, seed
+    self._fields, self._scalars = sources.source_fields(source), sources.source_scalars(source)
     self._batch_size, self._local_batch, self._process_index = (
         batch_size, local_batch, process_index)
     self._n = len(source)
@@ -204,28 +320,40 @@ class _TrainExample:
   def __call__(self, local: int) -> dict[str, np.ndarray]:
     position = _global_position(local, self._batch_size, self._local_batch, self._process_index)
     example, skipped = _read_skipping(self._source, int(self._order[position]) % self._n)
+    _check_item(example, self._fields, str(example.get("path", position)))
     rng = np.random.default_rng([self._seed, position])
-    return {"image": _prepare(example["image"], self._settings, rng),
-            "index": np.int32(position % 2**31), "skipped": np.int32(skipped)}
+    out = _with_scalars(_prepare(example, self._fields, self._settings, rng), example,
+                        self._scalars)
+    return {**out, "index": np.int32(position % 2**31), "skipped": np.int32(skipped)}
 
 
 class _EvalExample:
-  """Local example j of a process -> {'image', 'index', 'valid'}; zeros past the end."""
+  """Local example j of a process -> {fields..., scalars..., 'index', 'valid'}; fill past the end."""
 
   def __init__(self, source, settings: _Settings, num_examples: int, batch_size: int,
                local_batch: int, process_index: int):
     self._source, self._settings, self._num_examples = source, settings, num_examples
+    self._fields, self._scalars = sources.source_fields(source), sources.source_scalars(source)
     self._batch_size, self._local_batch, self._process_index = (
         batch_size, local_batch, process_index)
 
   def __call__(self, local: int) -> dict[str, np.ndarray]:
     position = _global_position(local, self._batch_size, self._local_batch, self._process_index)
     if position >= self._num_examples:
-      image = np.zeros((*self._settings.image_size, 3), np.uint8)
-      return {"image": image, "index": np.int32(position), "valid": np.bool_(False)}
+      out = {k: _padding_field(kind, self._settings.image_size) for k, kind in self._fields.items()}
+      out.update({k: np.int32(0) for k in self._scalars})
+      return {**out, "index": np.int32(position), "valid": np.bool_(False)}
     example = self._source[position // self._settings.repeats]  # a DecodeError names the file
-    return {"image": _prepare(example["image"], self._settings, None),
-            "index": np.int32(position), "valid": np.bool_(True)}
+    _check_item(example, self._fields, str(example.get("path", position)))
+    out = _with_scalars(_prepare(example, self._fields, self._settings, None), example,
+                        self._scalars)
+    return {**out, "index": np.int32(position), "valid": np.bool_(True)}
+
+
+def _padding_field(kind: str, size: tuple[int, int]) -> np.ndarray:
+  """The value of a field on an evaluation padding example (never scored)."""
+  channels = {"image": (3,), "mask": (1,), "label": ()}[kind]
+  return np.zeros((*size, *channels), np.uint8)
 
 
 def _check_flags_for_workers(workers: int) -> None:

@@ -30,9 +30,20 @@ Spec strings (`make_source(spec)`, the `source` field of a data config):
   motorcycle_left, motorcycle_right (7); eval = chelsea, coffee (2); `samples` = all 9, in that
   order. Paths read `skimage.data.<name>` (the stereo pair `skimage.data.stereo_motorcycle[0]`
   and `[1]`). For smoke tests and tiny configs.
+- Task-specific datasets live in their own modules, imported only when named (`_PLUGINS`):
+  `iharmony4:...` (data_pipelines.iharmony4), `ade20k:...` (data_pipelines.ade20k), `voc:...`
+  (data_pipelines.voc), `seg_samples[:split]` (data_pipelines.synthetic_segmentation). Each
+  module's `source_from_spec(rest, image_key=...)` documents its form.
+
+Multi-field items. Besides 'image', an item may hold more arrays aligned with it pixel for
+pixel; the source declares them in its attribute `fields` (key -> kind, see `FIELD_KINDS`;
+absent means {'image': 'image'}), and the pipelines resize, crop and flip all of them together.
+Its optional attribute `scalars` names integer fields passed through per example (e.g. a
+subset id).
 """
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from typing import Any, Callable
@@ -43,7 +54,8 @@ from data_pipelines import image_ops
 from data_pipelines.image_ops import DecodeError
 
 __all__ = ["DecodeError", "FileSource", "FolderSource", "CityscapesSource", "TfdsSource",
-           "SamplesSource", "make_source", "IMAGE_SUFFIXES", "SAMPLES_TRAIN", "SAMPLES_EVAL"]
+           "SamplesSource", "make_source", "source_fields", "source_scalars", "FIELD_KINDS",
+           "IMAGE_SUFFIXES", "SAMPLES_TRAIN", "SAMPLES_EVAL"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 CITYSCAPES_SPLITS = ("train", "val", "test", "train_extra")
@@ -52,6 +64,39 @@ CITYSCAPES_URL = "https://www.cityscapes-dataset.com/downloads/"
 SAMPLES_TRAIN = ("astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
                  "motorcycle_left", "motorcycle_right")
 SAMPLES_EVAL = ("chelsea", "coffee")
+
+# Kinds of aligned per-pixel fields: how each is stored, resized and padded.
+#   image  uint8 [H, W, 3] RGB        antialiased bicubic resize, pad fill 0
+#   mask   uint8 [H, W, 1] 0..255     bilinear resize (soft edges, like the reference
+#                                      harmonization evaluation), pad fill 0
+#   label  uint8 [H, W] class ids     nearest resize, pad fill 255 (ignored)
+FIELD_KINDS = ("image", "mask", "label")
+IMAGE_ONLY = {"image": "image"}
+
+# Datasets with their own loader module: prefix -> "module:function(rest, *, image_key)".
+_PLUGINS = {
+    "iharmony4": "data_pipelines.iharmony4:source_from_spec",
+    "ade20k": "data_pipelines.ade20k:source_from_spec",
+    "voc": "data_pipelines.voc:source_from_spec",
+    "seg_samples": "data_pipelines.synthetic_segmentation:source_from_spec",
+}
+
+
+def source_fields(source) -> dict[str, str]:
+  """The aligned fields of a source's items: key -> kind (checked)."""
+  fields = dict(getattr(source, "fields", IMAGE_ONLY))
+  if "image" not in fields:
+    raise ValueError(f"source {source!r} declares fields {fields} without 'image'")
+  for key, kind in fields.items():
+    if kind not in FIELD_KINDS:
+      raise ValueError(f"source {source!r}: field {key!r} has kind {kind!r}; kinds are "
+                       f"{', '.join(FIELD_KINDS)}")
+  return fields
+
+
+def source_scalars(source) -> tuple[str, ...]:
+  """The integer per-example fields a source passes through (may be empty)."""
+  return tuple(getattr(source, "scalars", ()))
 
 Example = dict[str, Any]
 
@@ -248,7 +293,7 @@ _TFDS_SPEC = re.compile(
     r":(?P<split>[^@]+?)(?:@(?P<data_dir>.+))?$")
 
 _FORMS = ("folder:/path, cityscapes:/root:split, tfds:NAME[/CONFIG][:VERSION]:SPLIT[@DATA_DIR], "
-          "samples, samples:train or samples:eval")
+          "samples, samples:train, samples:eval, or a dataset prefix: " + ", ".join(_PLUGINS))
 
 
 def make_source(spec: str, *, image_key: str = "image"):
@@ -282,6 +327,10 @@ def make_source(spec: str, *, image_key: str = "image"):
     return TfdsSource(match["name"], match["split"], match["data_dir"], image_key=image_key)
   if scheme == "samples":
     return SamplesSource(rest if sep else "all")
+  if scheme in _PLUGINS:
+    module_name, function_name = _PLUGINS[scheme].split(":")
+    factory = getattr(importlib.import_module(module_name), function_name)
+    return factory(rest, image_key=image_key)
   if spec.startswith(("/", ".", "~")) or os.path.isdir(os.path.expanduser(spec)):
     return FolderSource(spec)
   raise ValueError(f"unknown data source {spec!r}; use one of: {_FORMS}")

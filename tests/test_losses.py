@@ -92,3 +92,25 @@ def test_wgan_generator_loss_hand_formula():
   out = losses.wgan_generator_loss(jnp.array([1.0, -3.0, 0.5], jnp.bfloat16))
   assert out.dtype == jnp.float32
   np.testing.assert_allclose(float(out), 0.5, rtol=1e-6)
+
+
+def test_softmax_cross_entropy_matches_numpy_and_ignores_255():
+  """Mean and sum reductions equal a NumPy log-softmax NLL over the non-ignored pixels."""
+  r = np.random.default_rng(0)
+  logits = r.normal(size=(2, 5, 6, 4)).astype(np.float32)
+  labels = r.integers(0, 4, (2, 5, 6))
+  labels[0, :2] = 255
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  keep = labels != 255
+  nll = -np.take_along_axis(log_probs, np.where(keep, labels, 0)[..., None], -1)[..., 0][keep]
+  np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels), nll.mean(), rtol=1e-5)
+  np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels, reduction="sum"),
+                             nll.sum(), rtol=1e-5)
+
+
+def test_softmax_cross_entropy_all_ignored_is_zero():
+  """A crop with only ignored pixels contributes 0 (not NaN)."""
+  loss = losses.softmax_cross_entropy(np.zeros((1, 3, 3, 21), np.float32),
+                                      np.full((1, 3, 3), 255))
+  assert float(loss) == 0.0

@@ -311,3 +311,22 @@ def random_shading(key: jax.Array, image: jax.Array, ranges: ColorRanges = Color
   """
   height, width = image.shape[-3], image.shape[-2]
   return apply_shading(image, sample_shading_params(key, height, width, ranges, mix_grid))
+
+
+# ImageNet statistics of torchvision / most PyTorch reference code (RGB, on [0, 1] images).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_normalize(image: jax.Array) -> jax.Array:
+  """[..., 3] RGB in [0, 1] -> (image - mean) / std, the input space of ImageNet-trained nets."""
+  mean = jnp.asarray(IMAGENET_MEAN, image.dtype)
+  std = jnp.asarray(IMAGENET_STD, image.dtype)
+  return (image - mean) / std
+
+
+def imagenet_denormalize(normalized: jax.Array) -> jax.Array:
+  """Inverse of `imagenet_normalize`: [..., 3] normalised -> RGB (not clipped)."""
+  mean = jnp.asarray(IMAGENET_MEAN, normalized.dtype)
+  std = jnp.asarray(IMAGENET_STD, normalized.dtype)
+  return normalized * std + mean

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -33,13 +34,39 @@ class Task(abc.ABC):
   def init(self, key: jax.Array) -> Any:
     """Returns a fresh train state: a pytree with an int32 scalar field `step`."""
 
+  def warm_start(self, state: Any) -> Any:
+    """Pretrained values put into a fresh train state (from `init`), on the host.
+
+    The trainer calls it once for a new run (not when resuming) and lays the result out in the
+    state's shardings. Default: the state unchanged.
+    """
+    return state
+
   @abc.abstractmethod
   def train_step(self, state: Any, batch: Batch, key: jax.Array) -> tuple[Any, Metrics]:
     """One optimisation step. `key` is the run's root key; returns scalar metrics with 'loss'."""
 
   @abc.abstractmethod
   def eval_step(self, state: Any, batch: Batch, key: jax.Array) -> Metrics:
-    """Per-example metrics, each [B] float32; the trainer averages them over valid examples."""
+    """Per-example metrics [B, ...] float32 (trailing axes allowed, e.g. a confusion matrix).
+
+    The trainer sums each over the valid examples of the whole evaluation set (every batch,
+    every host) and hands the sums to `summarize_eval`.
+    """
+
+  def summarize_eval(self, sums: dict[str, np.ndarray], count: int) -> dict[str, Any]:
+    """Evaluation results from the summed per-example metrics of the whole evaluation set.
+
+    Args:
+      sums: metric name -> float64 array of shape [...] (the per-example shape), summed over
+        the `count` valid examples.
+      count: number of valid examples (> 0).
+
+    Returns:
+      A JSON-like dict (numbers, lists, nested dicts) written to the eval JSON; every number in
+      it is also logged to TensorBoard. Default: the mean of each scalar metric.
+    """
+    return {name: float(total) / count for name, total in sums.items() if np.ndim(total) == 0}
 
   @abc.abstractmethod
   def samples(self, state: Any, batch: Batch, key: jax.Array) -> dict[str, jax.Array]:

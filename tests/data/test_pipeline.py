@@ -65,7 +65,8 @@ def test_default_config_has_documented_fields():
   """default_data_config has every field, and image_size can change from int to (h, w)."""
   cfg = pipeline.default_data_config()
   assert set(cfg.keys()) == {"source", "image_size", "resize", "crop", "flip", "workers",
-                             "prefetch", "image_key", "max_examples", "repeats"}
+                             "prefetch", "image_key", "max_examples", "repeats", "augment",
+                             "scale", "ratio", "keep_foreground", "eval_mode"}
   cfg.image_size, cfg.resize = (512, 1024), (512, 1024)
   assert cfg.crop == "random" and cfg.workers == 0
 
