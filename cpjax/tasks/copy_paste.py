@@ -17,6 +17,7 @@ optim.lr, optim.b1, optim.b2, optim.critic_steps; data.image_size.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
@@ -28,6 +29,7 @@ import optax
 from cpjax import losses, metrics
 from cpjax.models.copy_paste import CopyPasteGenerator
 from cpjax.models.critic import Critic
+from cpjax.ops import poisson
 from cpjax.ops.transform import TransformConfig, make_copy_paste_example
 from cpjax.tasks.base import Batch, Metrics, Task, example_keys
 
@@ -51,7 +53,7 @@ def image_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
 class CopyPasteTask(Task):
   """The copy-paste system as a task of the shared training loop."""
 
-  sample_columns = ("original", "cut_paste", "mask", "result")
+  sample_columns = ("original", "cut_paste", "mask", "poisson", "result")
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
@@ -148,10 +150,12 @@ class CopyPasteTask(Task):
     return ex, jnp.clip(y, 0.0, 1.0)
 
   def eval_step(self, state: GanState, batch: Batch, key: jax.Array) -> Metrics:
-    """L1, PSNR, SSIM of Y vs I, beside the same for plain cut-and-paste (the composite)."""
+    """L1, PSNR, SSIM of Y vs I, beside the same for plain cut-and-paste (the composite) and
+    for Poisson blending (`poisson_blend`)."""
     ex, y = self._fixed_problems(state, batch, key)
     out = {}
-    for name, pred in (("", y), ("cut_paste_", ex["composite"])):
+    for name, pred in (("", y), ("cut_paste_", ex["composite"]),
+                       ("poisson_", poisson_blend(ex))):
       out[f"{name}l1"] = metrics.l1_per_example(pred, ex["image"])
       out[f"{name}psnr"] = metrics.psnr(pred, ex["image"])
       out[f"{name}ssim"] = metrics.ssim(pred, ex["image"])
@@ -161,4 +165,17 @@ class CopyPasteTask(Task):
     """The same problems at every step, so successive grids show progress."""
     ex, y = self._fixed_problems(state, batch, key)
     return {"original": ex["image"], "cut_paste": ex["composite"],
-            "mask": jnp.broadcast_to(ex["mask"], ex["image"].shape), "result": y}
+            "mask": jnp.broadcast_to(ex["mask"], ex["image"].shape),
+            "poisson": poisson_blend(ex), "result": y}
+
+
+def poisson_blend(ex: dict[str, jax.Array]) -> jax.Array:
+  """The classical baseline: Poisson seamless cloning of T(I) into I inside M, [B, H, W, 3].
+
+  Perez's formulation on the mask itself (`domain='mask'`, CG warm-started from the exact box
+  solve): the pasted region keeps T(I)'s gradients and meets I at the mask's edge; pixels
+  outside the mask stay I. Mask pixels on the image's 1-px border have no boundary ring and keep
+  I's values. Clipped to [0, 1] like the generator's result.
+  """
+  clone = functools.partial(poisson.seamless_clone, mode="normal", domain="mask", box="image")
+  return jnp.clip(jax.vmap(clone)(ex["source"], ex["image"], ex["mask"]), 0.0, 1.0)
