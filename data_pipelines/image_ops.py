@@ -217,7 +217,46 @@ _FIELD_RESAMPLE = {"image": _RESAMPLE, "mask": Image.Resampling.BILINEAR,
 _FIELD_FILL = {"image": 0, "mask": 0, "label": 255}
 
 
-def resize_field(array: np.ndarray, size: Size, kind: str) -> np.ndarray:
+RESAMPLES = ("antialias", "linear")
+
+
+def resize_linear(array: np.ndarray, size: Size) -> np.ndarray:
+  """Bilinear resize without antialiasing, like cv2.resize(..., INTER_LINEAR).
+
+  Half-pixel centres: output pixel i samples input coordinate (i + 0.5) * in / out - 0.5,
+  clamped to the image. This is what albumentations' Resize (and hence the iHarmony4 reference's
+  256x256 evaluation) does; values agree with OpenCV's fixed-point arithmetic to within 1 level.
+
+  Args:
+    array: uint8 [H, W] or [H, W, C].
+    size: (h, w) or an int.
+
+  Returns:
+    uint8 of shape (h, w) + array.shape[2:].
+  """
+  h, w = pair(size)
+  height, width = array.shape[:2]
+  if (height, width) == (h, w):
+    return array
+
+  def taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    x0 = np.floor(x).astype(np.int64)
+    return x0, np.minimum(x0 + 1, n_in - 1), (x - x0).astype(np.float32)
+
+  (y0, y1, ty), (x0, x1, tx) = taps(h, height), taps(w, width)
+  a = array.astype(np.float32)
+  extra = (1,) * (a.ndim - 2)
+  tx = tx.reshape((1, w) + extra)
+  ty = ty.reshape((h, 1) + extra)
+  rows0, rows1 = a[y0], a[y1]
+  top = rows0[:, x0] * (1 - tx) + rows0[:, x1] * tx
+  bottom = rows1[:, x0] * (1 - tx) + rows1[:, x1] * tx
+  return np.clip(np.round(top * (1 - ty) + bottom * ty), 0, 255).astype(np.uint8)
+
+
+def resize_field(array: np.ndarray, size: Size, kind: str, resample: str = "antialias"
+                 ) -> np.ndarray:
   """Resize an aligned field to exactly `size` = (h, w) the way its kind needs.
 
   Args:
@@ -226,10 +265,16 @@ def resize_field(array: np.ndarray, size: Size, kind: str) -> np.ndarray:
     size: (h, w) or an int (square).
     kind: 'image' (antialiased bicubic), 'mask' (bilinear: soft edges stay in 0..255) or
       'label' (nearest: no invented class ids).
+    resample: 'antialias' (the filters above) or 'linear' (`resize_linear` for images and
+      masks, as OpenCV / albumentations resize; labels stay nearest).
 
   Returns:
     The same dtype and channel layout at (h, w); the input itself when the size already matches.
   """
+  if resample not in RESAMPLES:
+    raise ValueError(f"resample is {resample!r}; use one of {', '.join(RESAMPLES)}")
+  if resample == "linear" and kind != "label":
+    return resize_linear(array, size)
   if kind == "image":
     return resize(array, size)
   h, w = pair(size)

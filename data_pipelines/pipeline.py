@@ -35,6 +35,9 @@ works too and missing fields take the defaults):
                 'pad' (resize, then pad bottom/right up to image_size with each field kind's
                 fill; a larger item is an error). The trainer sets it from eval.mode.
                                                                            default 'center'
+  resample      'antialias' (PIL: antialiased bicubic images, bilinear masks) or 'linear'
+                (OpenCV-style bilinear without antialiasing for images and masks, as the
+                iHarmony4 reference resizes); labels are always nearest.   default 'antialias'
 
 Per example with augment='crop': decode (the source) -> `resize` -> if smaller than
 `image_size`, upscale (aspect kept) until it covers it (the shorter side of a square crop
@@ -96,7 +99,7 @@ DataConfig = Union[ml_collections.ConfigDict, Mapping[str, Any]]
 _DEFAULTS = dict(source="samples", image_size=256, resize=None, crop="random", flip=True,
                  workers=0, prefetch=2, image_key="image", max_examples=None, repeats=1,
                  augment="crop", scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), keep_foreground=None,
-                 eval_mode="center")
+                 eval_mode="center", resample="antialias")
 _CROPS = ("random", "center")
 _AUGMENTS = ("crop", "random_resized_crop")
 _EVAL_MODES = ("center", "resize", "pad")
@@ -130,6 +133,7 @@ class _Settings:
   ratio: tuple[float, float]
   keep_foreground: str | None
   eval_mode: str
+  resample: str
 
 
 def _settings(cfg: DataConfig) -> _Settings:
@@ -152,7 +156,9 @@ def _settings(cfg: DataConfig) -> _Settings:
   repeats = int(get("repeats"))
   if repeats < 1:
     raise ValueError(f"data.repeats is {repeats}; use 1 or more")
-  augment, eval_mode = get("augment"), get("eval_mode")
+  augment, eval_mode, resample = get("augment"), get("eval_mode"), get("resample")
+  if resample not in image_ops.RESAMPLES:
+    raise ValueError(f"data.resample is {resample!r}; use one of {', '.join(image_ops.RESAMPLES)}")
   if augment not in _AUGMENTS:
     raise ValueError(f"data.augment is {augment!r}; use one of {', '.join(_AUGMENTS)}")
   if eval_mode not in _EVAL_MODES:
@@ -167,7 +173,8 @@ def _settings(cfg: DataConfig) -> _Settings:
                    prefetch=prefetch, image_key=get("image_key"),
                    max_examples=None if max_examples is None else int(max_examples),
                    repeats=repeats, augment=augment, scale=scale, ratio=ratio,
-                   keep_foreground=get("keep_foreground"), eval_mode=eval_mode)
+                   keep_foreground=get("keep_foreground"), eval_mode=eval_mode,
+                   resample=resample)
 
 
 def _local_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
@@ -190,9 +197,10 @@ def _global_position(local: int, batch_size: int, local_batch: int, process_inde
 Fields = dict[str, str]   # aligned field -> kind ('image', 'mask', 'label')
 
 
-def _resize_all(example: dict[str, Any], fields: Fields, shape: tuple[int, int]
-                ) -> dict[str, np.ndarray]:
-  return {k: image_ops.resize_field(example[k], shape, kind) for k, kind in fields.items()}
+def _resize_all(example: dict[str, Any], fields: Fields, shape: tuple[int, int],
+                resample: str) -> dict[str, np.ndarray]:
+  return {k: image_ops.resize_field(example[k], shape, kind, resample)
+          for k, kind in fields.items()}
 
 
 def _crop_all(example: dict[str, np.ndarray], top: int, left: int, size: tuple[int, int]
@@ -205,8 +213,9 @@ def _crop_geometry(example: dict[str, Any], fields: Fields, settings: _Settings,
   """resize -> cover the crop -> crop (random with rng, else center)."""
   height, width = example["image"].shape[:2]
   shape = image_ops.resized_shape(height, width, settings.resize)
-  out = _resize_all(example, fields, shape)
-  out = _resize_all(out, fields, image_ops.covering_shape(*shape, settings.image_size))
+  out = _resize_all(example, fields, shape, settings.resample)
+  out = _resize_all(out, fields, image_ops.covering_shape(*shape, settings.image_size),
+                    settings.resample)
   (h, w), (height, width) = settings.image_size, out["image"].shape[:2]
   if rng is not None and settings.crop == "random":
     top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
@@ -224,12 +233,13 @@ def _random_resized_crop(example: dict[str, Any], fields: Fields, settings: _Set
   """RandomResizedCrop of every field to image_size; with keep_foreground, redrawn until the
   crop keeps foreground (or a coin with probability 0.05 keeps it anyway)."""
   resized = _resize_all(example, fields, image_ops.resized_shape(
-      *example["image"].shape[:2], settings.resize))
+      *example["image"].shape[:2], settings.resize), settings.resample)
   height, width = resized["image"].shape[:2]
   for _ in range(_FOREGROUND_TRIES):
     top, left, h, w = image_ops.random_resized_crop_box(height, width, settings.scale,
                                                        settings.ratio, rng)
-    out = _resize_all(_crop_all(resized, top, left, (h, w)), fields, settings.image_size)
+    out = _resize_all(_crop_all(resized, top, left, (h, w)), fields, settings.image_size,
+                      settings.resample)
     if (settings.keep_foreground is None
         or _foreground_pixels(out[settings.keep_foreground]) > 1
         or rng.random() < _KEEP_PROBABILITY):
@@ -245,10 +255,10 @@ def _prepare(example: dict[str, Any], fields: Fields, settings: _Settings,
   Evaluation (rng None): settings.eval_mode.
   """
   if rng is None and settings.eval_mode == "resize":
-    out = _resize_all(example, fields, settings.image_size)
+    out = _resize_all(example, fields, settings.image_size, settings.resample)
   elif rng is None and settings.eval_mode == "pad":
     out = _resize_all(example, fields, image_ops.resized_shape(
-        *example["image"].shape[:2], settings.resize))
+        *example["image"].shape[:2], settings.resize), settings.resample)
     path = str(example.get("path", "<item>"))
     out = {k: image_ops.pad_field(v, settings.image_size, fields[k], path) for k, v in out.items()}
   elif rng is not None and settings.augment == "random_resized_crop":

@@ -46,3 +46,21 @@ def numpy_params(shapes, seed: int = 0):
     return jnp.asarray(0.1 * r.normal(size=s.shape), s.dtype)
 
   return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@pytest.fixture(scope="session")
+def video_demo_tiny_run(tmp_path_factory):
+  """`python -m cpjax.main --config=configs/video_demo.py:tiny` (2 steps, 1 device): its workdir.
+
+  Shared by the video-inpainting task and tool tests, so the command line is exercised once.
+  """
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("video_demo_tiny")
+  run = subprocess.run(
+      [sys.executable, "-m", "cpjax.main", "--config=configs/video_demo.py:tiny",
+       f"--workdir={workdir}", "--config.checkpoint.async_save=False"],
+      cwd=REPO, env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"), capture_output=True,
+      text=True, timeout=900)
+  assert run.returncode == 0, run.stderr[-3000:]
+  return workdir, run.stderr

@@ -10,7 +10,13 @@ import pytest
 from conftest import REPO, load_config
 from cpjax.train import trainer
 
-CONFIGS = {"faces": ["", "tiny"], "cityscapes": ["", "tiny"], "demo": ["", "tiny"]}
+CONFIGS = {"faces": ["", "tiny"], "cityscapes": ["", "tiny"], "demo": ["", "tiny"],
+           "iharmony4_dih": ["", "joint", "tiny"],
+           "iharmony4_idih": ["", "idih512", "dih256", "tiny"],
+           "iharmony4_idih_hrnet": ["", "w18s", "w18", "w32", "tiny"],
+           "harmonization_demo": ["", "tiny"],
+           "video_inpainting": ["", "tiny"], "video_demo": ["", "tiny"],
+           "fcn_voc": ["", "32s", "16s", "8s", "4s", "tiny"], "fcn_demo": ["", "tiny"]}
 
 
 def test_every_config_file_is_listed():
@@ -36,9 +42,10 @@ def test_paper_hyperparameters():
   assert len(f.model.dilations) == 7 and max(f.model.dilations) == 16
 
 
-def test_unknown_variant_is_refused():
-  with pytest.raises(ValueError, match="unknown variant 'huge'"):
-    load_config("faces", "huge")
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_unknown_variant_is_refused(name):
+  with pytest.raises(ValueError, match=f"unknown variant 'huge' of configs/{name}.py"):
+    load_config(name, "huge")
 
 
 @pytest.mark.parametrize("name", ["faces", "cityscapes"])

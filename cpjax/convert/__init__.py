@@ -39,7 +39,35 @@ class Converted:
 
 
 # --model name -> "module:function"; see each module for the file it expects.
-CONVERTERS: dict[str, str] = {}
+CONVERTERS: dict[str, str] = {
+    "vgg16_torchvision": "cpjax.convert.vgg:vgg16_torchvision",
+    "vgg16_caffe": "cpjax.convert.vgg:vgg16_caffe",
+    "fcn32s": "cpjax.convert.fcn:fcn32s",
+    "fcn16s": "cpjax.convert.fcn:fcn16s",
+    "fcn8s": "cpjax.convert.fcn:fcn8s",
+    "cpn_video": "cpjax.convert.video_cpn:cpn_video",
+    "hrnet_w18s": "cpjax.convert.hrnet:hrnet_w18s",
+    "hrnet_w18": "cpjax.convert.hrnet:hrnet_w18",
+    "hrnet_w32": "cpjax.convert.hrnet:hrnet_w32",
+    "idih256": "cpjax.convert.harmonization:idih256",
+    "hrnet18s_idih256": "cpjax.convert.harmonization:hrnet18s_idih256",
+    "hrnet18_idih256": "cpjax.convert.harmonization:hrnet18_idih256",
+    "hrnet32_idih256": "cpjax.convert.harmonization:hrnet32_idih256",
+}
+
+
+# Converted models that run on their own, and the config (file in configs/, variant) that builds
+# the system around them: tools accept their directories in place of a training workdir.
+RUNNABLE: dict[str, str] = {
+    "idih256": "iharmony4_idih.py",
+    "hrnet18s_idih256": "iharmony4_idih_hrnet.py:w18s",
+    "hrnet18_idih256": "iharmony4_idih_hrnet.py:w18",
+    "hrnet32_idih256": "iharmony4_idih_hrnet.py:w32",
+    "fcn32s": "fcn_voc.py:32s",
+    "fcn16s": "fcn_voc.py:16s",
+    "fcn8s": "fcn_voc.py:8s",
+    "cpn_video": "video_inpainting.py",
+}
 
 
 def convert(model: str, arrays: Mapping[str, np.ndarray]) -> Converted:

@@ -72,8 +72,10 @@ class StateDict:
 
   def take(self, key: str) -> np.ndarray:
     if key not in self._arrays:
-      raise ConversionError(f"the state dict has no key {key!r}; keys near it: "
-                            f"{_listing(k for k in self._arrays if k.split('.')[0] == key.split('.')[0])}")
+      unused = [k for k in self._arrays if k not in self._used]
+      raise ConversionError(
+          f"the state dict has no key {key!r} (the target layout needs it); keys of the file not "
+          f"used so far: {_listing(unused) or 'none'}; is --model the right architecture?")
     self._used.add(key)
     return self._arrays[key].astype(np.float32)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Our fill names -> jax.scipy.ndimage.map_coordinates modes.
 _FILL_MODES = {"reflect": "mirror", "symmetric": "reflect", "edge": "nearest",
@@ -239,3 +240,192 @@ def random_geometric(key: jax.Array, image: jax.Array, sigma: float | jax.Array,
   """
   height, width = image.shape[-3], image.shape[-2]
   return warp_perspective(image, random_homography(key, height, width, sigma), fill)
+
+
+def normalized_affine_to_pixels(theta: jax.Array, height: int, width: int) -> jax.Array:
+  """PyTorch `affine_grid(theta, align_corners=True)` as an index-coordinate sampling map.
+
+  `theta` maps normalised OUTPUT coordinates (x, y) in [-1, 1] (-1 and 1 are the centres of the
+  first and last pixels: align_corners=True) to normalised INPUT coordinates. The returned
+  matrix maps output index coordinates (x = column, y = row; module docstring) to input index
+  coordinates: it is the matrix `cv2.warpAffine` takes with `cv2.WARP_INVERSE_MAP`.
+
+  Args:
+    theta: [2, 3] float, normalised output -> input (the video-inpainting alignment network's
+      output, `cpjax.models.video_cpn`).
+    height, width: image size (>= 2 each).
+
+  Returns:
+    [2, 3] float32 index-coordinate map, output -> input.
+  """
+  theta = jnp.asarray(theta, jnp.float32)
+  # index -> normalised: u = 2 x / (W - 1) - 1; normalised -> index: x = (u + 1) (W - 1) / 2.
+  sx, sy = 2.0 / (width - 1), 2.0 / (height - 1)
+  to_norm = jnp.array([[sx, 0.0, -1.0], [0.0, sy, -1.0], [0.0, 0.0, 1.0]], jnp.float32)
+  to_index = jnp.array([[1.0 / sx, 0.0, 1.0 / sx], [0.0, 1.0 / sy, 1.0 / sy]], jnp.float32)
+  theta3 = jnp.concatenate([theta, jnp.array([[0.0, 0.0, 1.0]], jnp.float32)], axis=0)
+  return to_index @ theta3 @ to_norm
+
+
+def affine_grid_sample(image: jax.Array, theta: jax.Array, fill: str = "constant") -> jax.Array:
+  """PyTorch `grid_sample(image, affine_grid(theta))` with align_corners=True, bilinear.
+
+  out(p) = image(theta p) in normalised coordinates (see `normalized_affine_to_pixels`); with
+  the default fill 'constant' (PyTorch padding_mode='zeros') samples outside the image read 0,
+  each of the four bilinear neighbours separately. The same result as `cv2.warpAffine(image,
+  normalized_affine_to_pixels(theta, H, W), (W, H), flags=cv2.INTER_LINEAR |
+  cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)` for float images.
+
+  Args:
+    image: [H, W, C] float.
+    theta: [2, 3] normalised output -> input affine map.
+    fill: fill mode outside the image (module docstring).
+
+  Returns:
+    [H, W, C] float, the dtype of image; differentiable w.r.t. image and theta.
+  """
+  height, width = image.shape[-3], image.shape[-2]
+  m = normalized_affine_to_pixels(theta, height, width)
+  ys, xs = _pixel_grid(height, width)
+  src_x = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
+  src_y = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
+  return bilinear_sample(image, src_y, src_x, fill)
+
+
+def compose_affine(outer: jax.Array, inner: jax.Array) -> jax.Array:
+  """The [2, 3] affine map `outer o inner` (apply inner first)."""
+  inner3 = jnp.concatenate([inner, jnp.array([[0.0, 0.0, 1.0]], inner.dtype)], axis=0)
+  return outer @ inner3
+
+
+def affine_about_center(height: int, width: int, *, rotation: jax.Array | float = 0.0,
+                        shear: jax.Array | float = 0.0, scale: jax.Array | float = 1.0,
+                        translation: jax.Array | tuple[float, float] = (0.0, 0.0),
+                        center: jax.Array | None = None) -> jax.Array:
+  """An affine map in index coordinates built from rotation, shear, scale and translation.
+
+  A = T(center + translation) R(rotation) Sh(shear) S(scale) T(-center): points are scaled,
+  sheared (x += shear * y) and rotated about `center` (default: the image centre
+  ((W - 1) / 2, (H - 1) / 2)), then moved by `translation`. Positive rotation turns +x towards
+  +y (clockwise on screen), as `cv2.getRotationMatrix2D` with a negative angle.
+
+  Args:
+    height, width: image size.
+    rotation: radians.
+    shear: horizontal shear factor.
+    scale: scalar or [2] (sx, sy) zoom factors.
+    translation: [2] (dx, dy) pixels.
+    center: [2] (x, y) index coordinates of the fixed point; default the image centre.
+
+  Returns:
+    [2, 3] float32, input -> output index coordinates (OpenCV convention, `affine_warp`).
+  """
+  if center is None:
+    center = jnp.array([(width - 1) / 2.0, (height - 1) / 2.0], jnp.float32)
+  center = jnp.asarray(center, jnp.float32)
+  scale = jnp.broadcast_to(jnp.asarray(scale, jnp.float32), (2,))
+  cos, sin = jnp.cos(rotation), jnp.sin(rotation)
+  rot = jnp.array([[cos, -sin], [sin, cos]], jnp.float32).reshape(2, 2)
+  shear_m = jnp.array([[1.0, shear], [0.0, 1.0]], jnp.float32).reshape(2, 2)
+  linear = rot @ shear_m @ jnp.diag(scale)
+  offset = center + jnp.asarray(translation, jnp.float32) - linear @ center
+  return jnp.concatenate([linear, offset[:, None]], axis=1)
+
+
+def random_affine(key: jax.Array, height: int, width: int, *, rotation: float, shear: float,
+                  scale: float, translation: float) -> jax.Array:
+  """A random `affine_about_center` near the identity, every parameter drawn uniformly.
+
+  Args:
+    key: PRNG key.
+    height, width: image size.
+    rotation: maximum |angle| in radians.
+    shear: maximum |shear factor|.
+    scale: maximum |log zoom|: the zoom is exp(U(-scale, scale)), the same on both axes.
+    translation: maximum |shift| as a fraction of the image side (x of the width, y of the
+      height).
+
+  Returns:
+    [2, 3] float32, input -> output index coordinates.
+  """
+  u = jax.random.uniform(key, (5,), jnp.float32, -1.0, 1.0)
+  shift = u[3:5] * translation * jnp.array([width, height], jnp.float32)
+  return affine_about_center(height, width, rotation=u[0] * rotation, shear=u[1] * shear,
+                             scale=jnp.exp(u[2] * scale), translation=shift)
+
+
+def random_affine_path(key: jax.Array, num_steps: int, height: int, width: int, *,
+                       rotation: float, shear: float, scale: float,
+                       translation: float) -> jax.Array:
+  """Successive random affine motions: A_0 = I, A_t = D_t o A_{t-1}, D_t = `random_affine`.
+
+  Args:
+    key: PRNG key.
+    num_steps: number of maps T.
+    height, width: image size (the motions act about its centre).
+    rotation, shear, scale, translation: ranges of each step D_t (see `random_affine`).
+
+  Returns:
+    [T, 2, 3] float32 maps (index coordinates, input -> output); the first is the identity.
+  """
+  keys = jax.random.split(key, num_steps - 1)
+  steps = jax.vmap(lambda k: random_affine(k, height, width, rotation=rotation, shear=shear,
+                                           scale=scale, translation=translation))(keys)
+  identity = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], jnp.float32)
+
+  def advance(current, step):
+    nxt = compose_affine(step, current)
+    return nxt, nxt
+
+  _, rest = jax.lax.scan(advance, identity, steps)
+  return jnp.concatenate([identity[None], rest], axis=0)
+
+
+def _align_corners_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Source taps of a 1-D align_corners=True linear resize: (lower index, upper index, weight of
+  the upper one), each [out_size]. Output sample i reads input position i (in - 1) / (out - 1)
+  (0 when out_size == 1, as PyTorch does); computed in float64 NumPy at trace time."""
+  if out_size == 1 or in_size == 1:
+    pos = np.zeros(out_size)
+  else:
+    pos = np.arange(out_size) * ((in_size - 1) / (out_size - 1))
+  lower = np.minimum(np.floor(pos).astype(np.int32), in_size - 1)
+  upper = np.minimum(lower + 1, in_size - 1)
+  return lower, upper, (pos - lower).astype(np.float32)
+
+
+def resize_bilinear_align_corners(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """Bilinear resize with PyTorch's `F.interpolate(..., mode='bilinear', align_corners=True)`.
+
+  The corner pixels' centres of input and output coincide: output pixel (i, j) samples the
+  input at index coordinates (i (H - 1) / (h - 1), j (W - 1) / (w - 1)) (module docstring), so
+  the corners are copied exactly and a same-size resize is the identity. `jax.image.resize` is
+  half-pixel aligned (align_corners=False) and anti-aliases when shrinking; this one does
+  neither, like PyTorch (the HRNet fusion and OCR layers of iDIH-HRNet were trained with it).
+  Separable: two gathers and linear interpolations, rows then columns; differentiable w.r.t. x.
+
+  Args:
+    x: [..., H, W, C] float (any leading axes, e.g. a batch).
+    size: (h, w) output size, each >= 1.
+
+  Returns:
+    [..., h, w, C], the dtype of x.
+  """
+  out_h, out_w = size
+  if out_h < 1 or out_w < 1:
+    raise ValueError(f"cpjax.ops.geometry: resize to {size}; give a size of at least 1x1.")
+  for axis, out_size in ((-3, out_h), (-2, out_w)):
+    lower, upper, frac = _align_corners_taps(x.shape[axis], out_size)
+    weight = jnp.asarray(frac, x.dtype).reshape((-1,) + (1,) * (-axis - 1))
+    a = jnp.take(x, lower, axis=axis)
+    b = jnp.take(x, upper, axis=axis)
+    x = a + (b - a) * weight
+  return x
+
+
+def invert_affine(matrix: jax.Array) -> jax.Array:
+  """The inverse of a [2, 3] affine map (closed form), [2, 3] float32."""
+  m = jnp.asarray(matrix, jnp.float32)
+  det = m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]
+  linear = jnp.array([[m[1, 1], -m[0, 1]], [-m[1, 0], m[0, 0]]]) / det
+  return jnp.concatenate([linear, -(linear @ m[:, 2])[:, None]], axis=1)

@@ -13,6 +13,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from cpjax.ops import geometry
+
 Range = tuple[float, float]
 
 
@@ -123,3 +125,108 @@ def random_rotated_rectangle(key: jax.Array, height: int, width: int,
   """
   p = sample_rectangle_params(key, height, width, ranges)
   return rotated_rectangle(height, width, p["center"], p["size"], p["angle"])
+
+
+def random_blob_shape(key: jax.Array, harmonics: int = 4, roughness: float = 0.5
+                      ) -> dict[str, jax.Array]:
+  """A random star-shaped blob: radius r(phi) = 1 + sum_k a_k cos(k phi + b_k), k = 2..K+1.
+
+  The amplitudes a_k ~ U(0, 1) are rescaled so that sum_k a_k = roughness * U(0.2, 1), hence
+  r(phi) >= 1 - roughness > 0: smooth, object-like outlines from near-discs to lobed shapes.
+
+  Args:
+    key: PRNG key.
+    harmonics: number K of cosine terms.
+    roughness: largest total amplitude, in [0, 1).
+
+  Returns:
+    {'amplitude': [K], 'phase': [K]} float32: the shape in its own frame (unit mean radius).
+  """
+  k_amp, k_phase, k_total = jax.random.split(key, 3)
+  amplitude = jax.random.uniform(k_amp, (harmonics,), jnp.float32)
+  total = roughness * jax.random.uniform(k_total, (), jnp.float32, 0.2, 1.0)
+  amplitude = amplitude / jnp.maximum(jnp.sum(amplitude), 1e-6) * total
+  phase = jax.random.uniform(k_phase, (harmonics,), jnp.float32, 0.0, 2 * math.pi)
+  return {"amplitude": amplitude, "phase": phase}
+
+
+def blob_mask(height: int, width: int, shape: dict[str, jax.Array],
+              placement: jax.Array) -> jax.Array:
+  """Rasterises a `random_blob_shape` placed in the image by an affine map.
+
+  A pixel is inside when its centre p (index coordinates x = column, y = row, the convention
+  of `cpjax.ops.geometry`) maps to q = placement^-1 p with |q| <= r(atan2(q_y, q_x)).
+
+  Args:
+    height, width: image size.
+    shape: from `random_blob_shape`.
+    placement: [2, 3] affine map from the blob's frame (unit mean radius at the origin) to
+      index coordinates, e.g. `geometry.affine_about_center` composed with a motion path.
+
+  Returns:
+    [height, width, 1] float32 in {0, 1}.
+  """
+  linear, offset = placement[:, :2], placement[:, 2]
+  det = linear[0, 0] * linear[1, 1] - linear[0, 1] * linear[1, 0]
+  inv = jnp.array([[linear[1, 1], -linear[0, 1]], [-linear[1, 0], linear[0, 0]]]) / det
+  ys, xs = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
+                        jnp.arange(width, dtype=jnp.float32), indexing="ij")
+  px, py = xs - offset[0], ys - offset[1]
+  qx = inv[0, 0] * px + inv[0, 1] * py
+  qy = inv[1, 0] * px + inv[1, 1] * py
+  phi = jnp.arctan2(qy, qx)
+  orders = jnp.arange(2, 2 + shape["amplitude"].shape[0], dtype=jnp.float32)
+  radius = 1.0 + jnp.sum(shape["amplitude"] * jnp.cos(orders * phi[..., None] + shape["phase"]),
+                         axis=-1)
+  inside = qx * qx + qy * qy <= radius * radius
+  return inside.astype(jnp.float32)[..., None]
+
+
+@dataclasses.dataclass(frozen=True)
+class MovingMaskRanges:
+  """Random moving object masks for video inpainting (CPN paper sec. 4.2; numbers are ours).
+
+  Attributes:
+    radius: blob mean radius as a fraction of the shorter image side, U(lo, hi).
+    center: blob start centre as fractions of the image side, each axis U(lo, hi).
+    rotation, shear, scale, translation: per-frame motion ranges of the object, as in
+      `cpjax.ops.geometry.random_affine` (translation in fractions of the image side).
+  """
+  radius: Range = (0.12, 0.3)
+  center: Range = (0.25, 0.75)
+  rotation: float = 0.1
+  shear: float = 0.05
+  scale: float = 0.05
+  translation: float = 0.06
+
+
+def moving_blob_masks(key: jax.Array, num_frames: int, height: int, width: int,
+                      ranges: MovingMaskRanges = MovingMaskRanges()) -> jax.Array:
+  """A hole sequence: one random blob moving along its own random affine path.
+
+  Frame t's placement is D_t o ... o D_1 o P_0, with P_0 a random start (centre, radius,
+  rotation) and D_t random per-frame motions (`geometry.random_affine_path`).
+
+  Args:
+    key: PRNG key.
+    num_frames: T.
+    height, width: frame size.
+    ranges: shape and motion ranges.
+
+  Returns:
+    [T, height, width, 1] float32 in {0, 1}, 1 = hole.
+  """
+  k_shape, k_start, k_path = jax.random.split(key, 3)
+  u = jax.random.uniform(k_start, (4,), jnp.float32)
+  lo, hi = ranges.radius
+  radius = (lo + (hi - lo) * u[0]) * min(height, width)
+  c_lo, c_hi = ranges.center
+  center = (c_lo + (c_hi - c_lo) * u[1:3]) * jnp.array([width, height], jnp.float32)
+  start = geometry.affine_about_center(height, width, rotation=2 * math.pi * u[3], scale=radius,
+                                       translation=center, center=jnp.zeros(2, jnp.float32))
+  path = geometry.random_affine_path(k_path, num_frames, height, width,
+                                     rotation=ranges.rotation, shear=ranges.shear,
+                                     scale=ranges.scale, translation=ranges.translation)
+  shape = random_blob_shape(k_shape)
+  placements = jax.vmap(lambda a: geometry.compose_affine(a, start))(path)
+  return jax.vmap(lambda p: blob_mask(height, width, shape, p))(placements)

@@ -9,6 +9,9 @@ from cpjax.tasks.base import Task
 
 _TASKS = {
     "copy_paste": "cpjax.tasks.copy_paste:CopyPasteTask",
+    "video_inpainting": "cpjax.tasks.video_inpainting:VideoInpaintingTask",
+    "harmonization": "cpjax.tasks.harmonization:HarmonizationTask",
+    "fcn": "cpjax.tasks.segmentation:SegmentationTask",
 }
 
 

@@ -13,6 +13,7 @@ only with --verbose).
 """
 from __future__ import annotations
 
+import json
 import logging as logging_lib
 import os
 import pathlib
@@ -182,15 +183,49 @@ def write_image(path: PathLike, image: Any) -> None:
                     "path.") from e
 
 
+def _restore_converted(directory: pathlib.Path) -> tuple[Any, Any, Any]:
+  """(config, task, state) of released weights converted by `cpjax.tools.convert`.
+
+  The system is built from the config that `cpjax.convert.RUNNABLE` names for the model, with
+  `init_from` pointing at the directory; the task's `warm_start` loads (and checks) the weights.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from cpjax import convert, tasks  # pylint: disable=g-import-not-at-top
+  from cpjax.convert import checkpoint  # pylint: disable=g-import-not-at-top
+  from cpjax.train import defaults, partitioning  # pylint: disable=g-import-not-at-top
+
+  model = json.loads((directory / checkpoint.METADATA).read_text())["model"]
+  if model not in convert.RUNNABLE:
+    raise ToolError(f"{directory} holds converted {model} weights, a part of a system (they "
+                    "initialise training, e.g. --config.model.backbone_init=DIR); give a training "
+                    "workdir or converted weights of a whole system: "
+                    f"{', '.join(sorted(convert.RUNNABLE))}.")
+  config_file, _, variant = convert.RUNNABLE[model].partition(":")
+  configs_dir = pathlib.Path(__file__).resolve().parents[2] / "configs"
+  config = defaults.load_sibling(str(configs_dir / config_file), config_file[:-3]).get_config(
+      variant)
+  config.init_from = str(directory)
+  task = tasks.build(config)
+  mesh = partitioning.make_mesh(jax.local_devices()[:1])
+  replicated = partitioning.replicated(mesh)
+  with jax.threefry_partitionable(False):
+    state = jax.jit(task.init, out_shardings=replicated)(jax.random.key(config.seed))
+  state = jax.device_put(task.warm_start(state), replicated)
+  return config, task, state
+
+
 def restore_task(workdir: PathLike, step: int | None = None) -> tuple[Any, Any, Any]:
   """Rebuilds a trained system from its checkpoint, on the first local device.
 
   The config is the one saved in the checkpoint (not a config file), so the network matches
-  the weights.
+  the weights. A directory of converted released weights (`cpjax.tools.convert`) works too:
+  the system is built from the config `cpjax.convert.RUNNABLE` names for it.
 
   Args:
-    workdir: a training run's --workdir (checkpoints under `workdir/checkpoints`).
-    step: the checkpoint to restore; None: the latest.
+    workdir: a training run's --workdir (checkpoints under `workdir/checkpoints`), or a
+      converted-weights directory.
+    step: the checkpoint to restore; None: the latest (ignored for converted weights).
 
   Returns:
     (config, task, state): the run's `ml_collections.ConfigDict`, the `cpjax.tasks` task it
@@ -206,6 +241,9 @@ def restore_task(workdir: PathLike, step: int | None = None) -> tuple[Any, Any, 
   from cpjax import tasks  # pylint: disable=g-import-not-at-top
   from cpjax.train import checkpointing, partitioning  # pylint: disable=g-import-not-at-top
 
+  from cpjax.convert import checkpoint as converted  # pylint: disable=g-import-not-at-top
+  if converted.is_converted(workdir):
+    return _restore_converted(pathlib.Path(workdir).expanduser())
   directory = pathlib.Path(workdir).expanduser() / "checkpoints"
   no_checkpoint = (f"no checkpoint in {directory}; train one with python -m cpjax.main "
                    f"--config=configs/demo.py --workdir={workdir}")

@@ -101,9 +101,21 @@ def main(argv: list[str]) -> int:
   converted = run(f["from"].value, f.model, f.out)
   count = sum(int(np.prod(np.shape(v))) for v in _leaves(converted.variables))
   print(f"wrote {f.out}: {converted.model}, {count:,} values"
-        + (f"; dropped unused reference keys: {', '.join(converted.dropped)}"
+        + (f"; dropped unused reference keys: {summarize_keys(converted.dropped)}"
            if converted.dropped else ""))
   return 0
+
+
+def summarize_keys(keys: list[str], limit: int = 4) -> str:
+  """Key names grouped by their module, e.g. 'classifier.* (2 keys), incre_modules.* (60 keys)';
+  a module with at most `limit` keys is listed key by key."""
+  groups: dict[str, list[str]] = {}
+  for key in keys:
+    groups.setdefault(key.split(".")[0], []).append(key)
+  parts = []
+  for prefix, members in sorted(groups.items()):
+    parts.extend(members if len(members) <= limit else [f"{prefix}.* ({len(members)} keys)"])
+  return ", ".join(parts)
 
 
 def _leaves(tree):

@@ -133,10 +133,17 @@ class _Run:
 
   def _eval_sums(self, state: Any, batch: dict[str, jax.Array], key: jax.Array):
     """Sums over the valid examples of one global batch of each per-example metric [B, ...]."""
-    valid = batch["valid"].astype(jnp.float32)
+    valid = batch["valid"]
     per_example = self.task.eval_step(state, batch, key)
-    sums = {k: jnp.tensordot(valid, v.astype(jnp.float32), axes=1) for k, v in per_example.items()}
-    return sums, jnp.sum(valid)
+
+    def total(v: jax.Array) -> jax.Array:
+      # where, not a product: a padding example's metric may be inf or NaN (e.g. PSNR of a zero
+      # target), and inf * 0 is NaN.
+      keep = valid.reshape(valid.shape + (1,) * (v.ndim - 1))
+      return jnp.sum(jnp.where(keep, v.astype(jnp.float32), 0.0), axis=0)
+
+    sums = {k: total(v) for k, v in per_example.items()}
+    return sums, jnp.sum(valid.astype(jnp.float32))
 
   def eval_data_config(self) -> ml_collections.ConfigDict:
     data = ml_collections.ConfigDict(self.config.data.to_dict())
@@ -177,7 +184,7 @@ class _Run:
       path.parent.mkdir(parents=True, exist_ok=True)
       path.write_text(json.dumps({"step": step, "source": eval_cfg.source, **results}, indent=2))
       logging.info("eval at step %d: %s (written to %s)", step,
-                   ", ".join(f"{k}={v:.4g}" for k, v in results.items()), path)
+                   ", ".join(f"{k}={v:.4g}" for k, v in _numeric_leaves(results).items()), path)
     return results
 
 
@@ -296,13 +303,24 @@ def _eval_result_path(workdir: pathlib.Path, step: int) -> pathlib.Path:
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
              devices: list[jax.Device] | None = None) -> dict[str, float]:
-  """Evaluates one checkpoint: `config.eval.step`, or the latest when it is -1."""
+  """Evaluates one checkpoint: `config.eval.step`, or the latest when it is -1.
+
+  A workdir without checkpoints but a config with `init_from` (e.g. weights converted by
+  `cpjax.tools.convert`) evaluates the warm-started state as step 0: released weights are
+  scored without training.
+  """
   run = _Run(config, workdir, devices)
   try:
     steps = run.checkpointer.all_steps()
+    if not steps and config.get("init_from") and config.eval.step < 0:
+      logging.info("no checkpoint in %s: evaluating the weights of init_from=%s as step 0",
+                   run.checkpointer.directory, config.init_from)
+      return run.evaluate(run.init_state(), 0,
+                          writers.Writer(run.workdir, "eval", enabled=run.is_chief))
     if not steps:
       raise FileNotFoundError(f"no checkpoint in {run.checkpointer.directory}; train first "
-                              "(--mode=train) or point --workdir at a training run.")
+                              "(--mode=train), point --workdir at a training run, or give "
+                              "--config.init_from=DIR to evaluate converted weights.")
     step = steps[-1] if config.eval.step < 0 else config.eval.step
     if step not in steps:
       raise FileNotFoundError(f"no checkpoint of step {step} in {run.checkpointer.directory}; "

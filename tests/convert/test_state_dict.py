@@ -81,7 +81,7 @@ def test_unused_and_missing_keys_are_listed():
   sd.dense("a")
   with pytest.raises(ConversionError, match="1 keys .* no place in the target module: extra.weight"):
     sd.check_all_used()
-  with pytest.raises(ConversionError, match="no key 'b.weight'"):
+  with pytest.raises(ConversionError, match="no key 'b.weight' .* not used so far: extra.weight"):
     sd.take("b.weight")
   sd.drop("extra.")
   sd.check_all_used()
@@ -137,3 +137,9 @@ def test_tool_errors_are_one_line(tmp_path):
     convert_tool.read_state_dict(tmp_path / "missing.pth")
   with pytest.raises(convert_tool.ToolError, match="--model=nope is unknown"):
     convert_tool.run(str(bad), "nope", str(tmp_path / "out"))
+
+
+def test_dropped_keys_are_summarized_by_module():
+  keys = [f"incre_modules.{i}.weight" for i in range(60)] + ["classifier.weight", "classifier.bias"]
+  assert convert_tool.summarize_keys(keys) == ("classifier.weight, classifier.bias, "
+                                               "incre_modules.* (60 keys)")

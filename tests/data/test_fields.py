@@ -197,3 +197,29 @@ def test_unknown_field_kind_is_an_error():
 
   with pytest.raises(ValueError, match="field 'depth' has kind 'depth'"):
     sources.source_fields(Bad([(4, 4)]))
+
+
+@pytest.mark.parametrize("shape,size", [((37, 53, 3), (16, 16)), ((20, 30, 3), (45, 31)),
+                                        ((40, 40, 1), (17, 23)), ((33, 21), (64, 8))])
+def test_linear_resize_matches_opencv(shape, size):
+  """resize_linear == cv2.resize(INTER_LINEAR) within one grey level (OpenCV rounds its
+  fixed-point weights), for down- and upscaling, 1-3 channels."""
+  cv2 = pytest.importorskip("cv2")
+  image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+  ours = image_ops.resize_linear(image, size)
+  theirs = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+  theirs = theirs.reshape(ours.shape)
+  assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+
+
+def test_linear_resample_in_eval_resize(field_source):
+  """data.resample='linear' switches images and masks to resize_linear; labels stay nearest."""
+  batch = next(pipeline.eval_batches(
+      dict(source=field_source, image_size=(8, 12), eval_mode="resize", resample="linear"),
+      batch_size=4))
+  item = _item(0, 20, 20)
+  np.testing.assert_array_equal(batch["image"][0], image_ops.resize_linear(item["image"], (8, 12)))
+  np.testing.assert_array_equal(batch["mask"][0], image_ops.resize_linear(item["mask"], (8, 12)))
+  assert set(np.unique(batch["label"])) <= {0, 1, 2, 3}
+  with pytest.raises(ValueError, match="data.resample is 'cubic'"):
+    pipeline._settings(dict(resample="cubic"))

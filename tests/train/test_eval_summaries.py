@@ -23,17 +23,20 @@ class _Counting(base.Task):
 
   def eval_step(self, state, batch, key):
     x = batch["x"]
-    return {"x": x, "outer": x[:, None, None] * jnp.eye(2)[None]}
+    return {"x": x, "outer": x[:, None, None] * jnp.eye(2)[None], "log": jnp.log(x)}
 
 
 def test_sums_keep_trailing_axes_and_skip_padding():
-  """Padding examples (valid False) count for nothing; a [B, 2, 2] metric sums to [2, 2]."""
+  """Padding examples (valid False) count for nothing, even where their metric is -inf; a
+  [B, 2, 2] metric sums to [2, 2]."""
   fake = trainer._Run.__new__(trainer._Run)
   fake.task = _Counting(None)
-  batch = {"x": jnp.array([1.0, 2.0, 3.0, 100.0]), "valid": jnp.array([True, True, True, False])}
+  batch = {"x": jnp.array([1.0, 2.0, 3.0, 0.0]), "valid": jnp.array([True, True, True, False])}
   sums, count = fake._eval_sums(None, batch, None)
   assert float(count) == 3
   np.testing.assert_allclose(sums["x"], 6.0)
+  # The padding example's log(0) = -inf does not poison the sum.
+  np.testing.assert_allclose(sums["log"], np.log(6.0), rtol=1e-6)
   np.testing.assert_allclose(sums["outer"], 6.0 * np.eye(2))
 
 

@@ -1,0 +1,45 @@
+"""Copy-and-Paste Networks on the photos bundled with scikit-image: no dataset, CPU minutes.
+
+The paper's system (configs/video_inpainting.py) at 64 px with a narrow network, trained on
+synthetic 5-frame sequences made from random crops of the bundled photos and evaluated on
+sequences from held-out photos (chelsea, coffee), beside the mean-fill and aligned-previous-frame
+baselines. The perceptual and style losses are off: they need ImageNet VGG16 weights, which are
+not bundled (set loss.vgg_weights and their weights to use them). Variants: '' and 'tiny'.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from cpjax.train import defaults
+
+paper = defaults.load_sibling(__file__, "video_inpainting")
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  c = paper.get_config()
+  c.total_steps = 600
+  c.batch_size = 8
+  c.data.source = "samples:train"
+  c.data.image_size = 64
+  c.data.resize = 128                    # shorter side to 128 px, then random 64 px crops
+  c.model.align_widths = (16, 16, 32, 32, 64, 64, 64)
+  c.model.align_size = 64                # alignment features 8x8
+  c.model.regressor_width = 64
+  c.model.encoder_widths = (16, 16, 32, 32, 32)
+  c.model.decoder_widths = (32, 32, 16, 16)
+  c.model.dilations = (2, 4, 8)
+  c.loss.perceptual = c.loss.style = 0.0
+  c.optim.lr = 3e-4
+  c.log_every_steps = 25
+  c.sample_every_steps = 200
+  c.checkpoint.every_steps = 200
+  c.eval.source = "samples:eval"
+  c.eval.num_examples = 64
+  c.eval.repeats = 32                    # 2 held-out photos x 32 seeded sequences each
+  c.eval.batch_size = 8
+  c.eval.every_steps = 200
+  if arg == "tiny":
+    paper.shrink_for_tests(c)
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} of configs/video_demo.py; use '' or 'tiny'.")
+  return c

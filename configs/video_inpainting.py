@@ -1,0 +1,87 @@
+"""Copy-and-Paste Networks for video inpainting (Lee et al. 2019). Variants: '' (paper), 'tiny'.
+
+Training sequences are synthesised on device from still images (paper sec. 4.2: Places crops
+with successive random affine motions, moving object masks):
+  --config.data.source=folder:/data/places365/train   (any image tree; tfds:NAME:SPLIT works too)
+The perceptual and style losses need ImageNet VGG16 weights (torchvision layout, .npz):
+  --config.loss.vgg_weights=/path/vgg16.npz
+Numbers marked 'ours' are choices the paper leaves open.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from cpjax.train import defaults
+from data_pipelines import pipeline
+
+NO_DATA = ("configs/video_inpainting.py needs still images to synthesise sequences from: pass "
+           "--config.data.source=folder:/path/to/places (and --config.eval.source=folder:/path/"
+           "to/held_out_images). To try the system without any dataset, run "
+           "configs/video_demo.py, which trains on photos bundled with scikit-image.")
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  c = defaults.trainer_config()
+  c.task = "video_inpainting"
+  c.total_steps = 3_000_000              # paper: lr x0.1 every 1M iterations (7 days on 3 GPUs)
+  c.batch_size = 40                      # paper: batch 40 (global)
+  c.init_from = ""                       # released weights (cpjax.tools.convert --model=cpn_video)
+  c.data = pipeline.default_data_config()
+  c.data.source = ""
+  c.data.missing_hint = NO_DATA
+  c.data.image_size = 256                # ours: square training crops (inference: 240x424)
+  c.data.resize = 320                    # ours: shorter side 320, then random 256 crops
+  c.sequence = dict(
+      num_frames=5,                      # paper: five frames per training sample
+      target=2,                          # ours: the middle frame is the target
+      zoom=1.15,                         # ours: zoom in, so the camera motion stays in the image
+      camera=dict(rotation=0.03, shear=0.02, scale=0.03, translation=0.03),  # ours, per frame
+      object=dict(radius=(0.1, 0.25), center=(0.25, 0.75), rotation=0.1, shear=0.05,
+                  scale=0.05, translation=0.06),                                 # ours
+  )
+  c.model = dict(                        # the released network (REFERENCE.md)
+      align_widths=(64, 64, 128, 128, 256, 256, 256),
+      align_size=224,
+      regressor_width=512,
+      reuse_conv5=True,                  # the released code's conv5a/conv5b reuse
+      encoder_widths=(64, 64, 128, 128, 128),
+      decoder_widths=(128, 128, 64, 64),
+      dilations=(2, 4, 8, 16),
+      dtype="float32",
+  )
+  # Weights: the paper gives none ("empirically determined"). Ours follow Liu et al. 2018 (whose
+  # perceptual / style / TV losses the paper adopts): valid 1, hole 6, perceptual 0.05,
+  # style 120, TV 0.1; both hole parts get the hole weight; alignment 1 (an L1 like L_valid).
+  c.loss = dict(align=1.0, valid=1.0, hole_visible=6.0, hole_invisible=6.0, perceptual=0.05,
+                style=120.0, tv=0.1, vgg_layers=("pool1", "pool2", "pool3"), vgg_weights="")
+  c.optim = dict(lr=1e-4, b1=0.9, b2=0.999,   # Adam; lr ours (the paper's value is lost)
+                 decay_steps=1_000_000, decay_rate=0.1)   # paper: x0.1 every 1M iterations
+  c.checkpoint.every_steps = 10_000
+  c.sample_every_steps = 5_000
+  c.eval.num_examples = 256
+  c.eval.batch_size = 16
+  c.eval.every_steps = 50_000
+  if arg == "tiny":
+    shrink_for_tests(c)
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} of configs/video_inpainting.py; use '' or 'tiny'.")
+  return c
+
+
+def shrink_for_tests(c: ml_collections.ConfigDict) -> None:
+  """The same code path with a tiny network, 32 px and a few steps (CPU seconds)."""
+  c.total_steps, c.batch_size = 2, 8
+  c.data.source, c.data.image_size, c.data.resize = "samples:train", 32, 64
+  c.data.workers = 0
+  c.model.align_widths = (8, 8, 8, 8, 16, 16, 16)
+  c.model.align_size = 32
+  c.model.regressor_width = 16
+  c.model.encoder_widths = (8, 8, 8, 8, 8)
+  c.model.decoder_widths = (8, 8, 8, 8)
+  c.model.dilations = (2, 4)
+  c.loss.perceptual = c.loss.style = 0.0
+  c.log_every_steps = 1
+  c.sample_every_steps = 0
+  c.checkpoint.every_steps = 1
+  c.eval.source = "samples:eval"
+  c.eval.num_examples, c.eval.repeats, c.eval.batch_size = 8, 4, 8

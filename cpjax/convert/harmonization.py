@@ -1,0 +1,190 @@
+"""saic-vul/image_harmonization checkpoints -> `cpjax.models.dih`, and their use by the task.
+
+Models (`--model` of `python -m cpjax.tools.convert`), the v1.0 release files of the reference:
+  idih256           idih256.pth           improved_dih256: iDIH depth 7, BatchNorm from block 2,
+                                          image fusion (`IDIH`)
+  hrnet18s_idih256  hrnet18s_idih256.pth  HRNetV2-W18s + OCR + mask fusion joined to that iDIH
+  hrnet18_idih256   hrnet18_idih256.pth   the same with HRNetV2-W18   (`IDIHHRNet`)
+  hrnet32_idih256   hrnet32_idih256.pth   the same with HRNetV2-W32
+
+State-dict names (plain state dicts) -> flax paths of `IDIH` (prefixed 'model.' / 'model/' inside
+`IDIHHRNet`):
+  encoder.block{0,1}.block.{0: conv, 1: BatchNorm}      encoder/block{i}/{conv, bn}
+  encoder.blocks_connected.block{i}.block.{0, 1}        encoder/block{i}/{conv, bn}     (i >= 2)
+  decoder.deconv_blocks.{d}.block.{0: ConvTranspose2d, 1: BatchNorm}
+                                                        decoder/block{d}/{deconv, bn}
+  decoder.to_rgb, decoder.conv_attention                decoder/to_rgb, decoder/conv_attention
+and of `IDIHHRNet`'s backbone (`HRNetOCR`):
+  mask_conv.{0: conv, 1: ScaleLayer .scale}             backbone/mask_conv/{0, 1}
+  backbone.hrnet.<trunk>                                backbone/hrnet/<trunk>  (as ImageNet)
+  backbone.hrnet.conv3x3_ocr.{0, 1}                     backbone/ocr_conv3x3/{0, 1}
+  backbone.hrnet.ocr_distri_head.*                      backbone/ocr_distri_head/*
+Blocks 0 and 1 have no BatchNorm (nn.Identity, no keys); the 'cat' features connector and the
+OCR gather head have no parameters. Transposed convs: PyTorch ConvTranspose2d(4, 2, p) kernels
+flipped for flax's ConvTranspose with padding 3 - p (`cpjax.convert.state_dict`).
+
+Use (`HarmonizationTask.warm_start` calls `pretrained_variables`):
+  init_from=DIR            a converted idih256 / hrnet*_idih256: the whole network (parameters and
+                           BatchNorm statistics); config.model must build the same network.
+  model.backbone_init=DIR  a converted hrnet_w18s / hrnet_w18 / hrnet_w32 (ImageNet): the HRNet
+                           trunk of an 'idih_hrnet' model of the same width; the OCR head, the
+                           mask fusion and the iDIH keep their fresh initialisation.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+
+from cpjax.convert import Converted, checkpoint
+from cpjax.convert import hrnet as hrnet_convert
+from cpjax.convert.hrnet import Path, expected_variables, module_variables
+from cpjax.convert.state_dict import StateDict, Tree, check_tree
+from cpjax.models import dih, hrnet
+
+SIZE = 256   # the fixed256 models: depth 7 needs 2**(7 + 1) px
+# The reference's improved_dih256 (depth 7, BatchNorm from block 2, image fusion), as
+# config.model fields of the harmonisation task.
+IDIH256 = {"depth": 7, "ch": 64, "max_channels": 512, "batchnorm_from": 2}
+MODEL_CONFIGS = {
+    "idih256": {"name": "idih", **IDIH256, "image_fusion": True},
+    **{f"hrnet{w}_idih256": {"name": "idih_hrnet", "hrnet_width": f"w{w}", **IDIH256,
+                             "downsize_backbone_input": False} for w in ("18s", "18", "32")},
+}
+
+
+def _idih_name(path: Path) -> str:
+  """IDIH flax path -> reference (DeepImageHarmonization) state-dict prefix."""
+  part, block, *rest = path
+  if block in ("to_rgb", "conv_attention"):
+    return f"decoder.{block}"
+  index = int(block.removeprefix("block"))
+  layer = {"conv": "0", "deconv": "0", "bn": "1"}[rest[0]]
+  if part == "decoder":
+    return f"decoder.deconv_blocks.{index}.block.{layer}"
+  owner = f"encoder.block{index}" if index < 2 else f"encoder.blocks_connected.block{index}"
+  return f"{owner}.block.{layer}"
+
+
+def _idih_hrnet_name(path: Path) -> str:
+  """IDIHHRNet flax path -> reference (HRNetIHModel) state-dict prefix."""
+  if path[0] == "model":
+    return "model." + _idih_name(path[1:])
+  scope, rest = path[1], ".".join(path[2:])
+  if scope == "mask_conv":
+    return f"mask_conv.{rest}"
+  if scope == "ocr_conv3x3":
+    return f"backbone.hrnet.conv3x3_ocr.{rest}"
+  if scope == hrnet.TRUNK:
+    return f"backbone.hrnet.{rest}"
+  return f"backbone.hrnet.{scope}.{rest}"   # ocr_distri_head
+
+
+def _is_transposed(path: Path) -> bool:
+  return path[-1] == "deconv"
+
+
+def build_model(module_config: dict[str, Any]) -> Any:
+  """The flax module a converted harmonisation model belongs to."""
+  m = dict(module_config)
+  name = m.pop("name")
+  if name == "idih":
+    return dih.IDIH(**m)
+  return dih.IDIHHRNet(width=m.pop("hrnet_width"), **m)
+
+
+@functools.lru_cache(maxsize=None)
+def model_expected(model: str) -> Tree:
+  """Variable shapes of the network of a released model (cached: tracing takes seconds)."""
+  image = jnp.zeros((1, SIZE, SIZE, 3), jnp.float32)
+  mask = jnp.zeros((1, SIZE, SIZE, 1), jnp.float32)
+  return expected_variables(build_model(MODEL_CONFIGS[model]), image, mask)
+
+
+def _converter(model: str) -> Callable[[StateDict], Converted]:
+  module_config = MODEL_CONFIGS[model]
+  name_of = _idih_name if module_config["name"] == "idih" else _idih_hrnet_name
+
+  def convert(sd: StateDict) -> Converted:
+    variables = module_variables(sd, model_expected(model), name_of, _is_transposed)
+    return Converted(model, variables, dict(module_config))
+  convert.__doc__ = f"{model}.pth -> {module_config['name']} variables."
+  return convert
+
+
+idih256 = _converter("idih256")
+hrnet18s_idih256 = _converter("hrnet18s_idih256")
+hrnet18_idih256 = _converter("hrnet18_idih256")
+hrnet32_idih256 = _converter("hrnet32_idih256")
+
+
+# --- use by the harmonisation task --------------------------------------------------------
+
+
+def _fit(converted: Tree, target: Tree) -> Tree:
+  """`converted` (NumPy) in the dtypes of `target`, after checking they have the same leaves."""
+  check_tree(target, converted)
+  return jax.tree.map(lambda c, t: jnp.asarray(c, t.dtype), converted, target)
+
+
+def _metadata(directory: str, option: str, models: tuple[str, ...]) -> dict[str, Any]:
+  """converted.json of a converted-weights directory holding one of `models` (checked before
+  any weights are read)."""
+  if not checkpoint.is_converted(directory):
+    checkpoint.load(directory)   # raises the error that says how to create it
+  meta = json.loads((pathlib.Path(directory).expanduser() / checkpoint.METADATA).read_text())
+  if meta["model"] not in models:
+    raise ValueError(f"{option}={directory} holds converted {meta['model']!r} weights; it "
+                     f"takes one of {', '.join(models)}")
+  return meta
+
+
+def pretrained_variables(config: ml_collections.ConfigDict, variables: Tree) -> Tree | None:
+  """The harmonisation model's variables with the pretrained weights of the config put in.
+
+  Args:
+    config: the task config (`init_from`, `model.backbone_init`, `model.*`).
+    variables: the fresh {'params', 'batch_stats'} of the task's model.
+
+  Returns:
+    The new variables (the dtypes of `variables`), or None when the config names no weights.
+
+  Raises:
+    ValueError: a directory of the wrong model, or a config that builds another network.
+    FileNotFoundError: a directory without converted weights.
+  """
+  init_from = config.get("init_from", "")
+  backbone_init = config.model.get("backbone_init", "")
+  if init_from and backbone_init:
+    raise ValueError("init_from (the whole network) and model.backbone_init (its HRNet trunk) "
+                     "both set; give one")
+  if init_from:
+    meta = _metadata(init_from, "init_from", tuple(MODEL_CONFIGS))
+    differ = {k: v for k, v in meta["module_config"].items() if config.model.get(k) != v}
+    if differ:
+      wanted = " ".join(f"--config.model.{k}={v}" for k, v in differ.items())
+      raise ValueError(f"init_from={init_from} holds {meta['model']}, which needs {wanted} "
+                       f"(the config builds another network)")
+    converted = checkpoint.load(init_from).variables
+    logging.info("init_from: the whole %s network from %s", meta["model"], init_from)
+    return {k: _fit(converted[k], variables[k]) for k in ("params", "batch_stats")}
+  if backbone_init:
+    meta = _metadata(backbone_init, "model.backbone_init", tuple(hrnet_convert.WIDTHS))
+    width = meta["module_config"]["hrnet_width"]
+    if config.model.name != "idih_hrnet" or config.model.get("hrnet_width") != width:
+      raise ValueError(f"model.backbone_init={backbone_init} holds the HRNetV2-{width} trunk; "
+                       f"it needs model.name='idih_hrnet' with model.hrnet_width='{width}' "
+                       f"(e.g. configs/iharmony4_idih_hrnet.py:{width})")
+    converted = checkpoint.load(backbone_init).variables
+    logging.info("model.backbone_init: the HRNetV2-%s trunk from %s", width, backbone_init)
+    out = jax.device_get(variables)
+    for k in ("params", "batch_stats"):
+      out[k]["backbone"][hrnet.TRUNK] = _fit(converted[k], variables[k]["backbone"][hrnet.TRUNK])
+    return out
+  return None

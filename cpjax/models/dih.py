@@ -1,0 +1,419 @@
+"""Deep image harmonization networks: DIH (Tsai et al. 2017), iDIH and iDIH-HRNet (Sofiiuk et al.).
+
+All networks take the composite in the model's normalised input space (ImageNet mean/std for
+iDIH, see `cpjax.tasks.harmonization`) and the foreground mask in {0, 1}, NHWC, and predict the
+harmonised image in the same normalised space.
+
+Layer specs follow the reference implementations (REFERENCE.md), so their released weights map
+one to one onto these parameter trees:
+
+- `ConvEncoder` / `DeconvDecoder` / `IDIH` mirror saic-vul/image_harmonization's `ConvEncoder`,
+  `DeconvDecoder` and `DeepImageHarmonization`: encoder blocks conv k4 s2 -> (BatchNorm) -> ELU,
+  channels ch, ch, 2ch, 2ch, 4ch, ... (doubled on every even block from block 2, capped at
+  `max_channels`), the last block unpadded; decoder blocks transposed conv k4 s2 -> BatchNorm ->
+  ELU with the encoder's channels in reverse and ch / 2 last, the first unpadded; skips ADDED.
+  iDIH adds the blending head of the foreground-aware paper (eq. 1):
+  a = sigmoid(3 conv1x1(x)), out = a * image + (1 - a) * conv1x1_rgb(x).
+- `DIH` mirrors the Caffe deploy net of wasidennis/DeepHarmonization (conv0-6, fc7, deconv6-0,
+  'output') plus the paper's scene-parsing decoder (sec. 3.3), whose features are concatenated
+  into the harmonisation decoder.
+- `IDIHHRNet` joins the 128-channel OCR features of the foreground-aware HRNetV2
+  (`cpjax.models.hrnet.HRNetOCR`) to the iDIH encoder.
+
+PyTorch `ConvTranspose2d(k, s, p)` equals `lax.conv_transpose` with explicit padding k - 1 - p
+per side (p = 1 -> 2, p = 0 -> 3) and a spatially flipped kernel with in/out swapped (flax stores
+`ConvTranspose` kernels [kh, kw, in, out], not transposed): a converter flips and swaps.
+
+Initialisation follows the reference (`XavierGluon(rnd_type='gaussian', magnitude=2)`): weights
+N(0, 2 / fan_avg), zero biases; BatchNorm scale 1, bias 0, momentum 0.1 (PyTorch) = 0.9 here,
+epsilon 1e-5.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cpjax.models.hrnet import HRNetOCR
+from cpjax.ops.geometry import resize_bilinear_align_corners
+
+Dtype = Any
+
+KERNEL_INIT = nn.initializers.variance_scaling(2.0, "fan_avg", "normal")
+BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
+
+
+def _batch_norm(dtype: Dtype, param_dtype: Dtype, train: bool, name: str = "bn") -> nn.BatchNorm:
+  """BatchNorm with PyTorch's defaults; under jit with a sharded batch the batch statistics are
+  means over the whole global batch (synchronised BatchNorm for free)."""
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                      dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+class ConvBlock(nn.Module):
+  """conv k4 s2 (padding 1 or 0) -> optional BatchNorm -> ELU (reference `ConvBlock`).
+
+  Attributes:
+    features: output channels.
+    padding: PyTorch-style symmetric padding: 1 halves H and W; 0 gives (H - 4) / 2 + 1.
+    norm: BatchNorm after the conv (sub-module 'bn').
+  """
+  features: int
+  padding: int = 1
+  norm: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """[B, H, W, C] -> [B, H', W', features]."""
+    p = self.padding
+    x = nn.Conv(self.features, (4, 4), strides=(2, 2), padding=((p, p), (p, p)),
+                kernel_init=KERNEL_INIT, dtype=self.dtype, param_dtype=self.param_dtype,
+                name="conv")(x)
+    if self.norm:
+      x = _batch_norm(self.dtype, self.param_dtype, train)(x)
+    return nn.elu(x)
+
+
+class DeconvBlock(nn.Module):
+  """transposed conv k4 s2 (PyTorch padding 1: 2H; padding 0: 2H + 2) -> BatchNorm -> ELU.
+
+  Attributes:
+    features: output channels.
+    padding: PyTorch `ConvTranspose2d` padding (1 or 0).
+    norm: BatchNorm after the transposed conv (sub-module 'bn').
+  """
+  features: int
+  padding: int = 1
+  norm: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """[B, H, W, C] -> [B, 2H + 2 - 2 * padding, ..., features]."""
+    q = 3 - self.padding  # lax padding k - 1 - p
+    x = nn.ConvTranspose(self.features, (4, 4), strides=(2, 2), padding=((q, q), (q, q)),
+                         kernel_init=KERNEL_INIT, dtype=self.dtype,
+                         param_dtype=self.param_dtype, name="deconv")(x)
+    if self.norm:
+      x = _batch_norm(self.dtype, self.param_dtype, train)(x)
+    return nn.elu(x)
+
+
+def encoder_channels(depth: int, ch: int = 64, max_channels: int = 512) -> list[int]:
+  """Output channels of the encoder blocks: ch, ch, then doubled on every even block (capped).
+
+  >>> encoder_channels(7)
+  [64, 64, 128, 128, 256, 256, 512]
+  """
+  channels = [ch, ch]
+  for block in range(2, depth):
+    channels.append(min(2 * channels[-1], max_channels) if block % 2 == 0 else channels[-1])
+  return channels[:depth]
+
+
+class ConvEncoder(nn.Module):
+  """The DIH / iDIH encoder: `depth` ConvBlocks 'block0' ... 'block{depth-1}'.
+
+  Attributes:
+    depth: number of blocks (7 at 256 px, 8 at 512 px for iDIH; the input side must be
+      2**(depth + 1) for the unpadded last block to give 1x1).
+    ch: channels of the first block.
+    max_channels: cap of the channel doubling.
+    batchnorm_from: blocks >= this index have BatchNorm (0: all; iDIH: 2).
+    last_padding: padding of the last block (0 in the reference; 1 in the Caffe DIH).
+    backbone_join_at: the backbone features are concatenated to the OUTPUT of this block (the
+      next block takes its channels + the features'); -1 = no backbone. The reference's
+      `backbone_from` is this index + 1 (2 at 256 px, 3 with a half-size backbone input).
+  """
+  depth: int
+  ch: int = 64
+  max_channels: int = 512
+  batchnorm_from: int = 0
+  last_padding: int = 0
+  backbone_join_at: int = -1
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, backbone_features: jax.Array | None = None,
+               train: bool = False) -> list[jax.Array]:
+    """Encodes.
+
+    Args:
+      x: [B, H, W, C_in] (4 channels: normalised image + mask).
+      backbone_features: [B, h, w, F] at the resolution of block `backbone_join_at`'s output,
+        or None (required when backbone_join_at >= 0).
+      train: BatchNorm uses batch statistics and updates 'batch_stats'.
+
+    Returns:
+      The `depth` block outputs, block 0 first: [B, H / 2**(i + 1), ..., channels[i]].
+    """
+    if (self.backbone_join_at >= 0) != (backbone_features is not None):
+      raise ValueError(f"ConvEncoder: backbone_join_at={self.backbone_join_at} needs "
+                       "backbone_features (and -1 needs none)")
+    outputs = []
+    for i, features in enumerate(encoder_channels(self.depth, self.ch, self.max_channels)):
+      x = ConvBlock(features, padding=self.last_padding if i == self.depth - 1 else 1,
+                    norm=i >= self.batchnorm_from, dtype=self.dtype,
+                    param_dtype=self.param_dtype, name=f"block{i}")(x, train)
+      outputs.append(x)
+      if i == self.backbone_join_at:
+        x = jnp.concatenate([x, backbone_features.astype(x.dtype)], axis=-1)
+    return outputs
+
+
+class DeconvDecoder(nn.Module):
+  """The iDIH decoder: 'block0' ... 'block{depth-1}' DeconvBlocks with added encoder skips, then
+  the output head: 'to_rgb' (1x1 -> 3) and, with `image_fusion`, 'conv_attention' (1x1 -> 1).
+
+  Attributes:
+    depth: number of blocks (the encoder's depth).
+    ch, max_channels: the encoder's (the channels mirror `encoder_channels`, then ch / 2).
+    image_fusion: the iDIH blending head; False: out = to_rgb(x) (plain DIH256).
+  """
+  depth: int
+  ch: int = 64
+  max_channels: int = 512
+  image_fusion: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, encoder_outputs: Sequence[jax.Array], image: jax.Array,
+               train: bool = False) -> jax.Array:
+    """Decodes.
+
+    Args:
+      encoder_outputs: the encoder's block outputs, block 0 first.
+      image: [B, H, W, 3] the normalised composite (blended in by the attention map).
+      train: BatchNorm mode.
+
+    Returns:
+      [B, H, W, 3] prediction in the normalised space (float32).
+    """
+    channels = encoder_channels(self.depth, self.ch, self.max_channels)
+    out_channels = channels[-2::-1] + [channels[0] // 2]
+    skips = list(encoder_outputs[-2::-1]) + [None]
+    x = encoder_outputs[-1]
+    for d, (features, skip) in enumerate(zip(out_channels, skips)):
+      x = DeconvBlock(features, padding=0 if d == 0 else 1, dtype=self.dtype,
+                      param_dtype=self.param_dtype, name=f"block{d}")(x, train)
+      if skip is not None:
+        x = x + skip
+
+    def conv1x1(features: int, name: str) -> nn.Conv:
+      return nn.Conv(features, (1, 1), kernel_init=KERNEL_INIT, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name=name)
+
+    rgb = conv1x1(3, "to_rgb")(x).astype(jnp.float32)
+    if not self.image_fusion:
+      return rgb
+    attention = jax.nn.sigmoid(3.0 * conv1x1(1, "conv_attention")(x).astype(jnp.float32))
+    return attention * image.astype(jnp.float32) + (1.0 - attention) * rgb
+
+
+class IDIH(nn.Module):
+  """iDIH (foreground-aware paper sec. 3.1): fully convolutional DIH + blending head.
+
+  Reference variants: improved_dih256 = depth 7, batchnorm_from 2, image_fusion; improved_dih512
+  = depth 8; dih256 = depth 7, batchnorm_from 0, no image fusion.
+
+  Attributes:
+    depth: encoder/decoder depth; the input side must be 2**(depth + 1) (256 px: 7).
+    ch, max_channels, batchnorm_from: see `ConvEncoder`.
+    image_fusion: the blending head (eq. 1).
+    backbone_join_at: block whose output gets the backbone features concatenated (-1: none).
+  """
+  depth: int = 7
+  ch: int = 64
+  max_channels: int = 512
+  batchnorm_from: int = 2
+  image_fusion: bool = True
+  backbone_join_at: int = -1
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, image: jax.Array, mask: jax.Array, backbone_features: jax.Array | None = None,
+               train: bool = False) -> jax.Array:
+    """Harmonises.
+
+    Args:
+      image: [B, H, W, 3] normalised composite, H = W = 2**(depth + 1).
+      mask: [B, H, W, 1] foreground mask in [0, 1].
+      backbone_features: [B, H / 2**(j + 1), W / 2**(j + 1), F] with j = backbone_join_at, or None.
+      train: BatchNorm mode (batch statistics + 'batch_stats' updates when True).
+
+    Returns:
+      [B, H, W, 3] float32 prediction in the normalised space.
+    """
+    x = jnp.concatenate([image, mask.astype(image.dtype)], axis=-1).astype(self.dtype)
+    outputs = ConvEncoder(self.depth, self.ch, self.max_channels, self.batchnorm_from,
+                          last_padding=0, backbone_join_at=self.backbone_join_at,
+                          dtype=self.dtype, param_dtype=self.param_dtype,
+                          name="encoder")(x, backbone_features, train)
+    return DeconvDecoder(self.depth, self.ch, self.max_channels, self.image_fusion,
+                         dtype=self.dtype, param_dtype=self.param_dtype,
+                         name="decoder")(outputs, image, train)
+
+
+class _TsaiDecoder(nn.Module):
+  """One DIH decoder: 'deconv{k}' for k = depth - 1 ... 0 with added encoder skips, then the
+  'output' transposed conv (k4 s2 p1, no BatchNorm) to `out_features` at full resolution.
+
+  Attributes:
+    channels: encoder channels (deconv{k} has channels[k], so the skip conv{k} adds).
+    out_features: 3 (harmonisation) or the number of parsing classes.
+    from_fc: the input is the 1x1 fc7 bottleneck: deconv{depth-1} is unpadded (1 -> 4 px).
+      Otherwise the input is the last encoder output itself and decoding starts at deconv{depth-2}.
+  """
+  channels: Sequence[int]
+  out_features: int
+  from_fc: bool
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, encoder_outputs: Sequence[jax.Array],
+               side: Sequence[jax.Array] | None = None,
+               train: bool = False) -> tuple[jax.Array, list[jax.Array]]:
+    """Decodes.
+
+    Args:
+      x: the bottleneck: [B, 1, 1, F] (from_fc) or the last encoder output.
+      encoder_outputs: encoder block outputs, block 0 first.
+      side: features to concatenate to the input of each layer after the first (the parsing
+        decoder's level outputs, in this decoder's order), or None.
+      train: BatchNorm mode.
+
+    Returns:
+      (output [B, H, W, out_features] float32, the level outputs after each skip, deepest first).
+    """
+    depth = len(self.channels)
+    levels = range(depth - 1, -1, -1) if self.from_fc else range(depth - 2, -1, -1)
+    features = []
+    for n, k in enumerate(levels):
+      if side is not None and n > 0:
+        x = jnp.concatenate([x, side[n - 1]], axis=-1)
+      x = DeconvBlock(self.channels[k], padding=0 if (self.from_fc and n == 0) else 1,
+                      dtype=self.dtype, param_dtype=self.param_dtype, name=f"deconv{k}")(x, train)
+      x = x + encoder_outputs[k]
+      features.append(x)
+    if side is not None:
+      x = jnp.concatenate([x, side[-1]], axis=-1)
+    out = nn.ConvTranspose(self.out_features, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
+                           kernel_init=KERNEL_INIT, dtype=self.dtype,
+                           param_dtype=self.param_dtype, name="output")(x)
+    return out.astype(jnp.float32), features
+
+
+class DIH(nn.Module):
+  """Deep Image Harmonization (Tsai et al. 2017) with the joint scene-parsing decoder.
+
+  Encoder conv0-6 (k4 s2 p1, BatchNorm + ELU everywhere; 512 px -> 4x4x512), the fully
+  connected bottleneck fc7 (flattened 4x4x512 -> 1024, no activation, as in the deploy net),
+  reshaped to 1x1x1024; the harmonisation decoder deconv6 (1 -> 4 px) ... deconv0 with summed
+  encoder skips and an 'output' transposed conv to RGB. The scene-parsing decoder (sec. 3.3) has
+  the same layers and skips and outputs `parsing_classes` logits; the output of each of its
+  deconv levels is concatenated to the input of the harmonisation decoder's next layer (every
+  layer but the first, which both decoders read from fc7, and including 'output').
+
+  Choices where the paper and deploy net are silent: the parsing decoder's output layer is a
+  transposed conv like the harmonisation output (full-resolution logits); concatenated features
+  are taken after the skip sum; without the fc bottleneck (`fc_features=0`, fully convolutional)
+  decoding starts from conv6's output at deconv5.
+
+  Attributes:
+    depth: encoder convs (7: conv0-6 for 512 px input; the side must be 2**(depth + 2) with fc).
+    ch, max_channels: channels as `encoder_channels`.
+    fc_features: width of fc7 (1024); 0 = no fc bottleneck.
+    parsing_classes: classes of the scene-parsing decoder (26 = top-25 ADE20K labels + other);
+      0 = no parsing decoder (the deploy net, 'DIH w/o semantics').
+  """
+  depth: int = 7
+  ch: int = 64
+  max_channels: int = 512
+  fc_features: int = 1024
+  parsing_classes: int = 26
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, image: jax.Array, mask: jax.Array,
+               train: bool = False) -> tuple[jax.Array, jax.Array | None]:
+    """Harmonises (and parses).
+
+    Args:
+      image: [B, H, W, 3] normalised composite.
+      mask: [B, H, W, 1] foreground mask in [0, 1].
+      train: BatchNorm mode.
+
+    Returns:
+      (prediction [B, H, W, 3] float32 in the normalised space,
+       parsing logits [B, H, W, parsing_classes] float32, or None without a parsing decoder).
+    """
+    x = jnp.concatenate([image, mask.astype(image.dtype)], axis=-1).astype(self.dtype)
+    outputs = ConvEncoder(self.depth, self.ch, self.max_channels, batchnorm_from=0,
+                          last_padding=1, dtype=self.dtype, param_dtype=self.param_dtype,
+                          name="encoder")(x, None, train)
+    bottleneck = outputs[-1]
+    if self.fc_features:
+      flat = bottleneck.reshape(bottleneck.shape[0], -1)
+      bottleneck = nn.Dense(self.fc_features, kernel_init=KERNEL_INIT, dtype=self.dtype,
+                            param_dtype=self.param_dtype, name="fc7")(flat)[:, None, None, :]
+    channels = encoder_channels(self.depth, self.ch, self.max_channels)
+    decoder = lambda n, name: _TsaiDecoder(channels, n, bool(self.fc_features),  # noqa: E731
+                                           dtype=self.dtype, param_dtype=self.param_dtype,
+                                           name=name)
+    logits, side = None, None
+    if self.parsing_classes:
+      logits, side = decoder(self.parsing_classes, "parsing_decoder")(bottleneck, outputs,
+                                                                         None, train)
+    pred, _ = decoder(3, "harmonization_decoder")(bottleneck, outputs, side, train)
+    return pred, logits
+
+
+class IDIHHRNet(nn.Module):
+  """iDIH-HRNet (foreground-aware paper sec. 3.3, Fig. 3): iDIH whose encoder takes the
+  128-channel OCR features of the foreground-aware HRNetV2 ('backbone').
+
+  The backbone sees the same normalised image and mask; its features (1/4 resolution) are
+  concatenated to the output of encoder block 1 (1/4 resolution), so block 2 takes 64 + 128
+  channels. With `downsize_backbone_input` (the reference's 512-px variants) the backbone gets
+  the image and mask halved (bilinear, align_corners=True as the reference) and its 1/8-res
+  features join after block 2.
+
+  Attributes:
+    width: HRNetV2 variant 'w18s', 'w18' or 'w32'.
+    depth, ch, max_channels, batchnorm_from: the iDIH's (7, 64, 512, 2 at 256 px).
+    downsize_backbone_input: half-size backbone input (512-px models).
+  """
+  width: str = "w18s"
+  depth: int = 7
+  ch: int = 64
+  max_channels: int = 512
+  batchnorm_from: int = 2
+  downsize_backbone_input: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, image: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+    """[B, H, W, 3] normalised composite + [B, H, W, 1] mask -> [B, H, W, 3] prediction."""
+    b_image, b_mask = image, mask
+    if self.downsize_backbone_input:
+      half = (image.shape[1] // 2, image.shape[2] // 2)
+      b_image = resize_bilinear_align_corners(image, half)
+      b_mask = resize_bilinear_align_corners(mask, half)
+    features = HRNetOCR(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+                        name="backbone")(b_image, b_mask, train)
+    join = 2 if self.downsize_backbone_input else 1
+    return IDIH(self.depth, self.ch, self.max_channels, self.batchnorm_from, image_fusion=True,
+                backbone_join_at=join, dtype=self.dtype, param_dtype=self.param_dtype,
+                name="model")(image, mask, features, train)
+

@@ -1,0 +1,292 @@
+"""Image harmonisation: DIH (Tsai et al.), iDIH and iDIH-HRNet (Sofiiuk et al.) as one task.
+
+`config.model.name` picks the network: 'dih' (`cpjax.models.dih.DIH`, with the scene-parsing
+decoder), 'idih' (`IDIH`), 'idih_hrnet' (`IDIHHRNet`).
+
+Problems. A batch with a 'real' field is a real harmonisation pair (iHarmony4: 'image' = the
+composite, 'real' = the ground truth, 'mask' uint8 0..255, 'subset'). A batch without one (any
+image source: a folder, the bundled photos, ADE20K) becomes a synthetic problem on device: a
+random rotated rectangle M (`cpjax.ops.masks`) and T_color (or T_shading) from the copy-paste
+ops applied inside it; the ground truth is the original image:
+  composite = I (1 - M) + T(I) M,   target = I   (`make_copy_paste_example`, no homography).
+Training masks are binarised at 0.5 (the reference crops masks with nearest interpolation);
+evaluation keeps the mask as delivered (bilinear resize, as REFERENCE.md's evaluation).
+
+Model edge. The network sees the composite ImageNet-normalised (mean/std of
+`cpjax.ops.color`) concatenated with the mask and predicts in that space; the loss is computed
+there (as in the reference) and the prediction is denormalised for metrics and samples.
+
+Loss (config.loss): name 'fn_mse' (foreground-normalised MSE, A_min = min_area) or 'mse';
+DIH adds the parsing cross-entropy on batches with a 'label' field (ADE20K, 26 classes):
+  L = lambda1 L_rec + lambda2 CE                       steps < stage1_steps (joint stage)
+  L = lambda1 L_rec, parsing decoder frozen            steps >= stage1_steps (fine-tuning)
+The paper's two stages (sec. 3.3) train on different data (ADE20K, then the harmonisation
+pairs): run the joint stage on `ade20k:` with total_steps = stage1_steps, then rerun the same
+workdir with the harmonisation data and the full total_steps; the trainer resumes the state and
+the step decides the stage. In the fine-tuning stage the parsing decoder's parameter updates and
+BatchNorm statistics are held fixed (its forward pass still uses batch statistics).
+
+Optimiser (config.optim): Adam (lr, b1, b2, eps), learning rate x `decay` at each step in
+`milestones`; for iDIH-HRNet the HRNet trunk at lr x `backbone_lr_mult` (0.1) and the OCR head
+and the mask-fusion conv at 1x (optax.multi_transform; REFERENCE.md).
+
+BatchNorm: 'batch_stats' live in the train state; under jit with the batch sharded over devices
+the batch mean and variance are global (synchronised), so 1 and 8 devices agree.
+
+Evaluation: MSE, fMSE, PSNR as the reference (`cpjax.metrics.harmonization_scores`), for the
+prediction and for the unharmonised composite, averaged over All, per iHarmony4 subset and per
+foreground-ratio range; the eval JSON holds both tables and markdown renderings like the
+paper's Tables 1 and 2.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from cpjax import losses, metrics
+from cpjax.convert import harmonization as pretrained
+from cpjax.models import dih as dih_models
+from cpjax.models import hrnet
+from cpjax.ops import color
+from cpjax.ops.transform import TransformConfig, make_copy_paste_example
+from cpjax.tasks.base import Batch, Metrics, Task, example_keys
+from data_pipelines import iharmony4
+
+MODELS = ("dih", "idih", "idih_hrnet")
+SUBSET_NAMES = iharmony4.SUBSETS
+_DROPOUT = 1  # salt of the batch-level dropout key
+BUCKET_NAMES = tuple(f"{round(lo * 100)}-{round(hi * 100)}%"
+                     for lo, hi in metrics.FOREGROUND_RATIO_BUCKETS)
+
+
+@flax.struct.dataclass
+class HarmonizationState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: optax.OptState
+
+
+def image_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  size = config.data.image_size
+  return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def build_model(m: ml_collections.ConfigDict) -> Any:
+  """The flax module named by config.model.name."""
+  dtype = jnp.dtype(m.get("dtype", "float32"))
+  if m.name == "idih":
+    return dih_models.IDIH(depth=m.depth, ch=m.ch, max_channels=m.max_channels,
+                           batchnorm_from=m.batchnorm_from, image_fusion=m.image_fusion,
+                           dtype=dtype)
+  if m.name == "idih_hrnet":
+    return dih_models.IDIHHRNet(width=m.hrnet_width, depth=m.depth, ch=m.ch,
+                                max_channels=m.max_channels, batchnorm_from=m.batchnorm_from,
+                                downsize_backbone_input=m.downsize_backbone_input, dtype=dtype)
+  if m.name == "dih":
+    return dih_models.DIH(depth=m.depth, ch=m.ch, max_channels=m.max_channels,
+                          fc_features=m.fc_features, parsing_classes=m.parsing_classes,
+                          dtype=dtype)
+  raise ValueError(f"unknown harmonization model {m.name!r}; use one of {', '.join(MODELS)}")
+
+
+def param_groups(params: Any) -> Any:
+  """'backbone' for the HRNet trunk (lr x backbone_lr_mult), 'default' for everything else.
+
+  The trunk is the ImageNet-pretrained 'hrnet' scope of the 'backbone' module
+  (`cpjax.models.hrnet.param_labels`); its OCR head and the foreground mask fusion train at
+  the full learning rate, as in the reference.
+  """
+  def label_subtree(name: str, sub: Any) -> Any:
+    if name == "backbone":
+      return jax.tree.map(lambda group: "backbone" if group == "trunk" else "default",
+                          hrnet.param_labels(sub))
+    return jax.tree.map(lambda _: "default", sub)
+  return {name: label_subtree(name, sub) for name, sub in params.items()}
+
+
+def _learning_rate(o: ml_collections.ConfigDict, mult: float) -> optax.Schedule:
+  return optax.piecewise_constant_schedule(
+      o.lr * mult, {int(m): float(o.decay) for m in o.milestones})
+
+
+class HarmonizationTask(Task):
+  """DIH / iDIH / iDIH-HRNet trained with FN-MSE or MSE (and DIH's parsing CE)."""
+
+  sample_columns = ("composite", "mask", "result", "target")
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    self.model = build_model(config.model)
+    o = config.optim
+
+    def adam(mult: float) -> optax.GradientTransformation:
+      return optax.adam(_learning_rate(o, mult), b1=o.b1, b2=o.b2, eps=o.eps)
+
+    self.tx = optax.multi_transform(
+        {"default": adam(1.0), "backbone": adam(o.get("backbone_lr_mult", 0.1))}, param_groups)
+    t = dict(config.get("transform", {}))
+    t["geometric"] = False   # harmonisation changes appearance only
+    self.transform = TransformConfig.from_dict(t)
+
+  # --- model edge -------------------------------------------------------------------------
+  def apply(self, params: Any, batch_stats: Any, composite: jax.Array, mask: jax.Array,
+            train: bool, dropout_key: jax.Array | None = None
+            ) -> tuple[jax.Array, jax.Array | None, Any]:
+    """Runs the network on [B, H, W, 3] composites in [0, 1] and [B, H, W, 1] masks.
+
+    `dropout_key` feeds the 'dropout' rng stream in training (the OCR head's Dropout2d).
+
+    Returns:
+      (prediction [B, H, W, 3] in the normalised space, parsing logits or None, new batch_stats).
+    """
+    variables = {"params": params, "batch_stats": batch_stats}
+    x = color.imagenet_normalize(composite)
+    if train:
+      out, updates = self.model.apply(variables, x, mask, train=True, mutable=["batch_stats"],
+                                      rngs={"dropout": dropout_key})
+      new_stats = updates["batch_stats"]
+    else:
+      out, new_stats = self.model.apply(variables, x, mask, train=False), batch_stats
+    pred, logits = out if isinstance(out, tuple) else (out, None)
+    return pred, logits, new_stats
+
+  def harmonize(self, state: HarmonizationState, composite: jax.Array,
+                mask: jax.Array) -> jax.Array:
+    """Inference: [B, H, W, 3] composite in [0, 1] + [B, H, W, 1] mask -> [B, H, W, 3] in [0, 1]."""
+    pred, _, _ = self.apply(state.params, state.batch_stats, composite, mask, train=False)
+    return jnp.clip(color.imagenet_denormalize(pred), 0.0, 1.0)
+
+  def init(self, key: jax.Array) -> HarmonizationState:
+    h, w = image_size(self.config)
+    variables = self.model.init(key, jnp.zeros((1, h, w, 3), jnp.float32),
+                                jnp.zeros((1, h, w, 1), jnp.float32), train=False)
+    params = variables["params"]
+    return HarmonizationState(step=jnp.zeros((), jnp.int32), params=params,
+                              batch_stats=variables.get("batch_stats", {}),
+                              opt_state=self.tx.init(params))
+
+  def warm_start(self, state: HarmonizationState) -> HarmonizationState:
+    """Converted released weights for a fresh run: `init_from` (a converted idih256 /
+    hrnet*_idih256 directory: the whole network) or `model.backbone_init` (a converted
+    hrnet_w18s / hrnet_w18 / hrnet_w32: the ImageNet HRNet trunk); see
+    `cpjax.convert.harmonization`. Unchanged without either."""
+    variables = pretrained.pretrained_variables(
+        self.config, {"params": state.params, "batch_stats": state.batch_stats})
+    if variables is None:
+      return state
+    return state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
+                         opt_state=self.tx.init(variables["params"]))
+
+  # --- problems ---------------------------------------------------------------------------
+  def problems(self, batch: Batch, key: jax.Array, step: jax.Array,
+               train: bool) -> dict[str, jax.Array]:
+    """{'composite', 'target' [B, H, W, 3], 'mask' [B, H, W, 1]} float32 in [0, 1], plus
+    'label' [B, H, W] int32 and 'subset' [B] int32 when the batch has them."""
+    if "real" in batch:
+      mask = batch["mask"].astype(jnp.float32) / 255.0
+      ex = {"composite": batch["image"].astype(jnp.float32) / 255.0,
+            "target": batch["real"].astype(jnp.float32) / 255.0,
+            "mask": (mask >= 0.5).astype(jnp.float32) if train else mask}
+    else:
+      images = batch["image"].astype(jnp.float32) / 255.0
+      keys = example_keys(key, step, batch["index"])
+      made = jax.vmap(make_copy_paste_example, in_axes=(0, 0, None))(keys, images, self.transform)
+      ex = {"composite": made["composite"], "target": images, "mask": made["mask"]}
+    for name in ("label", "subset"):
+      if name in batch:
+        ex[name] = batch[name].astype(jnp.int32)
+    return ex
+
+  # --- training ---------------------------------------------------------------------------
+  def _losses(self, pred: jax.Array, logits: jax.Array | None, ex: dict[str, jax.Array],
+              step: jax.Array) -> tuple[jax.Array, Metrics]:
+    cfg = self.config.loss
+    target = color.imagenet_normalize(ex["target"])
+    if cfg.name == "fn_mse":
+      rec = losses.fn_mse(pred, target, ex["mask"], min_area=cfg.min_area)
+    elif cfg.name == "mse":
+      rec = losses.mse(pred, target)
+    else:
+      raise ValueError(f"unknown loss.name {cfg.name!r}; use 'fn_mse' or 'mse'")
+    loss = cfg.get("lambda1", 1.0) * rec
+    out = {"reconstruction": rec}
+    if logits is not None and "label" in ex:
+      ce = losses.softmax_cross_entropy(logits, ex["label"])
+      weight = jnp.where(step < cfg.stage1_steps, cfg.lambda2, 0.0)
+      loss = loss + weight * ce
+      out["parsing_ce"] = ce
+    return loss, out
+
+  def train_step(self, state: HarmonizationState, batch: Batch,
+                 key: jax.Array) -> tuple[HarmonizationState, Metrics]:
+    ex = self.problems(batch, key, state.step, train=True)
+    dropout_key = jax.random.fold_in(jax.random.fold_in(key, state.step), _DROPOUT)
+
+    def loss_fn(params):
+      pred, logits, stats = self.apply(params, state.batch_stats, ex["composite"], ex["mask"],
+                                       train=True, dropout_key=dropout_key)
+      loss, aux = self._losses(pred, logits, ex, state.step)
+      return loss, (aux, stats)
+
+    (loss, (aux, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    if "parsing_decoder" in updates:   # DIH fine-tuning stage: the parsing decoder is fixed
+      joint = (state.step < self.config.loss.stage1_steps).astype(jnp.float32)
+      updates = {**updates, "parsing_decoder": jax.tree.map(lambda u: u * joint,
+                                                            updates["parsing_decoder"])}
+      stats = {**stats, "parsing_decoder": jax.tree.map(
+          lambda new, old: jnp.where(joint > 0, new, old), stats["parsing_decoder"],
+          state.batch_stats["parsing_decoder"])}
+    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          batch_stats=stats, opt_state=opt_state)
+    return state, {"loss": loss, **aux}
+
+  # --- evaluation -------------------------------------------------------------------------
+  def _fixed(self, state: HarmonizationState, batch: Batch,
+             key: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
+    """Problems and results that depend only on (key, example index), not on the step."""
+    ex = self.problems(batch, key, jnp.zeros((), jnp.int32), train=False)
+    return ex, self.harmonize(state, ex["composite"], ex["mask"])
+
+  def eval_step(self, state: HarmonizationState, batch: Batch, key: jax.Array) -> Metrics:
+    """Per image: MSE, fMSE, PSNR of the result and of the composite, and the same times the
+    image's membership in each subset ([B, 4]) and foreground-ratio range ([B, 3])."""
+    ex, result = self._fixed(state, batch, key)
+    groups = {"foreground_ratio": metrics.foreground_ratio_buckets(ex["mask"])}
+    if "subset" in ex:
+      groups["subset"] = jax.nn.one_hot(ex["subset"], len(SUBSET_NAMES), dtype=jnp.float32)
+    out = {f"{g}_n": member for g, member in groups.items()}
+    for prefix, pred in (("", result), ("composite_", ex["composite"])):
+      for name, score in metrics.harmonization_scores(pred, ex["target"], ex["mask"]).items():
+        out[f"{prefix}{name}"] = score
+        for g, member in groups.items():
+          out[f"{prefix}{g}_{name}"] = score[:, None] * member
+    return out
+
+  def summarize_eval(self, sums: dict[str, np.ndarray], count: int) -> dict[str, Any]:
+    """{'result': table, 'composite': table, 'mse', 'fmse', 'psnr' (the result's, All), and
+    markdown tables 'table_subsets' / 'table_foreground_ratio' (rows: composite, result)}."""
+    groups = {"foreground_ratio": BUCKET_NAMES}
+    if "subset_n" in sums:
+      groups["subset"] = SUBSET_NAMES
+    tables = {"composite": metrics.harmonization_table(sums, count, groups, "composite_"),
+              "result": metrics.harmonization_table(sums, count, groups, "")}
+    out: dict[str, Any] = {k: float(sums[k]) / count for k in ("mse", "fmse", "psnr")}
+    out.update(tables)
+    for g in groups:
+      out[f"table_{g}"] = metrics.format_harmonization_table(tables, g)
+    return out
+
+  def samples(self, state: HarmonizationState, batch: Batch,
+              key: jax.Array) -> dict[str, jax.Array]:
+    """The same problems at every step, so successive grids show progress."""
+    ex, result = self._fixed(state, batch, key)
+    return {"composite": ex["composite"], "mask": jnp.broadcast_to(ex["mask"], result.shape),
+            "result": result, "target": ex["target"]}

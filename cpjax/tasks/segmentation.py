@@ -1,0 +1,267 @@
+"""FCN semantic segmentation (Long et al.; the seamless-cloning report's FCN-32s ... 4s).
+
+Batches: 'image' uint8 [B, H, W, 3], 'label' uint8 [B, H, W] class ids (255 = ignored), from a
+source with image + label fields (`voc:...`, `seg_samples`, `ade20k:...`).
+
+Loss (config.loss.reduction): 'sum' = per-pixel softmax cross-entropy summed over the pixels of
+each image, averaged over the batch (the reference sums over pixels at batch size 1, where the
+two agree; its tiny learning rates 1e-10 ... 1e-14 assume it); 'mean' = averaged over all
+non-ignored pixels of the batch (for Adam and ordinary learning rates).
+
+Optimiser (config.optim): name 'sgd' (momentum, as the reference: 0.99) or 'adam' (b1, b2);
+weight decay `weight_decay` on the weights (L2 added to the gradient, as PyTorch's SGD/Adam);
+biases at `bias_lr_mult` x lr (2) without decay (the Caffe solver's lr_mult 2 / decay_mult 0,
+kept by pytorch-fcn); the bilinear upscore layers frozen (`optax.set_to_zero` under
+`optax.multi_transform`).
+
+Dropout draws from per-example keys (`example_keys`): the model runs under `jax.vmap` over the
+examples, so the masks do not depend on how the batch is split over devices.
+
+Initialisation (`warm_start`, applied by the trainer to a fresh run):
+  model.vgg_init  '' or an .npz of pretrained arrays in flax layout, keyed 'vgg/conv1_1/kernel',
+                  ..., 'fc6/kernel' (7x7 conv), 'fc7/bias' (see `cpjax.models.fcn` for the names
+                  and the PyTorch -> flax transposes); every key must name a parameter of the
+                  same shape. Or a directory of `python -m cpjax.tools.convert
+                  --model=vgg16_caffe` (vgg, fc6, fc7; torchvision's weights are refused: they
+                  expect ImageNet-normalised RGB, the FCN feeds Caffe BGR).
+  init_from       '' or the workdir of an earlier stage (staged training 32s -> 16s -> 8s -> 4s):
+                  its latest checkpoint's parameters are copied for every top-level module the
+                  two networks share (vgg, fc6, fc7, score_fr, and the skip layers of the earlier
+                  stage), like pytorch-fcn's copy_params_from_fcn32s / 16s. Applied after
+                  vgg_init. Or a directory of `python -m cpjax.tools.convert --model=fcn32s|
+                  fcn16s|fcn8s` (pytorch-fcn's checkpoints), copied the same way.
+
+Evaluation: per-example confusion matrices [B, K, K] (`cpjax.metrics.confusion_matrix`), summed
+by the trainer over the split; `summarize_eval` gives pixel accuracy, mean accuracy, mean IU and
+frequency-weighted IU of the summed matrix (`cpjax.metrics.segmentation_scores`).
+
+Config fields: model.variant, model.classes (names; K = len), model.widths, model.fc_width,
+model.dropout, model.dtype, model.vgg_init; init_from; loss.reduction; optim.name, optim.lr,
+optim.momentum, optim.b1, optim.b2, optim.weight_decay, optim.bias_lr_mult.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from cpjax import losses, metrics
+from cpjax.convert import checkpoint as converted_weights
+from cpjax.convert import fcn as convert_fcn
+from cpjax.convert import vgg as convert_vgg
+from cpjax.models.fcn import FCN
+from cpjax.tasks.base import Batch, Metrics, Task, example_keys
+from data_pipelines.voc import PALETTE
+
+# Parameter shapes of the FCN do not depend on the image size: init traces this one.
+_INIT_SHAPE = (1, 32, 32, 3)
+
+
+@flax.struct.dataclass
+class SegmentationState:
+  step: jax.Array
+  params: Any
+  opt_state: optax.OptState
+
+
+def param_labels(params: Any) -> Any:
+  """Optimiser group of every parameter: 'frozen' (upscore*), 'bias' or 'weight'."""
+  def label(path, _):
+    if path[0].key.startswith("upscore"):
+      return "frozen"
+    return "bias" if path[-1].key == "bias" else "weight"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(o: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The optimiser of the module docstring for config.optim `o`."""
+  if o.name not in ("sgd", "adam"):
+    raise ValueError(f"optim.name is {o.name!r}; use 'sgd' or 'adam'")
+
+  def step(lr: float) -> optax.GradientTransformation:
+    if o.name == "sgd":
+      return optax.sgd(lr, momentum=o.momentum)
+    return optax.adam(lr, b1=o.b1, b2=o.b2)
+
+  return optax.multi_transform(
+      {"weight": optax.chain(optax.add_decayed_weights(o.weight_decay), step(o.lr)),
+       "bias": step(o.lr * o.bias_lr_mult),
+       "frozen": optax.set_to_zero()},
+      param_labels)
+
+
+def copy_shared_params(source: Any, target: Any) -> tuple[Any, list[str]]:
+  """`target` with every top-level module of `source` that it also has replaced by source's.
+
+  Args:
+    source: parameters of an earlier stage (e.g. FCN-32s).
+    target: freshly initialised parameters (e.g. FCN-16s).
+
+  Returns:
+    (parameters, names of the copied modules, sorted).
+
+  Raises:
+    ValueError: a shared module whose shapes differ (the networks do not match).
+  """
+  out, copied = dict(target), []
+  for name in sorted(set(source) & set(target)):
+    src_shapes = jax.tree.map(np.shape, source[name])
+    dst_shapes = jax.tree.map(np.shape, target[name])
+    if src_shapes != dst_shapes:
+      raise ValueError(f"init_from: module {name!r} has shapes {src_shapes} in the earlier stage "
+                       f"but {dst_shapes} here; use the same model widths and classes")
+    out[name] = source[name]
+    copied.append(name)
+  return out, copied
+
+
+def load_npz_params(path: str, params: Any) -> Any:
+  """`params` with the arrays of an .npz ('scope/.../name' keys, flax layout) put in.
+
+  Raises:
+    FileNotFoundError / ValueError: a missing file, an unknown key or a shape mismatch (named).
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"model.vgg_init: {path} does not exist; give an .npz of converted "
+                            "VGG16 weights or '' to start from random weights")
+  flat = {"/".join(k.key for k in p): v
+          for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  with np.load(path) as arrays:
+    for key in arrays.files:
+      if key not in flat:
+        raise ValueError(f"model.vgg_init: {path} has {key!r}, which is no parameter of this FCN "
+                         f"(e.g. {', '.join(list(flat)[:3])})")
+      if arrays[key].shape != flat[key].shape:
+        raise ValueError(f"model.vgg_init: {key!r} is {arrays[key].shape} in {path} but "
+                         f"{flat[key].shape} in the model")
+      flat[key] = jnp.asarray(arrays[key], flat[key].dtype)
+  leaves = [flat["/".join(k.key for k in p)]
+            for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  return jax.tree.unflatten(jax.tree.structure(params), leaves)
+
+
+def restore_params(workdir: str) -> Any:
+  """The parameters of the latest checkpoint of a segmentation run, on the host."""
+  from cpjax import tasks  # pylint: disable=import-outside-toplevel  (tasks imports this module)
+  from cpjax.train import checkpointing  # pylint: disable=import-outside-toplevel
+
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  try:
+    steps = checkpointer.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"init_from: no checkpoint in {checkpointer.directory}; train the "
+                              "earlier stage first (e.g. configs/fcn_voc.py:32s)")
+    config = ml_collections.ConfigDict(checkpointer.restore_config(steps[-1]))
+    if config.get("task") != "fcn":
+      raise ValueError(f"init_from: {workdir} holds a {config.get('task')!r} run, not an FCN")
+    shapes = jax.eval_shape(tasks.build(config).init, jax.random.key(0))
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                            shapes)
+    return jax.device_get(checkpointer.restore_state(steps[-1], abstract).params)
+  finally:
+    checkpointer.close()
+
+
+def colorize(labels: jax.Array) -> jax.Array:
+  """[B, H, W] class ids -> [B, H, W, 3] in [0, 1], VOC colours (255 = void, cream)."""
+  return jnp.asarray(PALETTE, jnp.float32)[labels.astype(jnp.int32)] / 255.0
+
+
+class SegmentationTask(Task):
+  """FCN-32s / 16s / 8s / 4s as a task of the shared training loop."""
+
+  sample_columns = ("image", "label", "prediction")
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    m = config.model
+    self.classes = tuple(m.classes)
+    self.model = FCN(num_classes=len(self.classes), variant=m.variant, widths=tuple(m.widths),
+                     fc_width=m.fc_width, dropout_rate=m.dropout, dtype=jnp.dtype(m.dtype))
+    if config.loss.reduction not in ("sum", "mean"):
+      raise ValueError(f"loss.reduction is {config.loss.reduction!r}; use 'sum' or 'mean'")
+    self.tx = make_optimizer(config.optim)
+
+  def init(self, key: jax.Array) -> SegmentationState:
+    params = self.model.init(key, jnp.zeros(_INIT_SHAPE, jnp.float32))["params"]
+    return SegmentationState(step=jnp.zeros((), jnp.int32), params=params,
+                             opt_state=self.tx.init(params))
+
+  def warm_start(self, state: SegmentationState) -> SegmentationState:
+    """Pretrained values for a fresh run (module docstring); unchanged without any."""
+    params = state.params
+    vgg_init = self.config.model.get("vgg_init")
+    if vgg_init and converted_weights.is_converted(vgg_init):
+      params, _ = copy_shared_params(convert_vgg.load_params(vgg_init, "caffe", "model.vgg_init"),
+                                     jax.device_get(params))
+    elif vgg_init:
+      params = load_npz_params(vgg_init, jax.device_get(params))
+    init_from = self.config.get("init_from")
+    if init_from:
+      source = (convert_fcn.load_params(init_from, "init_from")
+                if converted_weights.is_converted(init_from) else restore_params(init_from))
+      params, _ = copy_shared_params(source, jax.device_get(params))
+    if params is state.params:
+      return state
+    return state.replace(params=params, opt_state=self.tx.init(params))
+
+  def logits(self, params: Any, images: jax.Array) -> jax.Array:
+    """Deterministic class scores: uint8 or [0, 1] images [B, H, W, 3] -> [B, H, W, K]."""
+    if images.dtype == jnp.uint8:
+      images = images.astype(jnp.float32) / 255.0
+    return self.model.apply({"params": params}, images)
+
+  def predict(self, params: Any, images: jax.Array) -> jax.Array:
+    """Class ids [B, H, W] int32 (argmax of the scores)."""
+    return jnp.argmax(self.logits(params, images), axis=-1).astype(jnp.int32)
+
+  def train_step(self, state: SegmentationState, batch: Batch,
+                 key: jax.Array) -> tuple[SegmentationState, Metrics]:
+    images = batch["image"].astype(jnp.float32) / 255.0
+    labels = batch["label"].astype(jnp.int32)
+    keys = example_keys(key, state.step, batch["index"])
+    reduction = self.config.loss.reduction
+
+    def loss_fn(params):
+      def one(image, k):
+        return self.model.apply({"params": params}, image[None], train=True,
+                                rngs={"dropout": k})[0]
+      logits = jax.vmap(one)(images, keys)
+      loss = losses.softmax_cross_entropy(logits, labels, reduction=reduction)
+      if reduction == "sum":
+        loss = loss / images.shape[0]
+      return loss, logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    valid = labels != 255
+    correct = jnp.sum((jnp.argmax(logits, -1) == labels) & valid)
+    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state)
+    return state, {"loss": loss,
+                   "pixel_acc": correct / jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)}
+
+  def eval_step(self, state: SegmentationState, batch: Batch, key: jax.Array) -> Metrics:
+    """Per-example confusion matrices [B, K, K] (true x predicted, 255 ignored)."""
+    del key  # deterministic
+    pred = self.predict(state.params, batch["image"])
+    return {"confusion": metrics.confusion_matrix(batch["label"], pred, len(self.classes))}
+
+  def summarize_eval(self, sums: dict[str, np.ndarray], count: int) -> dict[str, Any]:
+    """Pixel acc, mean acc, mean IU, fwIU of the split's summed confusion matrix."""
+    del count  # the scores are ratios of pixel counts
+    return metrics.segmentation_scores(sums["confusion"])
+
+  def samples(self, state: SegmentationState, batch: Batch,
+              key: jax.Array) -> dict[str, jax.Array]:
+    del key
+    return {"image": batch["image"].astype(jnp.float32) / 255.0,
+            "label": colorize(batch["label"]),
+            "prediction": colorize(self.predict(state.params, batch["image"]))}

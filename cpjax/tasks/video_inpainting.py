@@ -1,0 +1,346 @@
+"""Copy-and-Paste Networks for video inpainting (Lee et al. 2019) as a task of the shared loop.
+
+Training data (paper sec. 4.2), synthesised on device from still images, per example from its
+own key (`example_keys`):
+  * background: T frames X_t = warp(I, A_t o Z) of the host crop I, with Z a zoom about the
+    centre (`sequence.zoom`, so that motion reveals little outside the crop; what it reveals is
+    mirrored) and A_t a path of successive random affine motions (rotation, shear, scale,
+    translation: `sequence.camera`);
+  * holes: a random blob moving along its own random affine path (`cpjax.ops.masks.
+    moving_blob_masks`, `sequence.object`);
+  * the target is frame `sequence.target` (default the middle one, so references lie on both
+    sides as at inference); the others are its references. Holes are filled with the ImageNet
+    mean colour, as the reference's inference does.
+A folder of real object masks (VOC / MIT saliency) and real frame sequences from videos are not
+implemented: every hole is a synthetic blob and every sequence comes from a still image.
+
+Losses (sec. 4.1; weights in `loss.*`, the paper gives none, see configs/video_inpainting.py):
+  L = w_align L_align + w_valid L_valid + w_hv L_hole_visible + w_hi L_hole_invisible
+      + w_prc L_perceptual + w_style L_style + w_tv L_tv
+  * L_align: for every reference, mean |X_t - X_{r->t}| over the pixels visible in both (the
+    aligned reference's visibility warped with it), averaged over references;
+  * L_valid / L_hole_*: `losses.masked_l1` of the decoder output Y against the ground truth on
+    the non-hole pixels / the hole pixels some reference sees (1 - C) / the hole pixels no
+    reference sees (C = the context-matching c_mask, upsampled bilinearly, no gradient);
+  * L_perceptual, L_style on VGG16 pooling features (`loss.vgg_layers`) of the composite
+    Y_comp = Y hole + X (1 - hole) and of the ground truth; L_tv = total variation of Y_comp.
+    The VGG16 (ImageNet weights, torchvision layout, `loss.vgg_weights`: an .npz or a directory
+    of `python -m cpjax.tools.convert --model=vgg16_torchvision`) is frozen and lives in
+    the train state; it is built only when a perceptual or style weight is non-zero.
+
+Optimiser: Adam, learning rate x0.1 every `optim.decay_steps` (paper: 1M iterations).
+
+Evaluation: fixed seeded sequences from held-out images (the same at every checkpoint); PSNR and
+SSIM of the completed target frame against the original, beside two baselines on the same
+problems: 'mean_fill' (holes filled with the mean colour of the frame's visible pixels) and
+'prev_frame' (the previous frame aligned to the target with the TRUE synthetic motion; hole
+pixels it sees are copied, the rest take the nearest visible value, `fill_nearest`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from cpjax import losses, metrics
+from cpjax.convert import checkpoint as converted_weights
+from cpjax.convert.state_dict import ConversionError, StateDict
+from cpjax.convert import vgg as convert_vgg
+from cpjax.convert import video_cpn as convert_cpn
+from cpjax.models.vgg import TORCHVISION_FEATURE_INDEX, VGG16
+from cpjax.models.video_cpn import CopyPasteNet, resize_bilinear
+from cpjax.ops import geometry, masks
+from cpjax.ops.color import IMAGENET_MEAN, imagenet_normalize
+from cpjax.tasks.base import Batch, Metrics, Task, example_keys
+
+
+@flax.struct.dataclass
+class VideoState:
+  step: jax.Array
+  params: Any
+  opt_state: optax.OptState
+  vgg: Any            # frozen VGG16 parameters ({} when no perceptual or style loss)
+
+
+def build_model(config: ml_collections.ConfigDict) -> CopyPasteNet:
+  """The `CopyPasteNet` of a config's `model` fields."""
+  m = config.model
+  return CopyPasteNet(align_widths=tuple(m.align_widths), align_size=m.align_size,
+                      regressor_width=m.get("regressor_width", 0), reuse_conv5=m.reuse_conv5,
+                      encoder_widths=tuple(m.encoder_widths),
+                      decoder_widths=tuple(m.decoder_widths), dilations=tuple(m.dilations),
+                      dtype=jnp.dtype(m.dtype))
+
+
+def align_feature_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """(s/8, s/8, C) of the alignment features."""
+  side = config.model.align_size // 8
+  return side, side, config.model.align_widths[-1]
+
+
+def fill_holes_with_mean(frames: jax.Array, holes: jax.Array) -> jax.Array:
+  """Frames with the holes painted the ImageNet mean colour (the reference's input)."""
+  return frames * (1.0 - holes) + holes * jnp.asarray(IMAGENET_MEAN, frames.dtype)
+
+
+def fill_nearest(image: jax.Array, valid: jax.Array, iterations: int) -> jax.Array:
+  """Fills invalid pixels from the nearest valid ones, growing the valid region 1 px per step.
+
+  Each step, every invalid pixel with valid 8-neighbours takes their mean and becomes valid, so
+  a pixel receives the values at chessboard distance d after d steps (ties averaged).
+
+  Args:
+    image: [H, W, C]; valid: [H, W, 1] in {0, 1}.
+    iterations: number of steps (max(H, W) fills everything reachable).
+
+  Returns:
+    [H, W, C]: valid pixels unchanged; pixels further than `iterations` from any valid one (or
+    all, if none is valid) keep their input value.
+  """
+  def box(x):
+    return jax.lax.reduce_window(x, 0.0, jax.lax.add, (3, 3, 1), (1, 1, 1), "SAME")
+
+  def step(_, carry):
+    values, v = carry
+    total, count = box(values * v), box(v)
+    grow = (v < 0.5) & (count > 0.5)
+    values = jnp.where(grow, total / jnp.maximum(count, 1.0), values)
+    return values, jnp.maximum(v, grow.astype(v.dtype))
+
+  return jax.lax.fori_loop(0, iterations, step, (image, valid))[0]
+
+
+def load_vgg_weights(path: str) -> dict[str, Any]:
+  """VGG16 parameters from an .npz of torchvision's `vgg16().state_dict()` arrays.
+
+  The file holds 'features.N.weight' [O, I, 3, 3] and 'features.N.bias' [O] (e.g.
+  `np.savez(path, **{k: v.numpy() for k, v in torchvision.models.vgg16(weights=
+  'IMAGENET1K_V1').state_dict().items()})`); other arrays are ignored.
+
+  Returns:
+    {'conv1_1': {'kernel', 'bias'}, ...} float32 NumPy arrays in flax layout.
+  """
+  try:
+    with np.load(path) as f:
+      arrays = dict(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"loss.vgg_weights={path} cannot be read as .npz ({e}); give torchvision "
+                     "vgg16 state_dict arrays saved with np.savez") from e
+  prefixes = {name: f"features.{index}" for name, index in TORCHVISION_FEATURE_INDEX.items()}
+  try:
+    return convert_vgg.trunk(StateDict(arrays), prefixes)
+  except ConversionError as e:
+    raise ValueError(f"loss.vgg_weights={path}: {e}; give torchvision vgg16 state_dict arrays "
+                     "(features.N.weight / features.N.bias)") from e
+
+
+class VideoInpaintingTask(Task):
+  """Copy-and-Paste Networks trained on synthetic sequences (module docstring)."""
+
+  sample_columns = ("ground_truth", "input", "aligned_reference", "result")
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    self.net = build_model(config)
+    size = config.data.image_size
+    self.size = (size, size) if isinstance(size, int) else tuple(size)
+    if self.size[0] % 8 or self.size[1] % 8:
+      raise ValueError(f"data.image_size is {size}; video inpainting needs multiples of 8 "
+                       "(the network down-samples by 4 and the reference pads to 8).")
+    s = config.sequence
+    self.num_frames, self.target = s.num_frames, s.target
+    if not 0 <= self.target < self.num_frames or self.num_frames < 2:
+      raise ValueError(f"sequence.target={self.target} must index one of sequence.num_frames="
+                       f"{self.num_frames} (>= 2) frames")
+    self.refs = tuple(i for i in range(self.num_frames) if i != self.target)
+    self.object_ranges = masks.MovingMaskRanges(**s.object.to_dict())
+    loss = config.loss
+    self.use_vgg = loss.perceptual > 0 or loss.style > 0
+    if self.use_vgg and not loss.vgg_weights:
+      raise ValueError(
+          "the perceptual and style losses need ImageNet VGG16 weights: set "
+          "--config.loss.vgg_weights=/path/vgg16.npz (torchvision vgg16 state_dict arrays saved "
+          "with np.savez), or turn them off with --config.loss.perceptual=0 "
+          "--config.loss.style=0")
+    o = config.optim
+    schedule = optax.exponential_decay(o.lr, transition_steps=o.decay_steps,
+                                       decay_rate=o.decay_rate, staircase=True)
+    self.tx = optax.adam(schedule, b1=o.b1, b2=o.b2)
+
+  # ----------------------------------------------------------------------------- state
+  def _dummy_inputs(self) -> tuple[jax.Array, ...]:
+    h, w = self.size
+    t = len(self.refs)
+    return (jnp.zeros((1, t, *align_feature_shape(self.config)), jnp.float32),
+            jnp.zeros((1, t, h, w, 3)), jnp.zeros((1, t, h, w, 1)), jnp.zeros((1, h, w, 3)),
+            jnp.zeros((1, h, w, 1)))
+
+  def init(self, key: jax.Array) -> VideoState:
+    """Random network and (with perceptual or style losses) random VGG16; `warm_start` loads
+    the pretrained VGG16 on the host, so no weights file is read under jit."""
+    net_key, vgg_key = jax.random.split(key)
+    params = self.net.init(net_key, *self._dummy_inputs())["params"]
+    vgg = VGG16().init(vgg_key, jnp.zeros((1, 32, 32, 3)))["params"] if self.use_vgg else {}
+    return VideoState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
+                      vgg=vgg)
+
+  def _pretrained_vgg(self) -> Any:
+    """loss.vgg_weights: a converted vgg16_torchvision directory or an .npz; 'random' keeps the
+    untrained VGG (smoke tests only)."""
+    spec = self.config.loss.vgg_weights
+    if converted_weights.is_converted(spec):   # cpjax.tools.convert --model=vgg16_torchvision
+      return convert_vgg.load_params(spec, "imagenet", "loss.vgg_weights")["vgg"]
+    return load_vgg_weights(spec)
+
+  def warm_start(self, state: VideoState) -> VideoState:
+    """Pretrained values for a fresh run: the VGG16 of the perceptual/style losses
+    (`loss.vgg_weights`) and, with `init_from` = a directory of `python -m cpjax.tools.convert
+    --model=cpn_video`, the released CPN weights (the config's model must be the reference one)."""
+    if self.use_vgg and self.config.loss.vgg_weights != "random":
+      state = state.replace(vgg=jax.tree.map(jnp.asarray, self._pretrained_vgg()))
+    if not self.config.get("init_from"):
+      return state
+    params = convert_cpn.load_params(self.config.init_from, "init_from", self.config.model)
+    params = jax.tree.map(jnp.asarray, params)
+    return state.replace(params=params, opt_state=self.tx.init(params))
+
+  # ----------------------------------------------------------------------------- data
+  def _sequence(self, key: jax.Array, image: jax.Array) -> dict[str, jax.Array]:
+    """One synthetic example: frames [T, H, W, 3], holes [T, H, W, 1], motions [T, 2, 3]."""
+    s = self.config.sequence
+    h, w = self.size
+    k_cam, k_obj = jax.random.split(key)
+    zoom = geometry.affine_about_center(h, w, scale=s.zoom)
+    path = geometry.random_affine_path(k_cam, self.num_frames, h, w, **s.camera.to_dict())
+    motions = jax.vmap(lambda a: geometry.compose_affine(a, zoom))(path)
+    frames = jax.vmap(lambda a: geometry.affine_warp(image, a, fill="reflect"))(motions)
+    holes = masks.moving_blob_masks(k_obj, self.num_frames, h, w, self.object_ranges)
+    return {"frames": jnp.clip(frames, 0.0, 1.0), "holes": holes, "motions": motions}
+
+  def problems(self, batch: Batch, key: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
+    """Sequences built on device from the batch's images: frames (ground truth), holes,
+    inputs (holes filled with the mean colour), motions; all with leading [B, T]."""
+    images = batch["image"].astype(jnp.float32) / 255.0
+    keys = example_keys(key, step, batch["index"])
+    ex = jax.vmap(self._sequence)(keys, images)
+    ex["inputs"] = fill_holes_with_mean(ex["frames"], ex["holes"])
+    return ex
+
+  # ----------------------------------------------------------------------------- model
+  def forward(self, params: Any, ex: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The network on the target frame with the other frames as references."""
+    b, t = ex["inputs"].shape[:2]
+    flat = lambda x: x.reshape(b * t, *x.shape[2:])  # pylint: disable=unnecessary-lambda-assignment
+    feats = self.net.apply({"params": params}, flat(ex["inputs"]), flat(ex["holes"]),
+                           method=CopyPasteNet.encode_alignment)
+    feats = feats.reshape(b, t, *feats.shape[1:])
+    refs = np.asarray(self.refs)
+    out = self.net.apply({"params": params}, feats[:, refs], ex["inputs"][:, refs],
+                         ex["holes"][:, refs], ex["inputs"][:, self.target],
+                         ex["holes"][:, self.target])
+    return jax.tree.map(lambda x: x.astype(jnp.float32), out)
+
+  def _vgg_features(self, vgg: Any, images: jax.Array) -> dict[str, jax.Array]:
+    return VGG16().apply({"params": vgg}, imagenet_normalize(images))
+
+  def loss_terms(self, params: Any, vgg: Any, ex: dict[str, jax.Array]
+                 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """Each loss of the module docstring (unweighted) and the network output."""
+    out = self.forward(params, ex)
+    gt = ex["frames"][:, self.target]
+    hole = ex["holes"][:, self.target]
+    target_in = ex["inputs"][:, self.target]
+    h, w = self.size
+    unseen = jax.lax.stop_gradient(resize_bilinear(out["c_mask"], (h, w)))
+    pred = out["pred"]
+    joint = (1.0 - hole)[:, None] * out["aligned_visible"]
+    align_err = jnp.sum(joint * jnp.abs(target_in[:, None] - out["aligned"]), axis=(2, 3, 4))
+    align_count = 3.0 * jnp.sum(joint, axis=(2, 3, 4))
+    terms = {
+        "align": jnp.mean(align_err / jnp.maximum(align_count, 1.0)),
+        "valid": losses.masked_l1(pred, gt, 1.0 - hole),
+        "hole_visible": losses.masked_l1(pred, gt, hole * (1.0 - unseen)),
+        "hole_invisible": losses.masked_l1(pred, gt, hole * unseen),
+    }
+    comp = pred * hole + gt * (1.0 - hole)
+    terms["tv"] = losses.total_variation(comp)
+    if self.use_vgg:
+      layers = tuple(self.config.loss.vgg_layers)
+      f_comp = self._vgg_features(vgg, comp)
+      f_gt = jax.lax.stop_gradient(self._vgg_features(vgg, gt))
+      terms["perceptual"] = losses.perceptual_loss(f_comp, f_gt, layers)
+      terms["style"] = losses.style_loss(f_comp, f_gt, layers)
+    return terms, out
+
+  def train_step(self, state: VideoState, batch: Batch,
+                 key: jax.Array) -> tuple[VideoState, Metrics]:
+    ex = self.problems(batch, key, state.step)
+    weights = self.config.loss
+
+    def loss_fn(params):
+      terms, _ = self.loss_terms(params, state.vgg, ex)
+      total = sum(weights[name] * value for name, value in terms.items())
+      return total, terms
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state)
+    return state, {"loss": loss, **terms}
+
+  # ----------------------------------------------------------------------------- evaluation
+  def _baselines(self, ex: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """'mean_fill' and 'prev_frame' completions of the target [B, H, W, 3] (module docstring)."""
+    gt = ex["frames"][:, self.target]
+    hole = ex["holes"][:, self.target]
+    visible = 1.0 - hole
+    mean = jnp.sum(gt * visible, axis=(1, 2), keepdims=True) / jnp.maximum(
+        jnp.sum(visible, axis=(1, 2), keepdims=True), 1.0)
+    mean_fill = gt * visible + mean * hole
+    prev = self.target - 1 if self.target > 0 else self.target + 1
+
+    def prev_frame(frames, holes, motions, gt, hole):
+      to_target = geometry.compose_affine(motions[self.target], geometry.invert_affine(motions[prev]))
+      aligned = geometry.affine_warp(frames[prev], to_target, fill="constant")
+      seen = geometry.affine_warp(jnp.ones_like(holes[prev]), to_target, fill="constant")
+      seen = ((seen > 0.5) & (geometry.affine_warp(1.0 - holes[prev], to_target,
+                                                   fill="constant") > 0.5)).astype(jnp.float32)
+      copied = gt * (1.0 - hole) + aligned * hole * seen
+      valid = jnp.maximum(1.0 - hole, seen)
+      return fill_nearest(copied, valid, max(self.size))
+
+    copied = jax.vmap(prev_frame)(ex["frames"], ex["holes"], ex["motions"], gt, hole)
+    return {"mean_fill": mean_fill, "prev_frame": copied}
+
+  def _fixed(self, state: VideoState, batch: Batch, key: jax.Array
+             ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """Problems and results that depend only on (key, example index), not on the step."""
+    ex = self.problems(batch, key, jnp.zeros((), jnp.int32))
+    return ex, self.forward(state.params, ex)
+
+  def eval_step(self, state: VideoState, batch: Batch, key: jax.Array) -> Metrics:
+    """PSNR / SSIM of the completed target and of both baselines, and the hole L1: [B] each."""
+    ex, out = self._fixed(state, batch, key)
+    gt = ex["frames"][:, self.target]
+    hole = ex["holes"][:, self.target]
+    results = {"": out["comp"], **{f"{k}_": v for k, v in self._baselines(ex).items()}}
+    scores = {}
+    for prefix, pred in results.items():
+      scores[f"{prefix}psnr"] = metrics.psnr(pred, gt)
+      scores[f"{prefix}ssim"] = metrics.ssim(pred, gt)
+      scores[f"{prefix}hole_l1"] = jnp.sum(jnp.abs(pred - gt) * hole, axis=(1, 2, 3)) / (
+          3.0 * jnp.maximum(jnp.sum(hole, axis=(1, 2, 3)), 1.0))
+    return scores
+
+  def samples(self, state: VideoState, batch: Batch, key: jax.Array) -> dict[str, jax.Array]:
+    """Target ground truth, its masked input, the previous reference aligned by the network,
+    and the completed frame; the same problems at every step."""
+    ex, out = self._fixed(state, batch, key)
+    column = self.refs.index(self.target - 1) if self.target > 0 else 0
+    return {"ground_truth": ex["frames"][:, self.target], "input": ex["inputs"][:, self.target],
+            "aligned_reference": out["aligned"][:, column], "result": out["comp"]}

@@ -1,0 +1,381 @@
+r"""Remove the masked regions of a video with a trained Copy-and-Paste Network.
+
+  python -m cpjax.tools.inpaint_video --workdir=DIR --frames=FRAMES_DIR_OR_VIDEO \
+      [--masks=MASKS_DIR | --exposure=LOW,HIGH] --out=OUT_DIR [--size=HxW] [--step=N] \
+      [--window=120] [--stride=2] [--dilate=4] [--evaluate] [--fps=10] [--verbose]
+
+The released procedure (REFERENCE.md, shleecs/Copy-and-Paste-Networks test code):
+  1. masks thresholded (a palette mask's index > 0, any other mask's first channel >= 128) and
+     dilated with a 3x3 cross `--dilate` times; holes filled with the ImageNet mean colour;
+     frames zero-padded (centred) to a multiple of 8;
+  2. references of frame f: every `--stride`-th frame within `--window` frames of f, f excluded
+     (`reference_indices`, the released code's window rule);
+  3. pass 0 completes the frames in reverse order, pass 1 in order (from the original frames,
+     keeping pass 0's alignment features as the released code does); after each frame the
+     completed frame replaces it as a reference (frame, hole = 0, alignment features);
+  4. result f = pass0[f] (N - f) / N + pass1[f] f / N.
+The per-frame step is jitted once (fixed number of reference slots, unused ones masked out) and
+the reference memory (frames, holes, alignment features) stays on the device.
+
+--frames: a folder of images (e.g. DAVIS JPEGImages/480p/<seq>) or a video file. --masks: a
+folder with one mask per frame; omitted for a DAVIS folder, its Annotations folder is used;
+--masks=random:SEED draws a moving synthetic object mask per frame (the training masks), for
+DAVIS-style evaluation of real frames with --evaluate.
+--exposure=LOW,HIGH (paper sec. 5.3): instead of masks, the holes are the under/over-exposed
+pixels, luminance <= LOW or >= HIGH (in [0, 1]). --size=HxW resizes frames (bilinear) and masks
+(nearest) first, e.g. 240x424 as the paper's half-size DAVIS.
+
+Writes OUT_DIR/00000.png ... (the completed frames), OUT_DIR/video.mp4 if OpenCV is installed,
+and with --evaluate OUT_DIR/metrics.json: PSNR / SSIM per frame and per video of the result and
+of a mean-colour fill against the input frames, which are the ground truth when the masks are
+synthetic (DAVIS-style evaluation), and a flow-free temporal-consistency error. OUT_DIR must be
+new or empty (nothing is overwritten).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import re
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from PIL import Image
+
+from cpjax import metrics
+from cpjax.models import video_cpn
+from cpjax.models.video_cpn import CopyPasteNet
+from cpjax.ops import masks as mask_ops
+from cpjax.tasks.video_inpainting import fill_holes_with_mean
+from cpjax.tools import common
+from cpjax.tools.common import ToolError
+from data_pipelines import video
+
+_LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
+
+
+def reference_indices(f: int, n: int, window: int = 120, stride: int = 2) -> list[int]:
+  """References of frame f among n frames: the released code's rule.
+
+  If f - window < 0: range(0, min(2 window, ...)) (end 2 window, or n - 1 if that exceeds n);
+  elif f + window > n: range(max(n - 2 window, 0), n - 1); else range(f - window, f + window);
+  every `stride`-th index of the range, f excluded.
+  """
+  start, end = f - window, f + window
+  if f - window < 0:
+    end = 2 * window
+    if end > n:
+      end = n - 1
+    start = 0
+  elif f + window > n:
+    start = max(n - 2 * window, 0)
+    end = n - 1
+  return [i for i in range(start, end, stride) if i != f]
+
+
+def blend_passes(reverse: np.ndarray, forward: np.ndarray) -> np.ndarray:
+  """result[f] = reverse[f] (N - f) / N + forward[f] f / N for [N, ...] arrays (float32)."""
+  n = reverse.shape[0]
+  w = (np.arange(n, dtype=np.float32) / n).reshape(-1, *([1] * (reverse.ndim - 1)))
+  return reverse * (1.0 - w) + forward * w
+
+
+def dilate_cross(masks: np.ndarray, iterations: int) -> np.ndarray:
+  """Binary dilation of bool [N, H, W] with the 3x3 cross, `iterations` times
+  (cv2.dilate(getStructuringElement(MORPH_CROSS, (3, 3)), iterations))."""
+  m = masks.copy()
+  for _ in range(iterations):
+    grown = m.copy()
+    grown[:, 1:] |= m[:, :-1]
+    grown[:, :-1] |= m[:, 1:]
+    grown[:, :, 1:] |= m[:, :, :-1]
+    grown[:, :, :-1] |= m[:, :, 1:]
+    m = grown
+  return m
+
+
+def exposure_holes(frames: np.ndarray, low: float, high: float) -> np.ndarray:
+  """bool [N, H, W]: luminance (ITU-R 601) of float frames [N, H, W, 3] <= low or >= high."""
+  luma = frames @ _LUMA
+  return (luma <= low) | (luma >= high)
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+  if not text:
+    return None
+  match = re.fullmatch(r"\s*(\d+)\s*[x,]\s*(\d+)\s*", text)
+  if match is None or min(int(match.group(1)), int(match.group(2))) < 8:
+    raise ToolError(f"--size={text!r} is not HxW; give the frame size such as --size=240x424 "
+                    "(each side at least 8).")
+  return int(match.group(1)), int(match.group(2))
+
+
+def parse_exposure(text: str) -> tuple[float, float]:
+  match = re.fullmatch(r"\s*([0-9.]+)\s*,\s*([0-9.]+)\s*", text)
+  if match is None or not 0 <= float(match.group(1)) < float(match.group(2)) <= 1:
+    raise ToolError(f"--exposure={text!r} is not LOW,HIGH with 0 <= LOW < HIGH <= 1; give "
+                    "luminance thresholds such as --exposure=0.02,0.98.")
+  return float(match.group(1)), float(match.group(2))
+
+
+def resize_video(frames: np.ndarray, holes: np.ndarray | None, size: tuple[int, int]
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+  """uint8 frames bilinear and bool holes nearest to (H, W)."""
+  h, w = size
+  frames = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BILINEAR))
+                     for f in frames])
+  if holes is not None:
+    holes = np.stack([np.asarray(Image.fromarray(m).resize((w, h), Image.Resampling.NEAREST))
+                      for m in holes])
+  return frames, holes
+
+
+class Progress:
+  """A one-line progress bar on stderr: done/total, seconds per item, ETA."""
+
+  def __init__(self, total: int, label: str = "frames", stream=None):
+    self.total, self.label, self.stream = total, label, stream or sys.stderr
+    self.done, self.start = 0, time.perf_counter()
+
+  def update(self, n: int = 1) -> None:
+    self.done += n
+    elapsed = time.perf_counter() - self.start
+    per = elapsed / max(self.done, 1)
+    filled = int(30 * self.done / self.total)
+    self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} "
+                      f"{self.label}  {per:.2f} s/{self.label[:-1]}  ETA "
+                      f"{per * (self.total - self.done):.0f} s")
+    if self.done == self.total:
+      self.stream.write("\n")
+    self.stream.flush()
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2, 3, 4))
+def _complete_frame(task: Any, params: Any, frames: jax.Array, holes: jax.Array,
+                    feats: jax.Array, f: jax.Array, refs: jax.Array, present: jax.Array):
+  """Completes frame f from references `refs` (present ones) and updates the memory.
+
+  Args: frames [N, H, W, 3] (holes mean-filled), holes [N, H, W, 1], feats [N, s, s, C]
+  (the memory, donated), f int scalar, refs [K] int32, present [K] bool.
+
+  Returns: (completed frame [H, W, 3] in [0, 1], frames, holes, feats updated at f).
+  """
+  net, variables = task.net, {"params": params}
+  out = net.apply(variables, feats[refs][None], frames[refs][None], holes[refs][None],
+                  frames[f][None], holes[f][None], present)
+  comp = out["comp"][0]
+  frames = frames.at[f].set(comp)
+  holes = holes.at[f].set(jnp.zeros_like(holes[f]))
+  new_feat = net.apply(variables, comp[None], holes[f][None], method=CopyPasteNet.encode_alignment)
+  return comp, frames, holes, feats.at[f].set(new_feat[0])
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _encode_all(task: Any, params: Any, frames: jax.Array, holes: jax.Array) -> jax.Array:
+  return task.net.apply({"params": params}, frames, holes, method=CopyPasteNet.encode_alignment)
+
+
+def inpaint(task: Any, params: Any, frames: np.ndarray, holes: np.ndarray, *, window: int = 120,
+            stride: int = 2, progress: Callable[[], None] | None = None) -> np.ndarray:
+  """The two-pass completion of a whole video (module docstring).
+
+  Args:
+    task: a `VideoInpaintingTask` (its `net`).
+    params: the network's parameters.
+    frames: float32 [N, H, W, 3] in [0, 1], any H, W; N >= 2.
+    holes: float32 [N, H, W, 1] in {0, 1} (already dilated).
+    window, stride: reference selection (`reference_indices`).
+    progress: called once per completed frame (2 N times).
+
+  Returns:
+    float32 [N, H, W, 3] in [0, 1]; outside the holes equal to the input frames.
+  """
+  # Everything committed to one device, so that every call of the jitted step sees the same
+  # shardings as its own outputs (one compilation for the whole video).
+  device = jax.local_devices()[0]
+  params = jax.device_put(params, device)
+  n = frames.shape[0]
+  ref_lists = [reference_indices(f, n, window, stride) for f in range(n)]
+  k = max(1, max(len(r) for r in ref_lists))
+  refs = np.zeros((n, k), np.int32)
+  present = np.zeros((n, k), bool)
+  for f, r in enumerate(ref_lists):
+    refs[f, :len(r)], present[f, :len(r)] = r, True
+  padded_frames, pads = video_cpn.pad_to_multiple(jax.device_put(frames.astype(np.float32),
+                                                                  device))
+  padded_holes, _ = video_cpn.pad_to_multiple(jax.device_put(holes.astype(np.float32), device))
+  originals = fill_holes_with_mean(padded_frames, padded_holes)
+  feats = _encode_all(task, params, originals, padded_holes)
+  results = []
+  for order in (range(n - 1, -1, -1), range(n)):
+    mem_frames, mem_holes = jnp.array(originals), jnp.array(padded_holes)  # fresh copies
+    completed = [None] * n
+    for f in order:
+      comp, mem_frames, mem_holes, feats = _complete_frame(
+          task, params, mem_frames, mem_holes, feats, jax.device_put(np.int32(f), device),
+          jax.device_put(refs[f], device), jax.device_put(present[f], device))
+      completed[f] = comp
+      if progress is not None:
+        jax.block_until_ready(comp)
+        progress()
+    results.append(np.asarray(video_cpn.crop_padding(jnp.stack(completed), pads)))
+  return np.clip(blend_passes(results[0], results[1]), 0.0, 1.0)
+
+
+def evaluate(result: np.ndarray, truth: np.ndarray, holes: np.ndarray) -> dict[str, Any]:
+  """DAVIS-style scores of a completed video against its ground truth.
+
+  Args:
+    result, truth: float32 [N, H, W, 3] in [0, 1]; holes: [N, H, W, 1] in {0, 1}.
+
+  Returns:
+    {'result': {'psnr', 'ssim' (video means), 'psnr_per_frame', 'ssim_per_frame',
+    'temporal_error'}, 'mean_fill': the same for holes filled with each frame's mean visible
+    colour}. temporal_error = mean over consecutive frames and over the pixels in either hole of
+    |(x_{t+1} - x_t) - (g_{t+1} - g_t)|: flicker that the ground truth does not have.
+  """
+  visible = 1.0 - holes
+  mean = np.sum(truth * visible, axis=(1, 2), keepdims=True) / np.maximum(
+      np.sum(visible, axis=(1, 2), keepdims=True), 1.0)
+  mean_fill = truth * visible + mean * holes
+  either = np.maximum(holes[1:], holes[:-1])
+  out = {}
+  for name, pred in (("result", result), ("mean_fill", mean_fill)):
+    psnr = np.asarray(jax.jit(metrics.psnr)(pred, truth))
+    ssim = np.asarray(jax.jit(metrics.ssim)(pred, truth))
+    flicker = np.abs((pred[1:] - pred[:-1]) - (truth[1:] - truth[:-1])) * either
+    temporal = float(np.sum(flicker) / max(3.0 * np.sum(either), 1.0))
+    out[name] = {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)),
+                 "temporal_error": temporal, "psnr_per_frame": psnr.round(4).tolist(),
+                 "ssim_per_frame": ssim.round(5).tolist()}
+  return out
+
+
+def synthetic_holes(spec: str, n: int, size: tuple[int, int]) -> np.ndarray:
+  """'random:SEED' -> bool [n, H, W]: one random blob moving along its own affine path
+  (`cpjax.ops.masks.moving_blob_masks`, the training masks), for DAVIS-style evaluation."""
+  seed = spec.partition(":")[2]
+  if not seed.isdigit():
+    raise ToolError(f"--masks={spec} is not random:SEED; give e.g. --masks=random:0.")
+  holes = jax.jit(mask_ops.moving_blob_masks, static_argnums=(1, 2, 3))(
+      jax.random.key(int(seed)), n, *size)
+  return np.asarray(holes)[..., 0] > 0.5
+
+
+def _check_out_dir(out: str) -> pathlib.Path:
+  p = pathlib.Path(out).expanduser()
+  if p.exists() and (not p.is_dir() or any(p.iterdir())):
+    raise ToolError(f"{out} already exists and is not an empty folder; give a new output "
+                    "folder (nothing is overwritten).")
+  return p
+
+
+def load_inputs(frames_path: str, masks_path: str | None, exposure: str | None,
+                size: tuple[int, int] | None, dilate: int) -> tuple[np.ndarray, np.ndarray]:
+  """Frames float32 [N, H, W, 3] and dilated holes float32 [N, H, W, 1], checked."""
+  frames = video.read_frames(frames_path)
+  n = frames.shape[0]
+  if n < 2:
+    raise ToolError(f"{frames_path} has {n} frame; video inpainting needs at least 2 frames.")
+  holes = None
+  random_masks = masks_path is not None and masks_path.startswith("random:")
+  if exposure is not None and masks_path is not None:
+    raise ToolError("give either --masks or --exposure, not both.")
+  if exposure is None and not random_masks:
+    if masks_path is None:
+      masks_path = video.davis_annotations(frames_path)
+      if masks_path is None:
+        raise ToolError("no --masks given; give a folder with one mask per frame (white = "
+                        "remove), or --exposure=LOW,HIGH to restore badly exposed pixels.")
+    holes = video.read_masks(masks_path, n, frames.shape[1:3]).astype(np.uint8)
+  if size is not None:
+    frames, holes = resize_video(frames, holes, size)
+  frames = frames.astype(np.float32) / 255.0
+  if random_masks:
+    holes = synthetic_holes(masks_path, n, frames.shape[1:3])
+  elif holes is None:
+    low, high = parse_exposure(exposure)
+    holes = exposure_holes(frames, low, high)
+  holes = dilate_cross(holes.astype(bool), dilate)
+  if not holes.any():
+    raise ToolError(f"no hole in any frame of {frames_path} (empty masks, or no pixel past the "
+                    "exposure thresholds); nothing to inpaint.")
+  return frames, holes.astype(np.float32)[..., None]
+
+
+def run(workdir: str, frames: str, out: str, masks: str | None = None,
+        exposure: str | None = None, size: str | None = None, step: int | None = None,
+        window: int = 120, stride: int = 2, dilate: int = 4, evaluate_scores: bool = False,
+        fps: float = 10.0) -> dict[str, Any]:
+  """The command line without flags: checks inputs, inpaints, writes OUT; returns a summary."""
+  if window < 1 or stride < 1 or dilate < 0:
+    raise ToolError(f"--window={window}, --stride={stride}, --dilate={dilate}: give window and "
+                    "stride >= 1 and dilate >= 0.")
+  out_dir = _check_out_dir(out)
+  video_frames, holes = load_inputs(frames, masks, exposure, parse_size(size), dilate)
+  config, task, state = common.restore_task(workdir, step)
+  if config.get("task") != "video_inpainting":
+    raise ToolError(f"{workdir} holds a {config.get('task')!r} run; inpaint_video needs a "
+                    "video_inpainting run (e.g. --config=configs/video_demo.py).")
+  n = video_frames.shape[0]
+  bar = Progress(2 * n)
+  start = time.perf_counter()
+  result = inpaint(task, state.params, video_frames, holes, window=window, stride=stride,
+                   progress=bar.update)
+  seconds = time.perf_counter() - start
+  out_dir.mkdir(parents=True, exist_ok=True)
+  uint8 = np.round(result * 255.0).astype(np.uint8)
+  for i, frame in enumerate(uint8):
+    Image.fromarray(frame).save(out_dir / f"{i:05d}.png")
+  summary: dict[str, Any] = {"frames": n, "size": list(result.shape[1:3]),
+                             "seconds": round(seconds, 2),
+                             "mp4": video.write_video(out_dir / "video.mp4", uint8, fps)}
+  if evaluate_scores:
+    scores = evaluate(result, video_frames, holes)
+    (out_dir / "metrics.json").write_text(json.dumps(scores, indent=2))
+    summary.update({name: {k: s[k] for k in ("psnr", "ssim", "temporal_error")}
+                    for name, s in scores.items()})
+  return summary
+
+
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a program)."""
+  flags.DEFINE_string("workdir", None, "Training run whose checkpoint to use.")
+  flags.DEFINE_string("frames", None, "Folder of frames (e.g. DAVIS JPEGImages/480p/SEQ) or a "
+                      "video file.")
+  flags.DEFINE_string("masks", None, "Folder with one mask per frame (white or palette index > "
+                      "0 = remove); default for DAVIS frames: the Annotations folder; "
+                      "random:SEED = moving synthetic masks.")
+  flags.DEFINE_string("exposure", None, "LOW,HIGH: restore pixels with luminance <= LOW or >= "
+                      "HIGH instead of using masks (paper sec. 5.3).")
+  flags.DEFINE_string("out", None, "New output folder for the PNG frames, video.mp4 and "
+                      "metrics.json.")
+  flags.DEFINE_string("size", None, "HxW to resize the video to first (paper: 240x424).")
+  flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+  flags.DEFINE_integer("window", 120, "References within this many frames of the target.")
+  flags.DEFINE_integer("stride", 2, "Every stride-th frame of the window is a reference.")
+  flags.DEFINE_integer("dilate", 4, "Dilations of the masks with a 3x3 cross.")
+  flags.DEFINE_bool("evaluate", False, "Score the result against the input frames (synthetic "
+                    "masks over real frames) and write metrics.json.")
+  flags.DEFINE_float("fps", 10.0, "Frame rate of video.mp4.")
+  flags.mark_flags_as_required(["workdir", "frames", "out"])
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise ToolError(f"unexpected arguments: {' '.join(argv[1:])}; give every input as a flag.")
+  f = flags.FLAGS
+  summary = run(f.workdir, f.frames, f.out, f.masks, f.exposure, f.size, f.step, f.window,
+                f.stride, f.dilate, f.evaluate, f.fps)
+  print(f"wrote {summary['frames']} frames to {f.out}: {json.dumps(summary)}")
+  return 0
+
+
+if __name__ == "__main__":
+  define_flags()
+  common.run_tool(main, "cpjax.tools.inpaint_video")

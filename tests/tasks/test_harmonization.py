@@ -1,0 +1,194 @@
+"""The harmonisation task on its tiny configs: synthetic and real problems, 1 vs 8 devices, the
+HRNet learning-rate groups, DIH's two-stage schedule, and the command line on an
+iHarmony4-format tree."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO, load_config
+from cpjax import tasks
+from cpjax.train import trainer
+from data.test_iharmony4 import make_tree
+
+
+def _tiny(name: str = "iharmony4_idih", **overrides):
+  c = load_config(name, "tiny")
+  c.checkpoint.async_save = False
+  for key, value in overrides.items():
+    node = c
+    *path, leaf = key.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def _smooth_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[0:size, 0:size] / size
+  base = 60 + 120 * yy[None, ..., None] * rng.random((n, 1, 1, 3)) + 60 * xx[None, ..., None]
+  return base.astype(np.uint8)
+
+
+def _variables(state) -> dict[str, np.ndarray]:
+  leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(
+      {"params": state.params, "batch_stats": state.batch_stats}))
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
+
+
+def _scale_out_config():
+  """The tiny config with Adam's epsilon at 1e-3 instead of 1e-8. The conv biases that feed a
+  BatchNorm (kept, like the reference's PyTorch defaults) have an analytically zero gradient;
+  its float round-off (~1e-9) depends on the reduction order, i.e. on the device layout, and
+  Adam with eps 1e-8 turns it into steps of +-lr (also shifting the running means). With eps
+  1e-3 round-off moves nothing, while real gradients still train every other parameter."""
+  return _tiny(total_steps=2, **{"optim.eps": 1e-3})
+
+
+def test_synthetic_problems_change_only_the_masked_region():
+  """Without a 'real' field: target = the image; composite = image outside a rotated-rectangle
+  mask and a colour-changed image inside; each example depends on its index, not its slot."""
+  task = tasks.build(_tiny())
+  images = _smooth_images(3, 32)
+  batch = {"image": jnp.asarray(images), "index": jnp.asarray([4, 7, 9], jnp.int32)}
+  ex = jax.jit(lambda b: task.problems(b, jax.random.key(0), jnp.int32(0), False))(batch)
+  np.testing.assert_allclose(ex["target"], images / 255.0, atol=1e-6)
+  mask = np.asarray(ex["mask"])
+  assert set(np.unique(mask)) == {0.0, 1.0}
+  outside = np.broadcast_to(mask == 0, ex["composite"].shape)
+  np.testing.assert_allclose(np.asarray(ex["composite"])[outside],
+                             np.asarray(ex["target"])[outside], atol=1e-6)
+  change = np.abs(np.asarray(ex["composite"]) - np.asarray(ex["target"]))[..., 0]
+  assert change[mask[..., 0] == 1].mean() > 0.01
+  single = {"image": batch["image"][2:], "index": batch["index"][2:]}
+  ex1 = jax.jit(lambda b: task.problems(b, jax.random.key(0), jnp.int32(0), False))(single)
+  np.testing.assert_allclose(ex1["composite"][0], ex["composite"][2], atol=1e-6)
+
+
+def test_real_pairs_binarise_masks_for_training_only():
+  """iHarmony4 batches: composite/real from the fields; a soft mask (bilinear resize) is
+  thresholded at 0.5 for training and kept as is for evaluation."""
+  task = tasks.build(_tiny())
+  mask = np.array([0, 100, 128, 200, 255], np.uint8).reshape(1, 1, 5, 1)
+  batch = {"image": np.zeros((1, 1, 5, 3), np.uint8), "real": np.full((1, 1, 5, 3), 255, np.uint8),
+           "mask": mask, "index": np.zeros(1, np.int32), "subset": np.array([2], np.int32)}
+  train = task.problems(batch, jax.random.key(0), jnp.int32(0), True)
+  ev = task.problems(batch, jax.random.key(0), jnp.int32(0), False)
+  np.testing.assert_array_equal(train["mask"][0, 0, :, 0], [0, 0, 1, 1, 1])
+  np.testing.assert_allclose(ev["mask"][0, 0, :, 0], mask[0, 0, :, 0] / 255.0, atol=1e-6)
+  assert float(ev["target"].min()) == 1.0 and int(ev["subset"][0]) == 2
+
+
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("one_device")
+  return workdir, trainer.train(_scale_out_config(), workdir, devices=jax.devices()[:1])
+
+
+def test_eight_devices_match_one_device(one_device_run, tmp_path):
+  """The same global batch on 8 devices gives the same parameters, BatchNorm statistics
+  (synchronised over the global batch) and evaluation as on 1 device (1e-5)."""
+  assert jax.device_count() == 8
+  ref_dir, ref_state = one_device_run
+  state = trainer.train(_scale_out_config(), tmp_path, devices=jax.devices())
+  ref, got = _variables(ref_state), _variables(state)
+  assert ref.keys() == got.keys() and any("batch_stats" in k for k in ref)
+  worst = max(float(np.max(np.abs(ref[k] - got[k]))) for k in ref)
+  assert worst < 1e-5, worst
+  ref_eval = json.loads((ref_dir / "eval" / "step_00000002.json").read_text())
+  got_eval = json.loads((tmp_path / "eval" / "step_00000002.json").read_text())
+  for key in ("result", "composite"):
+    assert got_eval[key]["All"] == pytest.approx(ref_eval[key]["All"], rel=1e-4)
+
+
+def test_hrnet_trunk_trains_at_a_tenth_of_the_learning_rate():
+  """Adam's first step moves each parameter by lr: 1e-4 in the HRNet trunk ('backbone/hrnet'),
+  1e-3 in its OCR head, its mask fusion and the iDIH."""
+  task = tasks.build(_tiny("iharmony4_idih_hrnet"))
+  params = {"backbone": {"hrnet": {"conv1": {"kernel": jnp.zeros(3)}},
+                         "ocr_conv3x3": {"0": {"kernel": jnp.zeros(3)}},
+                         "mask_conv": {"0": {"kernel": jnp.zeros(3)}}},
+            "model": {"encoder": {"kernel": jnp.zeros(3)}}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = task.tx.update(grads, task.tx.init(params), params)
+  steps = jax.tree.map(lambda u: float(-u[0]), updates)
+  assert steps["backbone"]["hrnet"]["conv1"]["kernel"] == pytest.approx(1e-4, rel=1e-4)
+  for sub in (steps["backbone"]["ocr_conv3x3"]["0"], steps["backbone"]["mask_conv"]["0"],
+              steps["model"]["encoder"]):
+    assert sub["kernel"] == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_dih_two_stage_schedule():
+  """Joint stage (step < stage1_steps): L = L_rec + 100 CE and the parsing decoder learns; then
+  L = L_rec and the parsing decoder (weights and BatchNorm statistics) stays fixed while the
+  harmonisation decoder keeps learning."""
+  c = _tiny("iharmony4_dih", **{"loss.stage1_steps": 1})
+  task = tasks.build(c)
+  state = jax.jit(task.init)(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(_smooth_images(4, 32)), "index": jnp.arange(4, dtype=jnp.int32),
+           "label": jnp.asarray(rng.choice([0, 3, 25, 255], (4, 32, 32)).astype(np.uint8))}
+  step = jax.jit(task.train_step)
+  s1, m1 = step(state, batch, jax.random.key(1))
+  assert float(m1["loss"]) == pytest.approx(
+      float(m1["reconstruction"]) + 100 * float(m1["parsing_ce"]), rel=1e-5)
+  s2, m2 = step(s1, batch, jax.random.key(1))
+  assert float(m2["loss"]) == pytest.approx(float(m2["reconstruction"]), rel=1e-6)
+  moved = lambda a, b: max(float(jnp.max(jnp.abs(x - y)))  # noqa: E731
+                           for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert moved(state.params["parsing_decoder"], s1.params["parsing_decoder"]) > 0
+  assert moved(s1.params["parsing_decoder"], s2.params["parsing_decoder"]) == 0
+  assert moved(s1.batch_stats["parsing_decoder"], s2.batch_stats["parsing_decoder"]) == 0
+  assert moved(s1.params["harmonization_decoder"], s2.params["harmonization_decoder"]) > 0
+
+
+def _main(workdir, config, *extra):
+  return [sys.executable, "-m", "cpjax.main", f"--config={config}", f"--workdir={workdir}",
+          "--config.checkpoint.async_save=False", *extra]
+
+
+def test_command_line_on_an_iharmony4_tree(tmp_path):
+  """Train 2 steps on an iHarmony4-format tree, evaluate with the reference geometry (resize);
+  the eval JSON holds per-subset and foreground-ratio tables for the result and the composite;
+  eval_sweep then evaluates the other checkpoint."""
+  root = make_tree(tmp_path / "iHarmony4")
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  spec = f"iharmony4:{root}:{{}}:HCOCO,Hday2night"
+  args = ["configs/iharmony4_idih.py:tiny", f"--config.data.source={spec.format('train')}",
+          f"--config.eval.source={spec.format('test')}", "--config.eval.mode=resize",
+          "--config.eval.num_examples=2",
+          "--config.eval.repeats=1", "--config.eval.batch_size=2", "--config.batch_size=4",
+          "--config.total_steps=2", "--config.checkpoint.every_steps=1"]
+  run = subprocess.run(_main(tmp_path / "w", *args), cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  result = json.loads((tmp_path / "w" / "eval" / "step_00000002.json").read_text())
+  assert result["num_examples"] == 2
+  for method in ("result", "composite"):
+    assert set(result[method]["subset"]) == {"HCOCO", "Hday2night"}
+    assert result[method]["subset"]["HCOCO"]["N"] == 1
+    assert result[method]["All"]["N"] == 2
+  assert result["composite"]["All"]["MSE"] > 100          # the inverted foreground
+  assert "| composite |" in result["table_subset"] and "Hday2night" in result["table_subset"]
+  sweep = subprocess.run(_main(tmp_path / "w", *args, "--mode=eval_sweep"), cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+  assert sweep.returncode == 0, sweep.stderr[-3000:]
+  assert (tmp_path / "w" / "eval" / "step_00000001.json").exists()
+
+
+def test_missing_dataset_message(tmp_path):
+  """configs/iharmony4_idih.py without data stops with one line saying how to fix it."""
+  run = subprocess.run(_main(tmp_path, "configs/iharmony4_idih.py"), cwd=REPO,
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
+  assert run.returncode == 1
+  assert "--config.data.source=iharmony4:" in run.stderr
+  assert "harmonization_demo.py" in run.stderr and "Traceback" not in run.stderr

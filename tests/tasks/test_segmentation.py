@@ -1,0 +1,238 @@
+"""The FCN task through the shared loop: the tiny config on the command line (train, eval,
+eval_sweep) on 8 devices equals one device, frozen upscore layers, the eval scores of the whole
+split, staged initialisation (32s -> 16s -> 8s) and converted VGG weights."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import REPO, load_config, numpy_params
+from cpjax import tasks
+from cpjax.models import fcn
+from cpjax.tasks import segmentation
+from cpjax.tools import common
+from cpjax.train import checkpointing, trainer
+from data_pipelines import pipeline
+
+
+def _tiny(**overrides) -> ml_collections.ConfigDict:
+  c = load_config("fcn_voc", "tiny")
+  c.checkpoint.async_save = False
+  c.update_from_flattened_dict(overrides)
+  return c
+
+
+def _main(workdir, *extra, devices: int = 8) -> subprocess.CompletedProcess:
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "cpjax.main", "--config=configs/fcn_voc.py:tiny",
+         f"--workdir={workdir}", "--config.checkpoint.async_save=False", *extra]
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+  """`python -m cpjax.main --config=configs/fcn_voc.py:tiny` on 8 devices: 4 steps, checkpoints
+  at 2 and 4, eval at 4."""
+  workdir = tmp_path_factory.mktemp("fcn_cli")
+  run = _main(workdir)
+  assert run.returncode == 0, run.stderr[-3000:]
+  return workdir, run
+
+
+@pytest.fixture(scope="module")
+def one_device_state(tmp_path_factory):
+  """2 steps of the same config on one device, in process."""
+  return trainer.train(_tiny(total_steps=2), tmp_path_factory.mktemp("fcn_one"),
+                       devices=jax.devices()[:1])
+
+
+def _params_at(workdir, step):
+  config, task, state = common.restore_task(workdir, step)
+  return config, task, jax.device_get(state.params)
+
+
+def test_cli_writes_eval_with_the_four_scores(cli_run):
+  """Training ends with an eval JSON of the four scores in [0, 1] over the 8 eval examples, and
+  the console shows them."""
+  workdir, run = cli_run
+  result = json.loads((workdir / "eval" / "step_00000004.json").read_text())
+  assert result["num_examples"] == 8
+  for name in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu"):
+    assert 0.0 <= result[name] <= 1.0, name
+  assert "mean_iu=" in run.stderr and (workdir / "checkpoints" / "2").is_dir()
+
+
+def test_eval_scores_equal_numpy_over_the_split(cli_run):
+  """The trainer's summed confusion matrix gives the scores that NumPy computes from the
+  checkpoint's predictions on the eval split (bincount matrix, the reference's formulas)."""
+  workdir, _ = cli_run
+  config, task, params = _params_at(workdir, 4)
+  data = dict(config.data.to_dict(), source=config.eval.source, crop="center", flip=False,
+              eval_mode=config.eval.mode, max_examples=config.eval.num_examples)
+  k = len(config.model.classes)
+  hist = np.zeros((k, k))
+  for batch in pipeline.eval_batches(data, batch_size=config.eval.batch_size):
+    pred = np.asarray(jax.jit(task.predict)(params, batch["image"]))
+    labels = batch["label"][batch["valid"]].astype(int)
+    keep = labels != 255
+    hist += np.bincount(k * labels[keep] + pred[batch["valid"]][keep],
+                        minlength=k * k).reshape(k, k)
+  with np.errstate(invalid="ignore"):  # classes absent from labels and predictions: NaN
+    iu = np.diag(hist) / (hist.sum(0) + hist.sum(1) - np.diag(hist))
+  freq = hist.sum(1) / hist.sum()
+  result = json.loads((workdir / "eval" / "step_00000004.json").read_text())
+  assert result["pixel_acc"] == pytest.approx(np.trace(hist) / hist.sum(), abs=1e-6)
+  assert result["mean_iu"] == pytest.approx(np.nanmean(iu), abs=1e-6)
+  assert result["fw_iu"] == pytest.approx(np.sum(freq[freq > 0] * iu[freq > 0]), abs=1e-6)
+
+
+def test_eight_devices_match_one_device(cli_run, one_device_state):
+  """The 8-device command-line run's step-2 checkpoint equals 2 steps on one device (same global
+  batch; dropout from per-example keys)."""
+  _, _, params = _params_at(cli_run[0], 2)
+  ref = jax.device_get(one_device_state.params)
+  diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), params, ref)
+  assert max(jax.tree.leaves(diffs)) < 1e-5, diffs
+
+
+def test_upscore_layers_stay_frozen_and_others_train(one_device_state):
+  """After training, every upscore kernel is still exactly bilinear; the score layers (zero at
+  init) have moved."""
+  params = jax.device_get(one_device_state.params)
+  k = 5
+  for name, size in (("upscore2", 4), ("upscore_pool4", 4), ("upscore8", 16)):
+    np.testing.assert_array_equal(params[name]["kernel"], fcn.bilinear_kernel(size, k))
+  for name in ("score_fr", "score_pool4", "score_pool3"):
+    assert np.any(params[name]["kernel"] != 0), name
+
+
+def test_eval_and_eval_sweep_modes(cli_run):
+  """--mode=eval re-evaluates the latest checkpoint (restored on one device; it was written by
+  eight) to the same scores; --mode=eval_sweep evaluates the checkpoint of step 2, which had no
+  result."""
+  workdir, _ = cli_run
+  before = json.loads((workdir / "eval" / "step_00000004.json").read_text())
+  (workdir / "eval" / "step_00000004.json").unlink()
+  one = _main(workdir, "--mode=eval", devices=1)
+  assert one.returncode == 0, one.stderr[-3000:]
+  again = json.loads((workdir / "eval" / "step_00000004.json").read_text())
+  assert again["mean_iu"] == pytest.approx(before["mean_iu"], abs=1e-9)
+  sweep = _main(workdir, "--mode=eval_sweep", devices=1)
+  assert sweep.returncode == 0, sweep.stderr[-3000:]
+  assert "mean_iu" in json.loads((workdir / "eval" / "step_00000002.json").read_text())
+
+
+def _save_stage(workdir, config, params_seed):
+  """A checkpoint of `config`'s network with random parameters (NumPy, no compile)."""
+  task = tasks.build(config)
+  shapes = jax.eval_shape(task.init, jax.random.key(0))
+  state = shapes.replace(params=numpy_params(shapes.params, params_seed))
+  state = state.replace(opt_state=task.tx.init(state.params), step=np.int32(0))
+  checkpointer = checkpointing.Checkpointer(workdir, async_save=False)
+  checkpointer.save(1, state, None, config, force=True)
+  checkpointer.close()
+  return state.params
+
+
+def _fresh(config):
+  task = tasks.build(config)
+  shapes = jax.eval_shape(task.init, jax.random.key(0))
+  params = numpy_params(shapes.params, 99)
+  return task, shapes.replace(params=params, opt_state=task.tx.init(params), step=np.int32(0))
+
+
+def test_staged_initialisation_copies_shared_modules(tmp_path):
+  """16s from a 32s run copies vgg, fc6, fc7, score_fr and keeps its own score_pool4 and
+  upscore layers; 8s from that 16s run also copies score_pool4 and upscore2."""
+  p32 = _save_stage(tmp_path / "s32", _tiny(**{"model.variant": "32s"}), 1)
+  task16, fresh16 = _fresh(_tiny(**{"model.variant": "16s", "init_from": str(tmp_path / "s32")}))
+  p16 = jax.device_get(task16.warm_start(fresh16).params)
+  leaves_equal = lambda a, b: all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
+  for name in ("vgg", "fc6", "fc7", "score_fr"):
+    assert leaves_equal(p16[name], p32[name]), name
+  for name in ("score_pool4", "upscore2", "upscore16"):
+    assert leaves_equal(p16[name], fresh16.params[name]), name
+  state16 = fresh16.replace(params=p16)
+  checkpointer = checkpointing.Checkpointer(tmp_path / "s16", async_save=False)
+  checkpointer.save(1, state16, None, task16.config, force=True)
+  checkpointer.close()
+  task8, fresh8 = _fresh(_tiny(**{"model.variant": "8s", "init_from": str(tmp_path / "s16")}))
+  p8 = jax.device_get(task8.warm_start(fresh8).params)
+  for name in ("vgg", "fc6", "score_fr", "score_pool4", "upscore2"):
+    assert leaves_equal(p8[name], p16[name]), name
+  for name in ("score_pool3", "upscore_pool4", "upscore8"):
+    assert leaves_equal(p8[name], fresh8.params[name]), name
+
+
+def test_staged_initialisation_refuses_other_widths(tmp_path):
+  """An earlier stage with other widths cannot initialise this one: the error names the module."""
+  _save_stage(tmp_path, _tiny(**{"model.variant": "32s", "model.fc_width": 8}), 1)
+  task, fresh = _fresh(_tiny(**{"init_from": str(tmp_path)}))
+  with pytest.raises(ValueError, match="module 'fc6' has shapes"):
+    task.warm_start(fresh)
+
+
+def test_init_from_through_the_trainer(cli_run, tmp_path):
+  """A fresh run with init_from starts (before any step) from the earlier run's parameters."""
+  workdir, _ = cli_run
+  state = trainer.train(_tiny(total_steps=0, init_from=str(workdir)), tmp_path,
+                        devices=jax.devices()[:1])
+  _, _, params = _params_at(workdir, 4)
+  diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), jax.device_get(state.params),
+                       params)
+  assert max(jax.tree.leaves(diffs)) == 0.0
+
+
+def test_eval_mode_scores_init_from_weights_without_training(cli_run, tmp_path):
+  """--mode=eval in an empty workdir with init_from scores the warm-started weights as step 0:
+  the same scores as the run they came from."""
+  workdir, _ = cli_run
+  results = trainer.evaluate(_tiny(init_from=str(workdir)), tmp_path, devices=jax.devices()[:1])
+  original = json.loads((workdir / "eval" / "step_00000004.json").read_text())
+  assert (tmp_path / "eval" / "step_00000000.json").is_file()
+  for score in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu"):
+    assert results[score] == pytest.approx(original[score], abs=1e-9)
+
+
+def test_vgg_init_npz(tmp_path):
+  """model.vgg_init puts converted arrays in by name; an unknown key or a wrong shape is an error
+  that names it."""
+  task, fresh = _fresh(_tiny())
+  kernel = np.full(fresh.params["vgg"]["conv1_1"]["kernel"].shape, 0.5, np.float32)
+  bias = np.arange(16, dtype=np.float32)
+  np.savez(tmp_path / "vgg.npz", **{"vgg/conv1_1/kernel": kernel, "fc6/bias": bias})
+  task.config.model.vgg_init = str(tmp_path / "vgg.npz")
+  params = jax.device_get(task.warm_start(fresh).params)
+  np.testing.assert_array_equal(params["vgg"]["conv1_1"]["kernel"], kernel)
+  np.testing.assert_array_equal(params["fc6"]["bias"], bias)
+  np.testing.assert_array_equal(params["fc7"]["kernel"], fresh.params["fc7"]["kernel"])
+  np.savez(tmp_path / "bad.npz", **{"vgg/conv1_1/kernel": kernel[..., :2]})
+  task.config.model.vgg_init = str(tmp_path / "bad.npz")
+  with pytest.raises(ValueError, match="'vgg/conv1_1/kernel' is"):
+    task.warm_start(fresh)
+  np.savez(tmp_path / "bad.npz", **{"classifier/0/weight": kernel})
+  with pytest.raises(ValueError, match="'classifier/0/weight', which is no parameter"):
+    task.warm_start(fresh)
+
+
+def test_optimizer_groups():
+  """Upscore kernels are frozen, biases form their own group (2x lr, no decay), the rest decays:
+  one SGD step on unit gradients moves a weight by lr (1 + wd w) and a bias by 2 lr."""
+  params = {"upscore2": {"kernel": np.ones((2, 2))}, "fc6": {"kernel": np.full((2,), 3.0),
+                                                             "bias": np.zeros((2,))}}
+  o = ml_collections.ConfigDict(dict(name="sgd", lr=0.1, momentum=0.9, b1=0.9, b2=0.999,
+                                     weight_decay=0.01, bias_lr_mult=2.0))
+  tx = segmentation.make_optimizer(o)
+  grads = jax.tree.map(np.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["upscore2"]["kernel"], 0.0)
+  np.testing.assert_allclose(updates["fc6"]["kernel"], -0.1 * (1 + 0.01 * 3.0), rtol=1e-6)
+  np.testing.assert_allclose(updates["fc6"]["bias"], -0.2, rtol=1e-6)

@@ -1,0 +1,166 @@
+"""cpjax.tools.inpaint_video: the released procedure's pieces (reference windows, two-pass
+blend, mask dilation), a 50-frame clip end to end on CPU, and clear errors for bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from cpjax.ops import masks as mask_ops
+from cpjax.tools import inpaint_video
+from cpjax.tools.common import ToolError
+from data_pipelines import video
+
+
+@pytest.mark.parametrize("f, n, want", [
+    (0, 50, list(range(2, 49, 2))),                     # short video: range(0, n - 1, 2) \ {f}
+    (10, 50, [i for i in range(0, 49, 2) if i != 10]),
+    (49, 50, list(range(0, 49, 2))),
+    (10, 300, [i for i in range(0, 240, 2) if i != 10]),  # near the start: range(0, 240, 2)
+    (150, 300, [i for i in range(30, 270, 2) if i != 150]),  # inside: f +- 120
+    (290, 300, [i for i in range(60, 299, 2) if i != 290]),  # near the end: (n - 240, n - 1)
+])
+def test_reference_indices_follow_the_released_window_rule(f, n, want):
+  assert inpaint_video.reference_indices(f, n) == want
+
+
+def test_two_pass_blend_weights():
+  """result f = reverse f (N - f) / N + forward f f / N: frame 0 is the reverse pass, the
+  middle frame the average."""
+  n = 4
+  reverse = np.zeros((n, 2, 2, 3), np.float32)
+  forward = np.ones((n, 2, 2, 3), np.float32)
+  got = inpaint_video.blend_passes(reverse, forward)
+  np.testing.assert_allclose(got[:, 0, 0, 0], [0.0, 0.25, 0.5, 0.75])
+
+
+def test_mask_dilation_matches_opencv_cross():
+  m = np.random.default_rng(0).random((2, 20, 25)) > 0.97
+  got = inpaint_video.dilate_cross(m, 4)
+  kernel = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+  for i in range(2):
+    want = cv2.dilate(m[i].astype(np.uint8), kernel, iterations=4).astype(bool)
+    np.testing.assert_array_equal(got[i], want)
+
+
+def test_exposure_holes_by_luminance():
+  frames = np.array([[[[0.0, 0.0, 0.01], [1.0, 1.0, 1.0], [0.5, 0.2, 0.9], [1.0, 1.0, 0.0]]]],
+                    np.float32)
+  got = inpaint_video.exposure_holes(frames, 0.02, 0.98)
+  np.testing.assert_array_equal(got, [[[True, True, False, False]]])
+
+
+def _clip_and_masks(folder, n=50, size=(24, 32), seed=0):
+  """A real-photo clip (moving camera) and moving synthetic blob masks, written as PNGs."""
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  frames = video.camera_clip(skimage.data.coffee(), n, size, seed=seed)
+  holes = np.asarray(jax.jit(lambda k: mask_ops.moving_blob_masks(
+      k, n, *size, mask_ops.MovingMaskRanges(radius=(0.12, 0.15))))(jax.random.key(seed)))
+  (folder / "frames").mkdir(parents=True)
+  (folder / "masks").mkdir()
+  for i in range(n):
+    Image.fromarray(frames[i]).save(folder / "frames" / f"{i:05d}.jpg", quality=95)
+    Image.fromarray((holes[i, ..., 0] * 255).astype(np.uint8)).save(folder / "masks" / f"{i:05d}.png")
+  return frames, holes
+
+
+def test_fifty_frame_clip_end_to_end(video_demo_tiny_run, tmp_path, capsys):
+  """50 frames on CPU: one compilation of the per-frame step for all 100 steps, a progress bar,
+  50 PNGs + an MP4 + metrics.json; outside the (dilated) holes the output is the input."""
+  workdir, _ = video_demo_tiny_run
+  _clip_and_masks(tmp_path)
+  out = tmp_path / "out"
+  before = inpaint_video._complete_frame._cache_size()  # pylint: disable=protected-access
+  summary = inpaint_video.run(str(workdir), str(tmp_path / "frames"), str(out),
+                              masks=str(tmp_path / "masks"), evaluate_scores=True)
+  assert inpaint_video._complete_frame._cache_size() == before + 1  # pylint: disable=protected-access
+  assert "100/100 frames" in capsys.readouterr().err
+  written = sorted(out.glob("*.png"))
+  assert len(written) == 50 and summary["frames"] == 50
+  assert (out / "video.mp4").stat().st_size > 0 and summary["mp4"]
+  result = np.stack([np.asarray(Image.open(p)) for p in written]).astype(np.float32) / 255
+  frames, holes = inpaint_video.load_inputs(str(tmp_path / "frames"), str(tmp_path / "masks"),
+                                            None, None, 4)
+  outside = holes[..., 0] < 0.5
+  assert np.abs(result - frames)[outside].max() <= 1.0 / 255 + 1e-6
+  scores = json.loads((out / "metrics.json").read_text())
+  assert len(scores["result"]["psnr_per_frame"]) == 50
+  assert 0 < scores["result"]["ssim"] <= 1 and scores["mean_fill"]["psnr"] > 10
+
+
+def test_bad_inputs_are_clear_errors(video_demo_tiny_run, tmp_path):
+  """Frame/mask count and size mismatches, empty folders, a used output folder, a run of
+  another task: each a one-line error naming the problem, before any work is done."""
+  workdir, _ = video_demo_tiny_run
+  clip, holes = _clip_and_masks(tmp_path, n=4)
+  run = lambda **kw: inpaint_video.run(str(workdir), **kw)  # pylint: disable=unnecessary-lambda-assignment
+  frames_dir, masks_dir = str(tmp_path / "frames"), str(tmp_path / "masks")
+  (tmp_path / "masks" / "00003.png").unlink()
+  with pytest.raises(video.VideoError, match="holds 3 masks but the video has 4 frames"):
+    run(frames=frames_dir, masks=masks_dir, out=str(tmp_path / "o1"))
+  Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "masks" / "00003.png")
+  with pytest.raises(video.VideoError, match="is 10x10 but 00000.png is 24x32"):
+    run(frames=frames_dir, masks=masks_dir, out=str(tmp_path / "o2"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(video.VideoError, match="holds no images"):
+    run(frames=str(tmp_path / "empty"), masks=masks_dir, out=str(tmp_path / "o3"))
+  (tmp_path / "used").mkdir()
+  (tmp_path / "used" / "00000.png").write_bytes(b"keep me")
+  with pytest.raises(ToolError, match="not an empty folder"):
+    run(frames=frames_dir, masks=masks_dir, out=str(tmp_path / "used"))
+  assert (tmp_path / "used" / "00000.png").read_bytes() == b"keep me"
+  with pytest.raises(ToolError, match="no --masks given"):
+    run(frames=frames_dir, out=str(tmp_path / "o4"))
+
+
+def test_command_line_error_is_one_line(tmp_path):
+  """The CLI prints `cpjax.tools.inpaint_video: ...` with exit status 1 and no traceback."""
+  (tmp_path / "frames").mkdir()
+  run = subprocess.run(
+      [sys.executable, "-m", "cpjax.tools.inpaint_video", f"--workdir={tmp_path}",
+       f"--frames={tmp_path / 'frames'}", f"--masks={tmp_path}", f"--out={tmp_path / 'out'}"],
+      cwd=REPO, env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"), capture_output=True,
+      text=True, timeout=300)
+  assert run.returncode == 1
+  lines = run.stderr.strip().splitlines()
+  assert lines == [f"cpjax.tools.inpaint_video: {tmp_path / 'frames'} holds no images (*.jpg, "
+                   "*.jpeg, *.png, *.webp); give a folder of frames."]
+
+
+def test_exposure_mode_holes_are_the_badly_exposed_pixels(tmp_path):
+  """--exposure=LOW,HIGH: the holes are the pixels past the luminance thresholds, dilated;
+  with masks as well it is an error."""
+  frames = np.full((2, 16, 16, 3), 128, np.uint8)
+  frames[0, 3, 4] = 255                       # over-exposed
+  frames[1, 10, 10] = 0                       # under-exposed
+  folder = tmp_path / "frames"
+  folder.mkdir()
+  for i, f in enumerate(frames):
+    Image.fromarray(f).save(folder / f"{i}.png")
+  _, holes = inpaint_video.load_inputs(str(folder), None, "0.02,0.98", None, 1)
+  assert holes.sum() == 10                    # two crosses of 5 pixels
+  assert holes[0, 3, 4, 0] == 1 and holes[0, 2, 4, 0] == 1 and holes[1, 10, 11, 0] == 1
+  with pytest.raises(ToolError, match="either --masks or --exposure"):
+    inpaint_video.load_inputs(str(folder), str(folder), "0.02,0.98", None, 1)
+  with pytest.raises(ToolError, match="LOW,HIGH"):
+    inpaint_video.load_inputs(str(folder), None, "0.9,0.1", None, 1)
+
+
+def test_random_masks_are_moving_blobs_of_the_frame_size(tmp_path):
+  folder = tmp_path / "frames"
+  folder.mkdir()
+  for i in range(3):
+    Image.fromarray(np.full((16, 24, 3), 100, np.uint8)).save(folder / f"{i}.png")
+  _, holes = inpaint_video.load_inputs(str(folder), "random:3", None, None, 0)
+  assert holes.shape == (3, 16, 24, 1) and holes.sum() > 0
+  assert np.any(holes[0] != holes[2])
+  with pytest.raises(ToolError, match="random:SEED"):
+    inpaint_video.load_inputs(str(folder), "random:x", None, None, 0)
