@@ -24,6 +24,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.resize = None                     # crops of the full photos: all of their context
   c.data.scale = (0.25, 1.0)               # wider RandomResizedCrop: 7 photos need variety
   c.data.keep_foreground = None            # the mask is drawn on device
+  c.data.resample = "antialias"            # whole photos shrunk ~8x: antialiased resizing
   c.data.workers = 0
   c.model.depth = 5                        # 64 px: 32, 16, 8, 4, 1
   c.model.ch = 16

@@ -38,6 +38,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.scale = (0.5, 1.0)
   c.data.flip = True
   c.data.keep_foreground = "mask"            # resample crops that lose the foreground
+  c.data.resample = "linear"                 # albumentations' resizes: OpenCV INTER_LINEAR
   c.data.workers = 8
   c.model = dict(name="idih", depth=7, ch=64, max_channels=512, batchnorm_from=2,
                  image_fusion=True, dtype="float32")
@@ -77,6 +78,7 @@ def shrink_for_tests(c: ml_collections.ConfigDict, image_size: int = 32) -> None
   c.total_steps, c.batch_size = 4, 8
   c.data.source, c.data.image_size, c.data.workers = "samples:train", image_size, 0
   c.data.keep_foreground = None          # image-only source: masks are drawn on device
+  c.data.resample = "antialias"          # photos downscaled a lot: antialiased resizing
   c.model.depth = image_size.bit_length() - 2          # side 2**(depth + 1)
   c.model.ch, c.model.max_channels = 8, 16
   c.loss.min_area = 100.0 * (image_size / 256) ** 2

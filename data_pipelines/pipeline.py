@@ -322,6 +322,12 @@ class _TrainExample:
                process_index: int):
     self._source, self._settings, self._seed = source, settings, seed
     self._fields, self._scalars = sources.source_fields(source), sources.source_scalars(source)
+    keep = settings.keep_foreground
+    if keep is not None and self._fields.get(keep) != "mask":
+      masks = [k for k, kind in self._fields.items() if kind == "mask"]
+      raise ValueError(f"data.keep_foreground is {keep!r} but the source {settings.source} has "
+                       f"no mask field of that name (its masks: {masks or 'none'}); set "
+                       "data.keep_foreground to one of them or to None")
     self._batch_size, self._local_batch, self._process_index = (
         batch_size, local_batch, process_index)
     self._n = len(source)

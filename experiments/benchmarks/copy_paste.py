@@ -14,7 +14,6 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from cpjax import tasks
 from cpjax.ops.transform import transform_T
 from cpjax.tasks.base import example_keys
 from cpjax.train import partitioning
@@ -30,27 +29,17 @@ _OUT = flags.DEFINE_string("out", None, "Append the JSON row to this file.")
 
 def main(argv):
   del argv
-  config = _CONFIG.value
-  if _IMAGE_SIZE.value:
-    config.data.image_size = _IMAGE_SIZE.value
-  if _BATCH.value:
-    config.batch_size = _BATCH.value
+  bench = harness.task_bench(_CONFIG.value, _IMAGE_SIZE.value, _BATCH.value)
+  config, mesh, task = bench.config, bench.mesh, bench.task
   size, batch_size = config.data.image_size, config.batch_size
-  mesh = partitioning.make_mesh()
-  task = tasks.build(config)
   key = jax.random.key(0)
-  shapes = jax.eval_shape(task.init, key)
-  state_sh = partitioning.state_shardings(shapes, mesh, fsdp=config.fsdp)
-  state = jax.jit(task.init, out_shardings=state_sh)(key)
   rng = np.random.default_rng(0)
   batch = partitioning.global_batch(
       {"image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
        "index": np.arange(batch_size, dtype=np.int32)}, mesh)
-  train = jax.jit(task.train_step, out_shardings=(state_sh, partitioning.replicated(mesh)),
-                  donate_argnums=0)
-  train_stats = harness.measure(train, state, batch, key, iters=_ITERS.value, warmup=_WARMUP.value,
-                               chain=True)
-  state = jax.jit(task.init, out_shardings=state_sh)(key)
+  train_stats = harness.measure(bench.train_step, bench.init(key), batch, key,
+                                iters=_ITERS.value, warmup=_WARMUP.value, chain=True)
+  state = bench.init(key)
 
   def infer(state, batch, key):
     ex = task.problems(batch, key, jnp.zeros((), jnp.int32))

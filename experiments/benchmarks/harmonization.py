@@ -16,7 +16,6 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from cpjax import tasks
 from cpjax.train import partitioning
 from experiments.benchmarks import harness
 
@@ -42,21 +41,12 @@ def real_pair_batch(batch_size: int, size: int, seed: int = 0) -> dict[str, np.n
 
 def main(argv):
   del argv
-  config = _CONFIG.value
-  if _IMAGE_SIZE.value:
-    config.data.image_size = _IMAGE_SIZE.value
-  if _BATCH.value:
-    config.batch_size = _BATCH.value
+  bench = harness.task_bench(_CONFIG.value, _IMAGE_SIZE.value, _BATCH.value)
+  config, task, init = bench.config, bench.task, bench.init
   size, batch_size = config.data.image_size, config.batch_size
-  mesh = partitioning.make_mesh()
-  task = tasks.build(config)
   key = jax.random.key(0)
-  state_sh = partitioning.state_shardings(jax.eval_shape(task.init, key), mesh, fsdp=config.fsdp)
-  init = jax.jit(task.init, out_shardings=state_sh)
-  batch = partitioning.global_batch(real_pair_batch(batch_size, size), mesh)
-  train = jax.jit(task.train_step, out_shardings=(state_sh, partitioning.replicated(mesh)),
-                  donate_argnums=0)
-  train_stats = harness.measure(train, init(key), batch, key, iters=_ITERS.value,
+  batch = partitioning.global_batch(real_pair_batch(batch_size, size), bench.mesh)
+  train_stats = harness.measure(bench.train_step, init(key), batch, key, iters=_ITERS.value,
                                 warmup=_WARMUP.value, chain=True)
 
   def infer(state, batch):

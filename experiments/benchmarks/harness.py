@@ -9,9 +9,38 @@ import json
 import pathlib
 import platform
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
+
+
+class TaskBench(NamedTuple):
+  """A task ready to benchmark: its mesh, fresh-state builder and jitted donated train step."""
+  config: Any
+  mesh: Any
+  task: Any
+  init: Callable[[jax.Array], Any]
+  train_step: Callable[..., Any]
+
+
+def task_bench(config: Any, image_size: int | None = None,
+               batch_size: int | None = None) -> TaskBench:
+  """Builds `config.task` on all local devices the way the trainer does (state shardings,
+  donated train step), with the image size and global batch optionally overridden."""
+  from cpjax import tasks  # pylint: disable=g-import-not-at-top
+  from cpjax.train import partitioning  # pylint: disable=g-import-not-at-top
+  if image_size:
+    config.data.image_size = image_size
+  if batch_size:
+    config.batch_size = batch_size
+  mesh = partitioning.make_mesh()
+  task = tasks.build(config)
+  shapes = jax.eval_shape(task.init, jax.random.key(0))
+  state_sh = partitioning.state_shardings(shapes, mesh, fsdp=config.fsdp)
+  init = jax.jit(task.init, out_shardings=state_sh)
+  train = jax.jit(task.train_step, out_shardings=(state_sh, partitioning.replicated(mesh)),
+                  donate_argnums=0)
+  return TaskBench(config, mesh, task, init, train)
 
 
 def compiled_flops(fn: Callable[..., Any], *args: Any) -> float:

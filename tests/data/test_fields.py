@@ -223,3 +223,11 @@ def test_linear_resample_in_eval_resize(field_source):
   assert set(np.unique(batch["label"])) <= {0, 1, 2, 3}
   with pytest.raises(ValueError, match="data.resample is 'cubic'"):
     pipeline._settings(dict(resample="cubic"))
+
+
+def test_keep_foreground_needs_a_mask_field():
+  """keep_foreground naming a field the source lacks is a one-line error, not a KeyError."""
+  with pytest.raises(ValueError, match="keep_foreground is 'mask' but the source samples has no "
+                                       "mask field"):
+    pipeline.train_iterator(dict(source="samples", image_size=8, keep_foreground="mask",
+                                 augment="random_resized_crop"), global_batch_size=2, seed=0)

@@ -150,3 +150,16 @@ def test_blending_head_is_equation_1():
   a = 1.0 / (1.0 + np.exp(-3.0 * z))
   np.testing.assert_allclose(np.asarray(out), a * image + (1 - a) * rgb, atol=1e-5)
 
+
+def test_idih_hrnet_composition():
+  """iDIH-HRNet = the foreground-aware HRNetOCR ('backbone', counted on its own) + the iDIH whose
+  block 2 takes its 128 OCR channels ('model'); the output is the image size."""
+  from cpjax.models.hrnet import HRNetOCR  # pylint: disable=g-import-not-at-top
+  x, m = _zeros(1, 64, 64, 3), _zeros(1, 64, 64, 1)
+  out, variables = jax.eval_shape(lambda: dih.IDIHHRNet("w18s", depth=5).init_with_output(
+      jax.random.key(0), x, m))
+  backbone = _init_shapes(HRNetOCR("w18s"), x, m, False)
+  idih = _init_shapes(dih.IDIH(depth=5, backbone_join_at=1), x, m, _zeros(1, 16, 16, 128))
+  assert _count(variables["params"]["backbone"]) == _count(backbone["params"])
+  assert _count(variables["params"]["model"]) == _count(idih["params"])
+  assert out.shape == (1, 64, 64, 3)

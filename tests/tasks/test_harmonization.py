@@ -22,12 +22,7 @@ from data.test_iharmony4 import make_tree
 def _tiny(name: str = "iharmony4_idih", **overrides):
   c = load_config(name, "tiny")
   c.checkpoint.async_save = False
-  for key, value in overrides.items():
-    node = c
-    *path, leaf = key.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 

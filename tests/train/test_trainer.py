@@ -23,12 +23,7 @@ def _tiny(total_steps: int = 4, **overrides):
   c = load_config("demo", "tiny")
   c.total_steps = total_steps
   c.checkpoint.async_save = False
-  for key, value in overrides.items():
-    node = c
-    *path, leaf = key.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 
