@@ -62,7 +62,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 def shrink_for_tests(c: ml_collections.ConfigDict, *, image_size: int, source: str) -> None:
   """The same code path with a tiny network, a few steps and the bundled photos (CPU seconds)."""
   c.total_steps, c.batch_size = 4, 8
-  c.data.source, c.data.image_size, c.data.resize = source, image_size, None
+  c.data.source, c.data.image_size, c.data.resize = source, image_size, 0
   c.data.workers = 0
   c.transform.sigma = c.transform.sigma * image_size / 512
   c.model.generator_widths = (8, 16, 16, 16)

@@ -85,7 +85,7 @@ def shrink_for_tests(c: ml_collections.ConfigDict, *, source: str, eval_source: 
                      classes: tuple[str, ...]) -> None:
   """The same code path with a narrow FCN-8s, a few steps and the synthetic data (CPU seconds)."""
   c.total_steps, c.batch_size = 4, 8
-  c.data.source, c.data.image_size, c.data.resize = source, 32, None
+  c.data.source, c.data.image_size, c.data.resize = source, 32, 0
   c.data.flip, c.data.workers = True, 0
   c.model.classes = classes
   c.model.widths, c.model.fc_width = (4, 4, 8, 8, 8), 16

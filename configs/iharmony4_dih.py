@@ -46,7 +46,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if arg == "joint":
     c.total_steps = STAGE1_STEPS
     c.data.missing_hint = NO_ADE20K
-    c.data.keep_foreground = None            # ADE20K items have no mask field
+    c.data.keep_foreground = ""              # ADE20K items have no mask field
   elif arg == "tiny":
     idih.shrink_for_tests(c)
     c.model.depth = 3                        # 32 px -> 4x4 before fc7 (side 2**(depth + 2))

@@ -77,7 +77,7 @@ def shrink_for_tests(c: ml_collections.ConfigDict, image_size: int = 32) -> None
   photos (pass an iHarmony4 tree as data.source to run the real-pair path)."""
   c.total_steps, c.batch_size = 4, 8
   c.data.source, c.data.image_size, c.data.workers = "samples:train", image_size, 0
-  c.data.keep_foreground = None          # image-only source: masks are drawn on device
+  c.data.keep_foreground = ""            # image-only source: masks are drawn on device
   c.data.resample = "antialias"          # photos downscaled a lot: antialiased resizing
   c.model.depth = image_size.bit_length() - 2          # side 2**(depth + 1)
   c.model.ch, c.model.max_channels = 8, 16

@@ -1,15 +1,17 @@
 """Host-side input pipelines of the training loop: grain datasets of uint8 image batches.
 
 Data config fields (`default_data_config()` gives a ConfigDict with the defaults; a plain dict
-works too and missing fields take the defaults):
+works too and missing fields take the defaults). "Off" values are 0 or '' rather than None, so
+that every field can be set from the command line (ml_collections makes no flag for a None field);
+None is accepted too:
 
   source        spec string of the images, see `data_pipelines.sources` ('folder:/path',
                 'cityscapes:/root:split', 'tfds:NAME[/CONFIG][:VERSION]:SPLIT[@DATA_DIR]',
                 'samples', 'samples:train', 'samples:eval').              default 'samples'
   image_size    crop size: int (square) or (h, w).                         default 256
-  resize        None (keep), int (shorter side to this, aspect kept) or (h, w) (exact): applied
+  resize        0 (keep), int (shorter side to this, aspect kept) or (h, w) (exact): applied
                 to the whole image before cropping, e.g. (512, 1024) for Cityscapes 1024x2048.
-                                                                           default None
+                                                                           default 0
   crop          'random' (uniform offset) or 'center'; evaluation always crops the center.
                                                                            default 'random'
   flip          random horizontal flip with probability 1/2 (training only). default True
@@ -18,8 +20,8 @@ works too and missing fields take the defaults):
   prefetch      batches prepared ahead (per worker with workers > 0); also the number of reader
                 threads; 0 reads synchronously.                            default 2
   image_key     image feature of a TFDS source.                            default 'image'
-  max_examples  evaluation only: use the first max_examples examples (None = all).
-                                                                           default None
+  max_examples  evaluation only: use the first max_examples examples (0 = all).
+                                                                           default 0
   repeats       evaluation only: each item yields this many consecutive examples with distinct
                 'index' (tasks that draw random problems per example, like copy-paste, then
                 evaluate several problems per held-out image).             default 1
@@ -27,9 +29,9 @@ works too and missing fields take the defaults):
                 RandomResizedCrop to image_size, then flip).               default 'crop'
   scale, ratio  area-fraction and aspect (w/h) ranges of 'random_resized_crop'.
                                                           default (0.5, 1.0), (3/4, 4/3)
-  keep_foreground  None, or the name of a 'mask' field: a random-resized crop that keeps <= 1
-                foreground pixel (> 127) is redrawn (up to 10 times), except that it is kept
-                with probability 0.05 (the iDIH reference's rule).         default None
+  keep_foreground  '' (off), or the name of a 'mask' field: a random-resized crop that keeps
+                <= 1 foreground pixel (> 127) is redrawn (up to 10 times), except that it is
+                kept with probability 0.05 (the iDIH reference's rule).    default ''
   eval_mode     evaluation geometry: 'center' (resize -> cover -> center crop), 'resize' (every
                 field resized exactly to image_size, as the iHarmony4 reference evaluates) or
                 'pad' (resize, then pad bottom/right up to image_size with each field kind's
@@ -96,9 +98,9 @@ from data_pipelines import sources
 Batch = dict[str, np.ndarray]
 DataConfig = Union[ml_collections.ConfigDict, Mapping[str, Any]]
 
-_DEFAULTS = dict(source="samples", image_size=256, resize=None, crop="random", flip=True,
-                 workers=0, prefetch=2, image_key="image", max_examples=None, repeats=1,
-                 augment="crop", scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), keep_foreground=None,
+_DEFAULTS = dict(source="samples", image_size=256, resize=0, crop="random", flip=True,
+                 workers=0, prefetch=2, image_key="image", max_examples=0, repeats=1,
+                 augment="crop", scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), keep_foreground="",
                  eval_mode="center", resample="antialias")
 _CROPS = ("random", "center")
 _AUGMENTS = ("crop", "random_resized_crop")
@@ -142,7 +144,7 @@ def _settings(cfg: DataConfig) -> _Settings:
   crop = get("crop")
   if crop not in _CROPS:
     raise ValueError(f"data.crop is {crop!r}; use 'random' or 'center'")
-  resize = get("resize")
+  resize = get("resize") or None   # 0 / None: keep the decoded size
   if resize is not None:
     image_ops.resized_shape(1, 1, resize)  # checks the form
     if not isinstance(resize, (int, np.integer)):
@@ -150,9 +152,9 @@ def _settings(cfg: DataConfig) -> _Settings:
   workers, prefetch = int(get("workers")), int(get("prefetch"))
   if workers < 0 or prefetch < 0:
     raise ValueError(f"data.workers ({workers}) and data.prefetch ({prefetch}) must be >= 0")
-  max_examples = get("max_examples")
-  if max_examples is not None and int(max_examples) <= 0:
-    raise ValueError(f"data.max_examples is {max_examples}; use a positive number or None")
+  max_examples = get("max_examples") or None   # 0 / None: all
+  if max_examples is not None and int(max_examples) < 0:
+    raise ValueError(f"data.max_examples is {max_examples}; use a positive number, or 0 for all")
   repeats = int(get("repeats"))
   if repeats < 1:
     raise ValueError(f"data.repeats is {repeats}; use 1 or more")
@@ -173,7 +175,7 @@ def _settings(cfg: DataConfig) -> _Settings:
                    prefetch=prefetch, image_key=get("image_key"),
                    max_examples=None if max_examples is None else int(max_examples),
                    repeats=repeats, augment=augment, scale=scale, ratio=ratio,
-                   keep_foreground=get("keep_foreground"), eval_mode=eval_mode,
+                   keep_foreground=get("keep_foreground") or None, eval_mode=eval_mode,
                    resample=resample)
 
 
@@ -327,7 +329,7 @@ class _TrainExample:
       masks = [k for k, kind in self._fields.items() if kind == "mask"]
       raise ValueError(f"data.keep_foreground is {keep!r} but the source {settings.source} has "
                        f"no mask field of that name (its masks: {masks or 'none'}); set "
-                       "data.keep_foreground to one of them or to None")
+                       "data.keep_foreground to one of them or to '' (off)")
     self._batch_size, self._local_batch, self._process_index = (
         batch_size, local_batch, process_index)
     self._n = len(source)

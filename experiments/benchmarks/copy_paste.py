@@ -63,6 +63,7 @@ def main(argv):
       "train_examples_per_sec": batch_size / train_stats["seconds_per_call"],
       "train_gflops_per_sec": train_stats["achieved_gflops_per_sec"],
       "train_gflops_per_step": train_stats["gflops_per_call"],
+      "train_compile_seconds": train_stats["compile_seconds"],
       "inference_ms_per_megapixel": infer_stats["seconds_per_call"] * 1e3 / megapixels,
       "inference_gflops_per_sec": infer_stats["achieved_gflops_per_sec"],
       "transform_images_per_sec": batch_size / t_stats["seconds_per_call"],
