@@ -5,6 +5,8 @@ improved_dih256). Variants: '' (paper), 'idih512' (depth 8 at 512 px, A_min 1000
 Data: the iHarmony4 folder (four subsets with their txt lists), e.g.
   --config.data.source=iharmony4:/data/iHarmony4:train \
   --config.eval.source=iharmony4:/data/iHarmony4:test
+Scores at each image's own resolution too (beside the reference's 256 px ones):
+  --config.eval.mode=full --config.eval.full_size=N   (N >= the largest test image's side)
 """
 from __future__ import annotations
 

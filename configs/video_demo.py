@@ -4,7 +4,9 @@ The paper's system (configs/video_inpainting.py) at 64 px with a narrow network,
 synthetic 5-frame sequences made from random crops of the bundled photos and evaluated on
 sequences from held-out photos (chelsea, coffee), beside the mean-fill and aligned-previous-frame
 baselines. The perceptual and style losses are off: they need ImageNet VGG16 weights, which are
-not bundled (set loss.vgg_weights and their weights to use them). Variants: '' and 'tiny'.
+not bundled (set loss.vgg_weights and their weights to use them). The holes are random blobs;
+--config.data.mask_source=DIR takes their shapes from a folder of object masks instead (see
+configs/video_inpainting.py). Variants: '' and 'tiny'.
 """
 from __future__ import annotations
 

@@ -3,6 +3,9 @@
 Training sequences are synthesised on device from still images (paper sec. 4.2: Places crops
 with successive random affine motions, moving object masks):
   --config.data.source=folder:/data/places365/train   (any image tree; tfds:NAME:SPLIT works too)
+The holes take their shapes from object masks (paper: PASCAL VOC 2012 and MIT saliency masks);
+without a mask folder they are random blobs:
+  --config.data.mask_source=/data/VOCdevkit/VOC2012/SegmentationObject   (or any binary masks)
 The perceptual and style losses need ImageNet VGG16 weights (torchvision layout, .npz):
   --config.loss.vgg_weights=/path/vgg16.npz
 Numbers marked 'ours' are choices the paper leaves open.
@@ -31,13 +34,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.missing_hint = NO_DATA
   c.data.image_size = 256                # ours: square training crops (inference: 240x424)
   c.data.resize = 320                    # ours: shorter side 320, then random 256 crops
+  c.data.mask_source = ""                # folder of object masks for the holes; '' = random blobs
+  c.data.mask_size = (0.2, 0.5)          # ours: mask's longer side / image's shorter side (paper:
+                                         # "resized to be smaller than the frames"); = blob sizes
   c.sequence = dict(
       num_frames=5,                      # paper: five frames per training sample
       target=2,                          # ours: the middle frame is the target
       zoom=1.15,                         # ours: zoom in, so the camera motion stays in the image
       camera=dict(rotation=0.03, shear=0.02, scale=0.03, translation=0.03),  # ours, per frame
       object=dict(radius=(0.1, 0.25), center=(0.25, 0.75), rotation=0.1, shear=0.05,
-                  scale=0.05, translation=0.06),                                 # ours
+                  scale=0.05, translation=0.06),      # ours; radius, center: blobs only
   )
   c.model = dict(                        # the released network (REFERENCE.md)
       align_widths=(64, 64, 128, 128, 256, 256, 256),

@@ -39,8 +39,8 @@ def ssim(pred: jax.Array, target: jax.Array, max_value: float = 1.0) -> jax.Arra
 FOREGROUND_RATIO_BUCKETS = ((0.0, 0.05), (0.05, 0.15), (0.15, 1.0))
 
 
-def harmonization_scores(pred: jax.Array, target: jax.Array,
-                         mask: jax.Array) -> dict[str, jax.Array]:
+def harmonization_scores(pred: jax.Array, target: jax.Array, mask: jax.Array,
+                         valid: jax.Array | None = None) -> dict[str, jax.Array]:
   """MSE, fMSE and PSNR per image, computed as the harmonisation reference does (REFERENCE.md).
 
   On the 0-255 scale, with the prediction clamped to [0, 255] (not rounded):
@@ -48,12 +48,15 @@ def harmonization_scores(pred: jax.Array, target: jax.Array,
     fMSE = sum(mask * (pred - target)^2) / (C * sum(mask) + 1e-6);
     PSNR = 10 log10(max(target)^2 / (MSE + 1e-6)), the peak being the image's own target maximum.
   The reference evaluates at 256x256 (every input resized bilinearly, masks too): give images
-  at that size (`eval.mode='resize'` in the data config does it).
+  at that size (`eval.mode='resize'` in the data config does it). With `valid`, only the valid
+  pixels of each image count (the mean, the masked sum and the peak): images of different sizes
+  padded to one canvas are scored as if cropped to their own size.
 
   Args:
     pred: [B, H, W, C] prediction in [0, 1] (values outside are clamped).
     target: [B, H, W, C] ground truth in [0, 1].
     mask: [B, H, W, 1] foreground in [0, 1] (a bilinearly resized mask may be soft).
+    valid: optional [B, H, W, 1] in {0, 1}: the pixels that belong to the image.
 
   Returns:
     {'mse': [B], 'fmse': [B], 'psnr': [B]} float32.
@@ -61,10 +64,12 @@ def harmonization_scores(pred: jax.Array, target: jax.Array,
   pred255 = jnp.clip(pred.astype(jnp.float32) * 255.0, 0.0, 255.0)
   target255 = target.astype(jnp.float32) * 255.0
   err = jnp.square(pred255 - target255)
-  mse = jnp.mean(err, axis=(1, 2, 3))
-  m = mask.astype(jnp.float32)
-  fmse = jnp.sum(m * err, axis=(1, 2, 3)) / (err.shape[-1] * jnp.sum(m, axis=(1, 2, 3)) + 1e-6)
-  peak = jnp.max(target255, axis=(1, 2, 3))
+  channels = err.shape[-1]
+  v = jnp.ones_like(mask, jnp.float32) if valid is None else valid.astype(jnp.float32)
+  mse = jnp.sum(v * err, axis=(1, 2, 3)) / (channels * jnp.sum(v, axis=(1, 2, 3)))
+  m = mask.astype(jnp.float32) * v
+  fmse = jnp.sum(m * err, axis=(1, 2, 3)) / (channels * jnp.sum(m, axis=(1, 2, 3)) + 1e-6)
+  peak = jnp.max(v * target255, axis=(1, 2, 3))
   psnr = 10.0 * jnp.log10(jnp.square(peak) / (mse + 1e-6))
   return {"mse": mse, "fmse": fmse, "psnr": psnr}
 

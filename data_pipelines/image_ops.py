@@ -286,17 +286,18 @@ def resize_field(array: np.ndarray, size: Size, kind: str, resample: str = "anti
   return out[..., None] if kind == "mask" else out
 
 
-def pad_field(array: np.ndarray, size: Size, kind: str, path: str = "<array>") -> np.ndarray:
+def pad_field(array: np.ndarray, size: Size, kind: str, path: str = "<array>",
+              setting: str = "data.image_size") -> np.ndarray:
   """Pad a field at the bottom and right up to `size` with its kind's fill (labels: 255).
 
   Raises:
-    ValueError: the field is larger than `size` (names `path` and the fix).
+    ValueError: the field is larger than `size` (names `path` and the config `setting` to raise).
   """
   h, w = pair(size)
   height, width = array.shape[:2]
   if height > h or width > w:
     raise ValueError(f"{path} is {height}x{width}, larger than the padded evaluation size "
-                     f"{h}x{w}; raise data.image_size to at least ({height}, {width}) or "
+                     f"{h}x{w}; raise {setting} to at least ({height}, {width}) or "
                      "use eval.mode='resize'")
   pad = [(0, h - height), (0, w - width)] + [(0, 0)] * (array.ndim - 2)
   return np.pad(array, pad, constant_values=_FIELD_FILL[kind])

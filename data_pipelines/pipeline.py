@@ -35,11 +35,21 @@ None is accepted too:
   eval_mode     evaluation geometry: 'center' (resize -> cover -> center crop), 'resize' (every
                 field resized exactly to image_size, as the iHarmony4 reference evaluates) or
                 'pad' (resize, then pad bottom/right up to image_size with each field kind's
-                fill; a larger item is an error). The trainer sets it from eval.mode.
-                                                                           default 'center'
+                fill; a larger item is an error) or 'full' ('resize', and beside it every
+                field at its own resolution padded bottom/right to full_size as
+                '<field>_full', with 'full_extent' int32 [2] = its (h, w): metrics at full
+                resolution). The trainer sets it from eval.mode.           default 'center'
+  full_size     the padded canvas of eval_mode 'full': int or (h, w); an item larger than it is
+                an error. The trainer sets it from eval.full_size.         default 0
   resample      'antialias' (PIL: antialiased bicubic images, bilinear masks) or 'linear'
                 (OpenCV-style bilinear without antialiasing for images and masks, as the
                 iHarmony4 reference resizes); labels are always nearest.   default 'antialias'
+  mask_source   '' (off) or a folder of object masks (`data_pipelines.mask_folder`: binary or
+                greyscale images, or VOC SegmentationObject palette PNGs): every example gets
+                one drawn mask as 'object_mask' uint8 [h, w, 1] in {0, 255}, independent of its
+                image (video-inpainting holes).                            default ''
+  mask_size     range of the drawn mask's longer side, as a fraction of the crop's shorter
+                side (`mask_folder.MaskFolder.draw`).                      default (0.2, 0.5)
 
 Per example with augment='crop': decode (the source) -> `resize` -> if smaller than
 `image_size`, upscale (aspect kept) until it covers it (the shorter side of a square crop
@@ -57,7 +67,9 @@ order[g]. The global batch of step s is positions [s*B, (s+1)*B); process p of P
 contiguous chunk [s*B + p*B/P, s*B + (p+1)*B/P), so concatenating the processes' batches gives
 the one-process batch, and each process reads and decodes only its own examples. Random crop
 offsets and flips come from `np.random.default_rng([seed, g])`: a function of the seed and the
-stream position only, not of the number of processes, workers or threads. Batches are dicts:
+stream position only, not of the number of processes, workers or threads; so is the
+'object_mask' of data.mask_source (`mask_folder.mask_rng(seed, g)`, a stream of its own, so the
+crops do not change when it is turned on). Batches are dicts:
 
   image    uint8 [B/P, h, w, 3]
   index    int32 [B/P]  the global stream position g (modulo 2**31), for per-example device keys
@@ -74,7 +86,8 @@ j // repeats) in source order (no shuffle),
 center crop, no flip, the same contiguous split of each global batch over processes; the last
 global batch is padded with zero images. Batches: image uint8 [B/P, h, w, 3], index int32 [B/P]
 (the example's position, also on padding), valid bool [B/P] (False on padding). An item
-that cannot be decoded raises an error naming the file.
+that cannot be decoded raises an error naming the file. With data.mask_source, example j's
+'object_mask' is drawn with `mask_folder.mask_rng(0, j)`: the same at every evaluation.
 
 grain worker processes (workers > 0) need absl flags parsed: run under `absl.app.run`, or call
 `absl.flags.FLAGS.mark_as_parsed()` first (tests do).
@@ -93,6 +106,7 @@ from absl import flags
 from absl import logging
 
 from data_pipelines import image_ops
+from data_pipelines import mask_folder
 from data_pipelines import sources
 
 Batch = dict[str, np.ndarray]
@@ -101,10 +115,11 @@ DataConfig = Union[ml_collections.ConfigDict, Mapping[str, Any]]
 _DEFAULTS = dict(source="samples", image_size=256, resize=0, crop="random", flip=True,
                  workers=0, prefetch=2, image_key="image", max_examples=0, repeats=1,
                  augment="crop", scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), keep_foreground="",
-                 eval_mode="center", resample="antialias")
+                 eval_mode="center", full_size=0, resample="antialias",
+                 mask_source="", mask_size=(0.2, 0.5))
 _CROPS = ("random", "center")
 _AUGMENTS = ("crop", "random_resized_crop")
-_EVAL_MODES = ("center", "resize", "pad")
+_EVAL_MODES = ("center", "resize", "pad", "full")
 _KEEP_PROBABILITY = 0.05   # a random-resized crop without foreground is kept this often
 _FOREGROUND_TRIES = 10
 
@@ -135,7 +150,10 @@ class _Settings:
   ratio: tuple[float, float]
   keep_foreground: str | None
   eval_mode: str
+  full_size: tuple[int, int] | None
   resample: str
+  mask_source: str
+  mask_size: tuple[float, float]
 
 
 def _settings(cfg: DataConfig) -> _Settings:
@@ -165,6 +183,10 @@ def _settings(cfg: DataConfig) -> _Settings:
     raise ValueError(f"data.augment is {augment!r}; use one of {', '.join(_AUGMENTS)}")
   if eval_mode not in _EVAL_MODES:
     raise ValueError(f"eval mode is {eval_mode!r}; use one of {', '.join(_EVAL_MODES)}")
+  full_size = get("full_size") or None
+  if eval_mode == "full" and full_size is None:
+    raise ValueError("eval mode 'full' needs the padded full-resolution canvas: set "
+                     "eval.full_size (data.full_size) to the largest image's (h, w) or more")
   scale, ratio = tuple(map(float, get("scale"))), tuple(map(float, get("ratio")))
   if not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
     raise ValueError(f"data.scale is {scale}; use (low, high) with 0 < low <= high <= 1")
@@ -176,7 +198,9 @@ def _settings(cfg: DataConfig) -> _Settings:
                    max_examples=None if max_examples is None else int(max_examples),
                    repeats=repeats, augment=augment, scale=scale, ratio=ratio,
                    keep_foreground=get("keep_foreground") or None, eval_mode=eval_mode,
-                   resample=resample)
+                   full_size=None if full_size is None else image_ops.pair(full_size),
+                   resample=resample, mask_source=get("mask_source") or "",
+                   mask_size=tuple(get("mask_size")))
 
 
 def _local_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
@@ -256,12 +280,17 @@ def _prepare(example: dict[str, Any], fields: Fields, settings: _Settings,
   Training (rng given): 'crop' or 'random_resized_crop', then a flip with probability 1/2.
   Evaluation (rng None): settings.eval_mode.
   """
-  if rng is None and settings.eval_mode == "resize":
+  path = str(example.get("path", "<item>"))
+  if rng is None and settings.eval_mode in ("resize", "full"):
     out = _resize_all(example, fields, settings.image_size, settings.resample)
+    if settings.eval_mode == "full":
+      out.update({f"{k}_full": image_ops.pad_field(example[k], settings.full_size, kind, path,
+                                                   setting="eval.full_size")
+                  for k, kind in fields.items()})
+      out["full_extent"] = np.asarray(example["image"].shape[:2], np.int32)
   elif rng is None and settings.eval_mode == "pad":
     out = _resize_all(example, fields, image_ops.resized_shape(
         *example["image"].shape[:2], settings.resize), settings.resample)
-    path = str(example.get("path", "<item>"))
     out = {k: image_ops.pad_field(v, settings.image_size, fields[k], path) for k, v in out.items()}
   elif rng is not None and settings.augment == "random_resized_crop":
     out = _random_resized_crop(example, fields, settings, rng)
@@ -286,6 +315,21 @@ def _check_item(example: dict[str, Any], fields: Fields, path: str) -> None:
 def _with_scalars(out: dict[str, np.ndarray], example: dict[str, Any], scalars: tuple[str, ...]
                   ) -> dict[str, np.ndarray]:
   out.update({k: np.int32(example[k]) for k in scalars})
+  return out
+
+
+def _mask_folder(settings: _Settings) -> mask_folder.MaskFolder | None:
+  """The scanned data.mask_source, or None when it is off."""
+  if not settings.mask_source:
+    return None
+  return mask_folder.MaskFolder(settings.mask_source, settings.mask_size)
+
+
+def _with_object_mask(out: dict[str, np.ndarray], masks: mask_folder.MaskFolder | None,
+                      seed: int, position: int, size: tuple[int, int]) -> dict[str, np.ndarray]:
+  """With data.mask_source: out plus the mask drawn for stream position `position`."""
+  if masks is not None:
+    out[mask_folder.FIELD] = masks.draw(mask_folder.mask_rng(seed, position), size)
   return out
 
 
@@ -321,8 +365,8 @@ class _TrainExample:
   """Local example j of a process -> {fields..., scalars..., 'index', 'skipped'} (picklable)."""
 
   def __init__(self, source, settings: _Settings, seed: int, batch_size: int, local_batch: int,
-               process_index: int):
-    self._source, self._settings, self._seed = source, settings, seed
+               process_index: int, masks: mask_folder.MaskFolder | None):
+    self._source, self._settings, self._seed, self._masks = source, settings, seed, masks
     self._fields, self._scalars = sources.source_fields(source), sources.source_scalars(source)
     keep = settings.keep_foreground
     if keep is not None and self._fields.get(keep) != "mask":
@@ -342,6 +386,7 @@ class _TrainExample:
     rng = np.random.default_rng([self._seed, position])
     out = _with_scalars(_prepare(example, self._fields, self._settings, rng), example,
                         self._scalars)
+    out = _with_object_mask(out, self._masks, self._seed, position, self._settings.image_size)
     return {**out, "index": np.int32(position % 2**31), "skipped": np.int32(skipped)}
 
 
@@ -349,8 +394,9 @@ class _EvalExample:
   """Local example j of a process -> {fields..., scalars..., 'index', 'valid'}; fill past the end."""
 
   def __init__(self, source, settings: _Settings, num_examples: int, batch_size: int,
-               local_batch: int, process_index: int):
+               local_batch: int, process_index: int, masks: mask_folder.MaskFolder | None):
     self._source, self._settings, self._num_examples = source, settings, num_examples
+    self._masks = masks
     self._fields, self._scalars = sources.source_fields(source), sources.source_scalars(source)
     self._batch_size, self._local_batch, self._process_index = (
         batch_size, local_batch, process_index)
@@ -358,13 +404,15 @@ class _EvalExample:
   def __call__(self, local: int) -> dict[str, np.ndarray]:
     position = _global_position(local, self._batch_size, self._local_batch, self._process_index)
     if position >= self._num_examples:
-      out = {k: _padding_field(kind, self._settings.image_size) for k, kind in self._fields.items()}
+      out = _padding_example(self._fields, self._settings)
       out.update({k: np.int32(0) for k in self._scalars})
+      out = _with_object_mask(out, self._masks, 0, position, self._settings.image_size)
       return {**out, "index": np.int32(position), "valid": np.bool_(False)}
     example = self._source[position // self._settings.repeats]  # a DecodeError names the file
     _check_item(example, self._fields, str(example.get("path", position)))
     out = _with_scalars(_prepare(example, self._fields, self._settings, None), example,
                         self._scalars)
+    out = _with_object_mask(out, self._masks, 0, position, self._settings.image_size)
     return {**out, "index": np.int32(position), "valid": np.bool_(True)}
 
 
@@ -372,6 +420,16 @@ def _padding_field(kind: str, size: tuple[int, int]) -> np.ndarray:
   """The value of a field on an evaluation padding example (never scored)."""
   channels = {"image": (3,), "mask": (1,), "label": ()}[kind]
   return np.zeros((*size, *channels), np.uint8)
+
+
+def _padding_example(fields: Fields, settings: _Settings) -> dict[str, np.ndarray]:
+  """The fields of an evaluation padding example, shaped as `_prepare` shapes real ones."""
+  out = {k: _padding_field(kind, settings.image_size) for k, kind in fields.items()}
+  if settings.eval_mode == "full":
+    out.update({f"{k}_full": _padding_field(kind, settings.full_size)
+                for k, kind in fields.items()})
+    out["full_extent"] = np.asarray(settings.full_size, np.int32)
+  return out
 
 
 def _check_flags_for_workers(workers: int) -> None:
@@ -422,7 +480,7 @@ def train_dataset(data_cfg: DataConfig, *, global_batch_size: int, seed: int,
   if len(source) == 0:
     raise ValueError(f"data source {settings.source} is empty; point data.source at images")
   element = _TrainExample(source, settings, int(seed), global_batch_size, local_batch,
-                          process_index)
+                          process_index, _mask_folder(settings))
   ds = grain.MapDataset.range(sys.maxsize).map(element).batch(local_batch, drop_remainder=True)
   return _to_iter_dataset(ds, settings)
 
@@ -460,7 +518,8 @@ def eval_dataset(data_cfg: DataConfig, *, batch_size: int, process_index: int = 
     raise ValueError(f"evaluation data {settings.source} has {num_examples} examples, fewer than "
                      f"the {process_count} processes; use more examples or fewer processes")
   num_batches = -(-num_examples // batch_size)
-  element = _EvalExample(source, settings, num_examples, batch_size, local_batch, process_index)
+  element = _EvalExample(source, settings, num_examples, batch_size, local_batch, process_index,
+                         _mask_folder(settings))
   ds = grain.MapDataset.range(num_batches * local_batch).map(element).batch(local_batch)
   return _to_iter_dataset(ds, settings)
 

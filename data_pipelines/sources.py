@@ -54,8 +54,8 @@ from data_pipelines import image_ops
 from data_pipelines.image_ops import DecodeError
 
 __all__ = ["DecodeError", "FileSource", "FolderSource", "CityscapesSource", "TfdsSource",
-           "SamplesSource", "make_source", "source_fields", "source_scalars", "FIELD_KINDS",
-           "IMAGE_SUFFIXES", "SAMPLES_TRAIN", "SAMPLES_EVAL"]
+           "SamplesSource", "image_paths", "make_source", "source_fields", "source_scalars",
+           "FIELD_KINDS", "IMAGE_SUFFIXES", "SAMPLES_TRAIN", "SAMPLES_EVAL"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 CITYSCAPES_SPLITS = ("train", "val", "test", "train_extra")
@@ -127,6 +127,17 @@ class FileSource:
     return f"{type(self).__name__}({self._description}, {len(self)} images)"
 
 
+def image_paths(root: str) -> list[str]:
+  """Every *.jpg, *.jpeg, *.png, *.webp (any case) under the directory `root`, recursively,
+  sorted by path (empty if there is none)."""
+  paths = []
+  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    dirnames.sort()
+    paths.extend(os.path.join(dirpath, name) for name in filenames
+                 if name.lower().endswith(IMAGE_SUFFIXES))
+  return sorted(paths)
+
+
 class FolderSource(FileSource):
   """Every *.jpg, *.jpeg, *.png, *.webp (any case) under `root`, recursively, sorted by path."""
 
@@ -136,12 +147,7 @@ class FolderSource(FileSource):
       what = "is not a directory" if os.path.exists(root) else "does not exist"
       raise FileNotFoundError(f"image folder {root} {what}; set data.source to "
                               "folder:/path/to/images")
-    paths = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-      dirnames.sort()
-      paths.extend(os.path.join(dirpath, name) for name in filenames
-                   if name.lower().endswith(IMAGE_SUFFIXES))
-    paths.sort()
+    paths = image_paths(root)
     if not paths:
       raise ValueError(f"no images found under {root} (searched *.jpg, *.jpeg, *.png, *.webp "
                        "recursively)")

@@ -31,6 +31,23 @@ def test_scores_match_hand_computed_values():
   assert float(s["psnr"][0]) == pytest.approx(10 * math.log10(62500 / (31.25 + 1e-6)), abs=1e-4)
 
 
+def test_valid_pixels_score_a_padded_image_as_the_image_alone():
+  """The hand-computed 2x2 case padded to 3x4 with a wrong prediction and a brighter target in
+  the padding: with `valid` the scores equal the unpadded image's."""
+  target, pred = _gray([[100, 200], [50, 250]]), _gray([[110, 200], [50, 300]])
+  mask = np.zeros((1, 2, 2, 1), np.float32)
+  mask[0, 0, 0] = 1.0
+  pad = lambda x, value: np.pad(x, [(0, 0), (0, 1), (0, 2), (0, 0)],  # noqa: E731
+                                constant_values=value)
+  valid = pad(np.ones_like(mask), 0.0)
+  padded = metrics.harmonization_scores(jnp.asarray(pad(pred, 0.0)), jnp.asarray(pad(target, 1.0)),
+                                        jnp.asarray(pad(mask, 1.0)), jnp.asarray(valid))
+  alone = metrics.harmonization_scores(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask))
+  for name in ("mse", "fmse", "psnr"):
+    np.testing.assert_allclose(padded[name], alone[name], rtol=1e-6, err_msg=name)
+  assert float(padded["mse"][0]) == pytest.approx(31.25, rel=1e-5)
+
+
 def test_fmse_with_a_soft_mask_and_an_empty_mask():
   """A bilinearly resized mask is soft: weights 0.5 and 1 -> (0.5 * 300 + 75) / (3 * 1.5);
   an empty mask gives 0 (the 1e-6 guard), not NaN."""

@@ -18,7 +18,8 @@ one to one onto these parameter trees:
   'output') plus the paper's scene-parsing decoder (sec. 3.3), whose features are concatenated
   into the harmonisation decoder.
 - `IDIHHRNet` joins the 128-channel OCR features of the foreground-aware HRNetV2
-  (`cpjax.models.hrnet.HRNetOCR`) to the iDIH encoder.
+  (`cpjax.models.hrnet.HRNetOCR`) to the iDIH encoder: at one position, or as a feature pyramid
+  (`FeaturePyramid`, the reference's 'V2p' models) at up to four consecutive positions.
 
 PyTorch `ConvTranspose2d(k, s, p)` equals `lax.conv_transpose` with explicit padding k - 1 - p
 per side (p = 1 -> 2, p = 0 -> 3) and a spatially flipped kernel with in/out swapped (flax stores
@@ -53,24 +54,29 @@ def _batch_norm(dtype: Dtype, param_dtype: Dtype, train: bool, name: str = "bn")
 
 
 class ConvBlock(nn.Module):
-  """conv k4 s2 (padding 1 or 0) -> optional BatchNorm -> ELU (reference `ConvBlock`).
+  """conv (with bias) -> optional BatchNorm -> ELU (reference `ConvBlock`): the encoder's blocks
+  are k4 s2 (padding 1, the last 0), the feature pyramid's k1 s1 p0 and k3 s1 p1.
 
   Attributes:
     features: output channels.
-    padding: PyTorch-style symmetric padding: 1 halves H and W; 0 gives (H - 4) / 2 + 1.
+    padding: PyTorch-style symmetric padding: with k4 s2, 1 halves H and W; 0 gives (H - 4) / 2 + 1.
     norm: BatchNorm after the conv (sub-module 'bn').
+    kernel: square kernel size.
+    strides: stride in H and W.
   """
   features: int
   padding: int = 1
   norm: bool = True
+  kernel: int = 4
+  strides: int = 2
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """[B, H, W, C] -> [B, H', W', features]."""
-    p = self.padding
-    x = nn.Conv(self.features, (4, 4), strides=(2, 2), padding=((p, p), (p, p)),
+    """[B, H, W, C] -> [B, (H + 2 padding - kernel) // strides + 1, ..., features]."""
+    p, k, s = self.padding, self.kernel, self.strides
+    x = nn.Conv(self.features, (k, k), strides=(s, s), padding=((p, p), (p, p)),
                 kernel_init=KERNEL_INIT, dtype=self.dtype, param_dtype=self.param_dtype,
                 name="conv")(x)
     if self.norm:
@@ -126,9 +132,11 @@ class ConvEncoder(nn.Module):
     max_channels: cap of the channel doubling.
     batchnorm_from: blocks >= this index have BatchNorm (0: all; iDIH: 2).
     last_padding: padding of the last block (0 in the reference; 1 in the Caffe DIH).
-    backbone_join_at: the backbone features are concatenated to the OUTPUT of this block (the
-      next block takes its channels + the features'); -1 = no backbone. The reference's
-      `backbone_from` is this index + 1 (2 at 256 px, 3 with a half-size backbone input).
+    backbone_join_at: the first backbone feature map is concatenated to the OUTPUT of this
+      block (the next block takes its channels + the map's), map k to the output of block
+      backbone_join_at + k (the reference's connectors in 'cat' mode); -1 = no backbone. The
+      reference's `backbone_from` is this index + 1 (2 at 256 px, 3 with a half-size backbone
+      input).
   """
   depth: int
   ch: int = 64
@@ -140,30 +148,37 @@ class ConvEncoder(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, backbone_features: jax.Array | None = None,
+  def __call__(self, x: jax.Array, backbone_features: Sequence[jax.Array] = (),
                train: bool = False) -> list[jax.Array]:
     """Encodes.
 
     Args:
       x: [B, H, W, C_in] (4 channels: normalised image + mask).
-      backbone_features: [B, h, w, F] at the resolution of block `backbone_join_at`'s output,
-        or None (required when backbone_join_at >= 0).
+      backbone_features: maps [B, h_k, w_k, F_k], map k at the resolution of block
+        backbone_join_at + k's output; at least one when backbone_join_at >= 0, none when -1,
+        and only for blocks that have a next block.
       train: BatchNorm uses batch statistics and updates 'batch_stats'.
 
     Returns:
       The `depth` block outputs, block 0 first: [B, H / 2**(i + 1), ..., channels[i]].
     """
-    if (self.backbone_join_at >= 0) != (backbone_features is not None):
-      raise ValueError(f"ConvEncoder: backbone_join_at={self.backbone_join_at} needs "
-                       "backbone_features (and -1 needs none)")
+    join, n = self.backbone_join_at, len(backbone_features)
+    if (join >= 0) != (n > 0) or join + n > self.depth - 1:
+      raise ValueError(f"ConvEncoder: backbone_join_at={join} with {n} backbone_features; "
+                       f"give 1 to {self.depth - 1 - join} maps (none with -1), one per block "
+                       f"from {join} to {self.depth - 2}.")
     outputs = []
     for i, features in enumerate(encoder_channels(self.depth, self.ch, self.max_channels)):
       x = ConvBlock(features, padding=self.last_padding if i == self.depth - 1 else 1,
                     norm=i >= self.batchnorm_from, dtype=self.dtype,
                     param_dtype=self.param_dtype, name=f"block{i}")(x, train)
       outputs.append(x)
-      if i == self.backbone_join_at:
-        x = jnp.concatenate([x, backbone_features.astype(x.dtype)], axis=-1)
+      if 0 <= i - join < n:
+        joined = backbone_features[i - join]
+        if joined.shape[:-1] != x.shape[:-1]:
+          raise ValueError(f"ConvEncoder: backbone_features[{i - join}] is {joined.shape} but "
+                           f"block {i}'s output is {x.shape}; give maps of the block's size.")
+        x = jnp.concatenate([x, joined.astype(x.dtype)], axis=-1)
     return outputs
 
 
@@ -227,7 +242,8 @@ class IDIH(nn.Module):
     depth: encoder/decoder depth; the input side must be 2**(depth + 1) (256 px: 7).
     ch, max_channels, batchnorm_from: see `ConvEncoder`.
     image_fusion: the blending head (eq. 1).
-    backbone_join_at: block whose output gets the backbone features concatenated (-1: none).
+    backbone_join_at: block whose output gets the first backbone feature map concatenated, the
+      next blocks the next maps (-1: none); see `ConvEncoder`.
   """
   depth: int = 7
   ch: int = 64
@@ -239,14 +255,15 @@ class IDIH(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, image: jax.Array, mask: jax.Array, backbone_features: jax.Array | None = None,
-               train: bool = False) -> jax.Array:
+  def __call__(self, image: jax.Array, mask: jax.Array,
+               backbone_features: Sequence[jax.Array] = (), train: bool = False) -> jax.Array:
     """Harmonises.
 
     Args:
       image: [B, H, W, 3] normalised composite, H = W = 2**(depth + 1).
       mask: [B, H, W, 1] foreground mask in [0, 1].
-      backbone_features: [B, H / 2**(j + 1), W / 2**(j + 1), F] with j = backbone_join_at, or None.
+      backbone_features: maps [B, H / 2**(j + k + 1), W / 2**(j + k + 1), F_k], k = 0, 1, ...,
+        with j = backbone_join_at; none without a backbone.
       train: BatchNorm mode (batch statistics + 'batch_stats' updates when True).
 
     Returns:
@@ -360,7 +377,7 @@ class DIH(nn.Module):
     x = jnp.concatenate([image, mask.astype(image.dtype)], axis=-1).astype(self.dtype)
     outputs = ConvEncoder(self.depth, self.ch, self.max_channels, batchnorm_from=0,
                           last_padding=1, dtype=self.dtype, param_dtype=self.param_dtype,
-                          name="encoder")(x, None, train)
+                          name="encoder")(x, train=train)
     bottleneck = outputs[-1]
     if self.fc_features:
       flat = bottleneck.reshape(bottleneck.shape[0], -1)
@@ -378,6 +395,42 @@ class DIH(nn.Module):
     return pred, logits
 
 
+PYRAMID_MAX_LEVELS = 4   # reference: one pyramid map per HRNet branch at most
+
+
+class FeaturePyramid(nn.Module):
+  """Feature pyramid on the OCR features (reference `MaxPoolDownSize`, the 'backbone.downsize'
+  of its 'V2p' models): 'reduce_conv' = ConvBlock k1 s1 p0 (C -> channels, BatchNorm, ELU); level
+  i = ConvBlock 'convs_{i}' (k3 s1 p1, channels -> channels, BatchNorm, ELU) applied to the
+  REDUCED map max-pooled (2x2, stride 2, floor) i times: the levels do not feed one another.
+
+  Parameter names mirror the reference: 'reduce_conv/{conv, bn}' is reduce_conv.block.{0, 1},
+  'convs_{i}/{conv, bn}' is convs.{i}.block.{0, 1} (a torch ModuleList as flax names a list).
+
+  Attributes:
+    channels: channels of the reduction and of every level (reference `pyramid_channels`).
+    levels: number of maps (reference `pyramid_depth`).
+  """
+  channels: int
+  levels: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
+    """[B, H, W, C] -> `levels` maps [B, H // 2**i, W // 2**i, channels], level 0 first."""
+    block = lambda kernel, name: ConvBlock(  # noqa: E731
+        self.channels, padding=kernel // 2, kernel=kernel, strides=1, dtype=self.dtype,
+        param_dtype=self.param_dtype, name=name)
+    x = block(1, "reduce_conv")(x, train)
+    outputs = []
+    for i in range(self.levels):
+      if i:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      outputs.append(block(3, f"convs_{i}")(x, train))
+    return outputs
+
+
 class IDIHHRNet(nn.Module):
   """iDIH-HRNet (foreground-aware paper sec. 3.3, Fig. 3): iDIH whose encoder takes the
   128-channel OCR features of the foreground-aware HRNetV2 ('backbone').
@@ -388,10 +441,29 @@ class IDIHHRNet(nn.Module):
   the image and mask halved (bilinear, align_corners=True as the reference) and its 1/8-res
   features join after block 2.
 
+  With `pyramid_channels` > 0 (the paper's "pass features using feature pyramid" ablation, the
+  reference's hrnet18s_v2p_idih256 / hrnet18_v2p_idih256 with 256 channels) the OCR features
+  first go through a `FeaturePyramid` ('downsize') whose level k is concatenated to the output
+  of encoder block join + k (join = 1, or 2 with the half-size backbone input), each at that
+  block's resolution. The paper only says "a variant of feature pyramid as in HRNetV2p, passed
+  to the encoder layers with appropriate resolutions"; the choices it leaves open are the
+  reference's:
+  - built from the 128-channel OCR output (HRNetV2p average-pools the concatenated HRNet
+    branches instead) by a 1x1 reduction, 2x2 max pooling and one 3x3 conv per level, all with
+    BatchNorm and ELU like the iDIH blocks;
+  - min(depth - 1 - join, 4) levels: one per encoder block output from block join on that feeds
+    another block, at most 4. At 256 px (depth 7) levels at 64, 32, 16, 8 px join the outputs of
+    blocks 1-4 (blocks 2-5 take 256 more channels); the 4x4 output of block 5 gets none;
+  - joined by concatenation (as the single map), to the encoder only;
+  - the pyramid trains at the full learning rate (it is not part of the ImageNet trunk) and
+    is initialised like the rest (N(0, 2 / fan_avg) kernels, zero biases).
+
   Attributes:
     width: HRNetV2 variant 'w18s', 'w18' or 'w32'.
     depth, ch, max_channels, batchnorm_from: the iDIH's (7, 64, 512, 2 at 256 px).
     downsize_backbone_input: half-size backbone input (512-px models).
+    pyramid_channels: channels of every feature-pyramid map (reference 256); 0 = no pyramid,
+      the single OCR map joins after block `join`.
   """
   width: str = "w18s"
   depth: int = 7
@@ -399,21 +471,24 @@ class IDIHHRNet(nn.Module):
   max_channels: int = 512
   batchnorm_from: int = 2
   downsize_backbone_input: bool = False
+  pyramid_channels: int = 0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, image: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
     """[B, H, W, 3] normalised composite + [B, H, W, 1] mask -> [B, H, W, 3] prediction."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     b_image, b_mask = image, mask
     if self.downsize_backbone_input:
       half = (image.shape[1] // 2, image.shape[2] // 2)
       b_image = resize_bilinear_align_corners(image, half)
       b_mask = resize_bilinear_align_corners(mask, half)
-    features = HRNetOCR(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                        name="backbone")(b_image, b_mask, train)
+    features = [HRNetOCR(self.width, name="backbone", **kw)(b_image, b_mask, train)]
     join = 2 if self.downsize_backbone_input else 1
+    if self.pyramid_channels > 0:
+      levels = min(self.depth - 1 - join, PYRAMID_MAX_LEVELS)
+      features = FeaturePyramid(self.pyramid_channels, levels, name="downsize",
+                                **kw)(features[0], train)
     return IDIH(self.depth, self.ch, self.max_channels, self.batchnorm_from, image_fusion=True,
-                backbone_join_at=join, dtype=self.dtype, param_dtype=self.param_dtype,
-                name="model")(image, mask, features, train)
-
+                backbone_join_at=join, name="model", **kw)(image, mask, features, train)

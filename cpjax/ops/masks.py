@@ -1,4 +1,5 @@
-"""Masks on device: bounding boxes and random rotated rectangles (copy-paste masks M).
+"""Masks on device: bounding boxes, random rotated rectangles (copy-paste masks M) and moving
+object masks (video-inpainting holes).
 
 Masks follow the library convention: float32 [H, W, 1] in {0, 1}, 1 = pasted region / hole.
 Coordinates are continuous: pixel (row i, column j) covers [i, i + 1) x [j, j + 1), so its centre
@@ -205,7 +206,7 @@ def moving_blob_masks(key: jax.Array, num_frames: int, height: int, width: int,
   """A hole sequence: one random blob moving along its own random affine path.
 
   Frame t's placement is D_t o ... o D_1 o P_0, with P_0 a random start (centre, radius,
-  rotation) and D_t random per-frame motions (`geometry.random_affine_path`).
+  rotation) and D_t random per-frame motions (`object_path`).
 
   Args:
     key: PRNG key.
@@ -224,9 +225,47 @@ def moving_blob_masks(key: jax.Array, num_frames: int, height: int, width: int,
   center = (c_lo + (c_hi - c_lo) * u[1:3]) * jnp.array([width, height], jnp.float32)
   start = geometry.affine_about_center(height, width, rotation=2 * math.pi * u[3], scale=radius,
                                        translation=center, center=jnp.zeros(2, jnp.float32))
-  path = geometry.random_affine_path(k_path, num_frames, height, width,
-                                     rotation=ranges.rotation, shear=ranges.shear,
-                                     scale=ranges.scale, translation=ranges.translation)
+  path = object_path(k_path, num_frames, height, width, ranges)
   shape = random_blob_shape(k_shape)
   placements = jax.vmap(lambda a: geometry.compose_affine(a, start))(path)
   return jax.vmap(lambda p: blob_mask(height, width, shape, p))(placements)
+
+
+def object_path(key: jax.Array, num_frames: int, height: int, width: int,
+                ranges: MovingMaskRanges = MovingMaskRanges()) -> jax.Array:
+  """An object's motion A_t = D_t o ... o D_1 with the per-frame ranges of `ranges`.
+
+  Args:
+    key: PRNG key.
+    num_frames: T.
+    height, width: frame size (the motions act about its centre).
+    ranges: rotation, shear, scale, translation are used.
+
+  Returns:
+    [T, 2, 3] float32 affine maps (index coordinates, `geometry.random_affine_path`); A_0 = I.
+  """
+  return geometry.random_affine_path(key, num_frames, height, width, rotation=ranges.rotation,
+                                     shear=ranges.shear, scale=ranges.scale,
+                                     translation=ranges.translation)
+
+
+def moving_shape_masks(key: jax.Array, shape: jax.Array, num_frames: int,
+                       ranges: MovingMaskRanges = MovingMaskRanges()) -> jax.Array:
+  """A hole sequence: a given shape moving along its own random affine path.
+
+  Frame t is the shape warped by A_t (`object_path`; bilinear samples > 0.5, nothing enters
+  from outside the image), so frame 0 is `shape` itself; a blob moves the same way in
+  `moving_blob_masks`. `ranges.radius` and `ranges.center` are unused: the shape is placed.
+
+  Args:
+    key: PRNG key.
+    shape: [H, W, 1] in {0, 1}: the hole in frame 0 (e.g. a mask from a folder of objects).
+    num_frames: T.
+    ranges: motion ranges.
+
+  Returns:
+    [T, H, W, 1] float32 in {0, 1}, 1 = hole.
+  """
+  path = object_path(key, num_frames, shape.shape[0], shape.shape[1], ranges)
+  moved = jax.vmap(lambda a: geometry.affine_warp(shape, a, fill="constant"))(path)
+  return (moved > 0.5).astype(jnp.float32)

@@ -36,7 +36,13 @@ the batch mean and variance are global (synchronised), so 1 and 8 devices agree.
 Evaluation: MSE, fMSE, PSNR as the reference (`cpjax.metrics.harmonization_scores`), for the
 prediction and for the unharmonised composite, averaged over All, per iHarmony4 subset and per
 foreground-ratio range; the eval JSON holds both tables and markdown renderings like the
-paper's Tables 1 and 2.
+paper's Tables 1 and 2. The reference scores at the model's size (`eval.mode='resize'`).
+With `eval.mode='full'` (and `eval.full_size` >= the largest image) the same scores are also
+computed at each image's own resolution ('full_*' keys, tables 'result_full' /
+'composite_full'): the network still sees the resized input, and its predicted change is
+upsampled and added inside the full-resolution mask (`apply_change`, as
+`cpjax.tools.harmonize` does), so the background is the composite's own pixels. The
+foreground-ratio ranges stay those of the resized mask.
 """
 from __future__ import annotations
 
@@ -65,6 +71,39 @@ BUCKET_NAMES = tuple(f"{round(lo * 100)}-{round(hi * 100)}%"
                      for lo, hi in metrics.FOREGROUND_RATIO_BUCKETS)
 
 
+def apply_change(composite: jax.Array, mask: jax.Array, change: jax.Array,
+                 extent: jax.Array) -> jax.Array:
+  """A harmonisation predicted at model size, applied to the image at its own resolution.
+
+    out = clip(composite + mask * upsample(change), 0, 1)
+
+  `change` (prediction minus the model-size composite) is upsampled bilinearly (half-pixel
+  centres, antialiased when shrinking: `jax.image.resize`'s convention) onto the image's
+  extent (h, w), which may be smaller than the canvas it is padded in; outside the mask the
+  composite is returned unchanged.
+
+  Args:
+    composite: [H, W, 3] in [0, 1], the image in the top-left (h, w) of the canvas.
+    mask: [H, W, 1] in [0, 1].
+    change: [S_h, S_w, 3] the model-size change.
+    extent: int [2], the image's (h, w) <= (H, W); may be traced (one compilation per canvas).
+
+  Returns:
+    [H, W, 3] in [0, 1]; meaningful inside the extent only.
+  """
+  scale = extent.astype(jnp.float32) / jnp.asarray(change.shape[:2], jnp.float32)
+  up = jax.image.scale_and_translate(change, composite.shape, (0, 1), scale,
+                                     jnp.zeros(2, jnp.float32), "linear")
+  return jnp.clip(composite + mask * up, 0.0, 1.0)
+
+
+def _inside_extent(extent: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """[B, H, W, 1] float32: 1 on the pixels of each image's (h, w) extent ([B, 2]) in the canvas."""
+  rows = jnp.arange(shape[1])[None, :, None, None] < extent[:, 0, None, None, None]
+  cols = jnp.arange(shape[2])[None, None, :, None] < extent[:, 1, None, None, None]
+  return (rows & cols).astype(jnp.float32)
+
+
 @flax.struct.dataclass
 class HarmonizationState:
   step: jax.Array
@@ -88,7 +127,8 @@ def build_model(m: ml_collections.ConfigDict) -> Any:
   if m.name == "idih_hrnet":
     return dih_models.IDIHHRNet(width=m.hrnet_width, depth=m.depth, ch=m.ch,
                                 max_channels=m.max_channels, batchnorm_from=m.batchnorm_from,
-                                downsize_backbone_input=m.downsize_backbone_input, dtype=dtype)
+                                downsize_backbone_input=m.downsize_backbone_input,
+                                pyramid_channels=m.get("pyramid_channels", 0), dtype=dtype)
   if m.name == "dih":
     return dih_models.DIH(depth=m.depth, ch=m.ch, max_channels=m.max_channels,
                           fc_features=m.fc_features, parsing_classes=m.parsing_classes,
@@ -263,25 +303,49 @@ class HarmonizationTask(Task):
     if "subset" in ex:
       groups["subset"] = jax.nn.one_hot(ex["subset"], len(SUBSET_NAMES), dtype=jnp.float32)
     out = {f"{g}_n": member for g, member in groups.items()}
-    for prefix, pred in (("", result), ("composite_", ex["composite"])):
-      for name, score in metrics.harmonization_scores(pred, ex["target"], ex["mask"]).items():
-        out[f"{prefix}{name}"] = score
+
+    def score(prefix: str, pred: jax.Array, target: jax.Array, mask: jax.Array,
+              valid: jax.Array | None = None) -> None:
+      for name, value in metrics.harmonization_scores(pred, target, mask, valid).items():
+        out[f"{prefix}{name}"] = value
         for g, member in groups.items():
-          out[f"{prefix}{g}_{name}"] = score[:, None] * member
+          out[f"{prefix}{g}_{name}"] = value[:, None] * member
+
+    score("", result, ex["target"], ex["mask"])
+    score("composite_", ex["composite"], ex["target"], ex["mask"])
+    if "image_full" in batch:   # eval.mode='full'
+      if "real_full" not in batch:
+        raise ValueError("eval.mode='full' scores real harmonisation pairs (an 'iharmony4:' "
+                         "eval.source); synthetic problems exist only at model size: use "
+                         "eval.mode='resize'")
+      composite, target, mask = (batch[k].astype(jnp.float32) / 255.0
+                                 for k in ("image_full", "real_full", "mask_full"))
+      extent = batch["full_extent"]
+      full = jax.vmap(apply_change)(composite, mask, result - ex["composite"], extent)
+      valid = _inside_extent(extent, composite.shape)
+      score("full_", full, target, mask, valid)
+      score("composite_full_", composite, target, mask, valid)
     return out
 
   def summarize_eval(self, sums: dict[str, np.ndarray], count: int) -> dict[str, Any]:
     """{'result': table, 'composite': table, 'mse', 'fmse', 'psnr' (the result's, All), and
-    markdown tables 'table_subsets' / 'table_foreground_ratio' (rows: composite, result)}."""
+    markdown tables 'table_subset' / 'table_foreground_ratio' (rows: composite, result)}; with
+    eval.mode='full' also 'result_full', 'composite_full', 'full_mse' ... and
+    'table_<group>_full'."""
     groups = {"foreground_ratio": BUCKET_NAMES}
     if "subset_n" in sums:
       groups["subset"] = SUBSET_NAMES
-    tables = {"composite": metrics.harmonization_table(sums, count, groups, "composite_"),
-              "result": metrics.harmonization_table(sums, count, groups, "")}
     out: dict[str, Any] = {k: float(sums[k]) / count for k in ("mse", "fmse", "psnr")}
-    out.update(tables)
-    for g in groups:
-      out[f"table_{g}"] = metrics.format_harmonization_table(tables, g)
+    resolutions = [("", "")] + ([("_full", "full_")] if "full_mse" in sums else [])
+    for suffix, prefix in resolutions:
+      tables = {"composite": metrics.harmonization_table(sums, count, groups,
+                                                         f"composite_{prefix}"),
+                "result": metrics.harmonization_table(sums, count, groups, prefix)}
+      out.update({f"{name}{suffix}": table for name, table in tables.items()})
+      for g in groups:
+        out[f"table_{g}{suffix}"] = metrics.format_harmonization_table(tables, g)
+    if "full_mse" in sums:
+      out.update({f"full_{k}": float(sums[f"full_{k}"]) / count for k in ("mse", "fmse", "psnr")})
     return out
 
   def samples(self, state: HarmonizationState, batch: Batch,

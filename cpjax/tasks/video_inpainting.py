@@ -6,13 +6,15 @@ own key (`example_keys`):
     centre (`sequence.zoom`, so that motion reveals little outside the crop; what it reveals is
     mirrored) and A_t a path of successive random affine motions (rotation, shear, scale,
     translation: `sequence.camera`);
-  * holes: a random blob moving along its own random affine path (`cpjax.ops.masks.
-    moving_blob_masks`, `sequence.object`);
+  * holes: an object shape moving along its own random affine path (`sequence.object`): with
+    `data.mask_source` (a folder of object masks, e.g. VOC SegmentationObject) the batch's
+    'object_mask', drawn and placed on the host (`data_pipelines.mask_folder`), is the hole of
+    frame 0 exactly (`cpjax.ops.masks.moving_shape_masks`); without it, a random blob
+    (`moving_blob_masks`);
   * the target is frame `sequence.target` (default the middle one, so references lie on both
     sides as at inference); the others are its references. Holes are filled with the ImageNet
     mean colour, as the reference's inference does.
-A folder of real object masks (VOC / MIT saliency) and real frame sequences from videos are not
-implemented: every hole is a synthetic blob and every sequence comes from a still image.
+Real frame sequences from videos are not implemented: every sequence comes from a still image.
 
 Losses (sec. 4.1; weights in `loss.*`, the paper gives none, see configs/video_inpainting.py):
   L = w_align L_align + w_valid L_valid + w_hv L_hole_visible + w_hi L_hole_invisible
@@ -57,6 +59,7 @@ from cpjax.models.video_cpn import CopyPasteNet, resize_bilinear
 from cpjax.ops import geometry, masks
 from cpjax.ops.color import IMAGENET_MEAN, imagenet_normalize
 from cpjax.tasks.base import Batch, Metrics, Task, example_keys
+from data_pipelines import mask_folder
 
 
 @flax.struct.dataclass
@@ -210,8 +213,12 @@ class VideoInpaintingTask(Task):
     return state.replace(params=params, opt_state=self.tx.init(params))
 
   # ----------------------------------------------------------------------------- data
-  def _sequence(self, key: jax.Array, image: jax.Array) -> dict[str, jax.Array]:
-    """One synthetic example: frames [T, H, W, 3], holes [T, H, W, 1], motions [T, 2, 3]."""
+  def _sequence(self, key: jax.Array, image: jax.Array, shape: jax.Array | None = None
+                ) -> dict[str, jax.Array]:
+    """One synthetic example: frames [T, H, W, 3], holes [T, H, W, 1], motions [T, 2, 3].
+
+    `shape` [H, W, 1] in {0, 1} is the hole of frame 0 (moved like the blob that replaces it
+    when None)."""
     s = self.config.sequence
     h, w = self.size
     k_cam, k_obj = jax.random.split(key)
@@ -219,15 +226,20 @@ class VideoInpaintingTask(Task):
     path = geometry.random_affine_path(k_cam, self.num_frames, h, w, **s.camera.to_dict())
     motions = jax.vmap(lambda a: geometry.compose_affine(a, zoom))(path)
     frames = jax.vmap(lambda a: geometry.affine_warp(image, a, fill="reflect"))(motions)
-    holes = masks.moving_blob_masks(k_obj, self.num_frames, h, w, self.object_ranges)
+    if shape is None:
+      holes = masks.moving_blob_masks(k_obj, self.num_frames, h, w, self.object_ranges)
+    else:
+      holes = masks.moving_shape_masks(k_obj, shape, self.num_frames, self.object_ranges)
     return {"frames": jnp.clip(frames, 0.0, 1.0), "holes": holes, "motions": motions}
 
   def problems(self, batch: Batch, key: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
-    """Sequences built on device from the batch's images: frames (ground truth), holes,
-    inputs (holes filled with the mean colour), motions; all with leading [B, T]."""
-    images = batch["image"].astype(jnp.float32) / 255.0
-    keys = example_keys(key, step, batch["index"])
-    ex = jax.vmap(self._sequence)(keys, images)
+    """Sequences built on device from the batch's images (and 'object_mask' shapes, when the
+    pipeline has a mask folder): frames (ground truth), holes, inputs (holes filled with the
+    mean colour), motions; all with leading [B, T]."""
+    args = [example_keys(key, step, batch["index"]), batch["image"].astype(jnp.float32) / 255.0]
+    if mask_folder.FIELD in batch:
+      args.append((batch[mask_folder.FIELD] > 127).astype(jnp.float32))
+    ex = jax.vmap(self._sequence)(*args)
     ex["inputs"] = fill_holes_with_mean(ex["frames"], ex["holes"])
     return ex
 

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
+from cpjax.tasks import harmonization
 from cpjax.tools import common
 from cpjax.tools.common import ToolError
 
@@ -49,8 +50,7 @@ def _harmonize_on_device(task: Any, size: tuple[int, int], state: Any, composite
   small = jax.image.resize(composite, (*size, 3), "linear", antialias=True)
   small_mask = jax.image.resize(mask, (*size, 1), "linear", antialias=True)
   pred = task.harmonize(state, small[None], small_mask[None])[0]
-  change = jax.image.resize(pred - small, (h, w, 3), "linear")
-  return jnp.clip(composite + mask * change, 0.0, 1.0)
+  return harmonization.apply_change(composite, mask, pred - small, jnp.asarray((h, w)))
 
 
 def harmonize(task: Any, state: Any, composite: np.ndarray, mask: np.ndarray) -> np.ndarray:

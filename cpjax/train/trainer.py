@@ -7,7 +7,8 @@ Used by every task (`cpjax.tasks`). Config fields read here (each config sets th
   checkpoint.every_steps, checkpoint.max_to_keep, checkpoint.async_save,
   eval.source, eval.num_examples, eval.repeats, eval.batch_size,
   eval.every_steps (0 = only at the end), eval.step (-1 = latest), eval.follow, eval.poll_secs,
-  eval.seed, eval.mode (evaluation geometry, `data.eval_mode`; default center).
+  eval.seed, eval.mode (evaluation geometry, `data.eval_mode`; default center), eval.full_size
+  (`data.full_size`, the canvas of eval.mode 'full').
 """
 from __future__ import annotations
 
@@ -150,6 +151,7 @@ class _Run:
     data.source = self.config.eval.source
     data.crop, data.flip = "center", False
     data.eval_mode = self.config.eval.get("mode", "center")
+    data.full_size = self.config.eval.get("full_size", 0)
     data.max_examples = self.config.eval.num_examples
     data.repeats = self.config.eval.get("repeats", 1)
     return data

@@ -231,3 +231,37 @@ def test_keep_foreground_needs_a_mask_field():
                                        "mask field"):
     pipeline.train_iterator(dict(source="samples", image_size=8, keep_foreground="mask",
                                  augment="random_resized_crop"), global_batch_size=2, seed=0)
+
+
+def _sized_from_spec(rest: str, *, image_key: str = "image"):
+  """'sized:' -> three items of different sizes."""
+  del rest, image_key
+  return _FieldSource([(20, 30), (24, 18), (10, 10)])
+
+
+def test_eval_full_mode_adds_full_resolution_fields(monkeypatch):
+  """eval_mode='full' gives the 'resize' fields plus each field whole, padded to full_size, and
+  its extent; padding examples have the same keys and shapes."""
+  monkeypatch.setitem(sources._PLUGINS, "sized", f"{__name__}:_sized_from_spec")
+  cfg = dict(source="sized:", image_size=8, eval_mode="full", full_size=(24, 32))
+  batch = next(pipeline.eval_batches(cfg, batch_size=4))
+  resized = next(pipeline.eval_batches({**cfg, "eval_mode": "resize"}, batch_size=4))
+  for key in ("image", "mask", "label"):
+    np.testing.assert_array_equal(batch[key], resized[key])
+  assert batch["image_full"].shape == (4, 24, 32, 3) and batch["label_full"].shape == (4, 24, 32)
+  np.testing.assert_array_equal(batch["full_extent"][:3], [(20, 30), (24, 18), (10, 10)])
+  item = _item(1, 24, 18)
+  np.testing.assert_array_equal(batch["image_full"][1, :, :18], item["image"])
+  np.testing.assert_array_equal(batch["mask_full"][1, :, :18], item["mask"])
+  assert np.all(batch["image_full"][1, :, 18:] == 0)
+  assert np.all(batch["label_full"][1, :, 18:] == 255)
+  assert not batch["valid"][3] and batch["mask_full"][3].shape == (24, 32, 1)
+
+
+def test_eval_full_mode_needs_a_large_enough_canvas(monkeypatch):
+  monkeypatch.setitem(sources._PLUGINS, "sized", f"{__name__}:_sized_from_spec")
+  with pytest.raises(ValueError, match="eval mode 'full' needs .* eval.full_size"):
+    pipeline._settings(dict(eval_mode="full"))
+  with pytest.raises(ValueError, match=r"item0 is 20x30, .* raise eval.full_size to at least"):
+    next(pipeline.eval_batches(dict(source="sized:", image_size=8, eval_mode="full",
+                                    full_size=16), batch_size=1))

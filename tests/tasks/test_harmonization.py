@@ -121,6 +121,15 @@ def test_hrnet_trunk_trains_at_a_tenth_of_the_learning_rate():
     assert sub["kernel"] == pytest.approx(1e-3, rel=1e-4)
 
 
+def test_pyramid_variant_builds_the_pyramid_model():
+  """configs/iharmony4_idih_hrnet.py:w18s_v2p reaches the model: the task's parameters hold the
+  feature pyramid ('downsize', at the full learning rate) and number 18,090,581 (tests/models/test_dih.py derives it)."""
+  task = tasks.build(load_config("iharmony4_idih_hrnet", "w18s_v2p"))
+  state = jax.eval_shape(task.init, jax.random.key(0))
+  assert set(state.params) == {"backbone", "downsize", "model"}
+  assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)) == 18_090_581
+
+
 def test_dih_two_stage_schedule():
   """Joint stage (step < stage1_steps): L = L_rec + 100 CE and the parsing decoder learns; then
   L = L_rec and the parsing decoder (weights and BatchNorm statistics) stays fixed while the
@@ -143,6 +152,52 @@ def test_dih_two_stage_schedule():
   assert moved(s1.params["parsing_decoder"], s2.params["parsing_decoder"]) == 0
   assert moved(s1.batch_stats["parsing_decoder"], s2.batch_stats["parsing_decoder"]) == 0
   assert moved(s1.params["harmonization_decoder"], s2.params["harmonization_decoder"]) > 0
+
+
+def test_apply_change_is_a_resize_of_the_change_onto_the_extent():
+  """apply_change = clip(composite + mask * resize(change, (h, w))) (jax.image.resize: up- and
+  downsampling), and an image padded into a larger canvas gets the same pixels."""
+  from cpjax.tasks.harmonization import apply_change  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for h, w in ((20, 30), (10, 12)):
+    composite = jnp.asarray(rng.random((h, w, 3)), jnp.float32)
+    mask = jnp.asarray(rng.random((h, w, 1)) > 0.5, jnp.float32)
+    change = jnp.asarray(rng.normal(0, 0.2, (16, 16, 3)), jnp.float32)
+    want = jnp.clip(composite + mask * jax.image.resize(change, (h, w, 3), "linear"), 0, 1)
+    got = apply_change(composite, mask, change, jnp.asarray((h, w)))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    pad = [(0, 24 - h), (0, 40 - w), (0, 0)]
+    padded = jax.jit(apply_change)(jnp.pad(composite, pad), jnp.pad(mask, pad), change,
+                                   jnp.asarray((h, w)))
+    np.testing.assert_allclose(padded[:h, :w], want, atol=1e-6)
+
+
+def test_full_resolution_evaluation(tmp_path):
+  """eval.mode='full' adds scores at each image's own size: the composite's equal NumPy's on
+  the files as read (the two test images, 32x32 and 30x50, share one padded canvas), and the
+  result's tables have the same rows as the model-size ones."""
+  from data_pipelines import sources  # pylint: disable=g-import-not-at-top
+  root = make_tree(tmp_path / "iHarmony4")
+  spec = f"iharmony4:{root}:{{}}:HCOCO,Hday2night"
+  c = _tiny(**{"data.source": spec.format("train"), "eval.source": spec.format("test"),
+               "eval.mode": "full", "eval.full_size": 50, "eval.num_examples": 2,
+               "eval.repeats": 1, "eval.batch_size": 4, "total_steps": 1})
+  trainer.train(c, tmp_path / "w", devices=jax.devices()[:1])
+  result = json.loads((tmp_path / "w" / "eval" / "step_00000001.json").read_text())
+  source = sources.make_source(spec.format("test"))
+  mse, fmse = [], []
+  for i in range(2):
+    item = source[i]
+    err = np.square(item["image"].astype(np.float64) - item["real"].astype(np.float64))
+    mse.append(err.mean())
+    fg = item["mask"][..., 0] > 127
+    fmse.append(err[fg].sum() / (3 * fg.sum() + 1e-6))
+  assert result["composite_full"]["All"]["MSE"] == pytest.approx(np.mean(mse), rel=1e-4)
+  assert result["composite_full"]["All"]["fMSE"] == pytest.approx(np.mean(fmse), rel=1e-4)
+  assert result["composite_full"]["All"]["N"] == 2
+  assert set(result["result_full"]["subset"]) == set(result["result"]["subset"])
+  assert result["full_mse"] == pytest.approx(result["result_full"]["All"]["MSE"])
+  assert "| result |" in result["table_subset_full"]
 
 
 def _main(workdir, config, *extra):

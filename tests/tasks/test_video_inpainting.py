@@ -1,5 +1,6 @@
-"""The video-inpainting task: synthetic sequences vs OpenCV, the nearest-fill baseline, and
-training / evaluation through the shared loop (command line, 1 vs 8 devices)."""
+"""The video-inpainting task: synthetic sequences vs OpenCV, holes from a mask folder, the
+nearest-fill baseline, and training / evaluation through the shared loop (command line, 1 vs 8
+devices)."""
 from __future__ import annotations
 
 import json
@@ -12,12 +13,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import REPO, load_config
 from cpjax import tasks
+from cpjax.ops import masks
 from cpjax.tasks import video_inpainting
 from cpjax.train import partitioning, trainer
 from data_pipelines import pipeline
+from data_pipelines.voc import PALETTE
 
 
 def test_sequence_frames_are_the_photo_warped_by_their_motions(rng):
@@ -37,6 +41,47 @@ def test_sequence_frames_are_the_photo_warped_by_their_motions(rng):
   holes = np.asarray(ex["holes"])
   assert set(np.unique(holes)) <= {0.0, 1.0} and holes.sum() > 0
   assert np.any(holes[0] != holes[4])
+
+
+def test_a_given_shape_is_the_first_hole_and_moves_like_opencv(rng):
+  """moving_shape_masks: frame 0 is the shape; frame t is cv2.warpAffine of it by the object
+  path A_t (bilinear, constant 0 border) thresholded at 0.5; the shape does move."""
+  shape = np.zeros((32, 40, 1), np.float32)
+  shape[8:20, 10:16] = shape[16:20, 10:30] = 1.0
+  ranges = masks.MovingMaskRanges(translation=0.1)
+  holes = np.asarray(jax.jit(lambda k, s: masks.moving_shape_masks(k, s, 5, ranges))(rng, shape))
+  path = np.asarray(masks.object_path(rng, 5, 32, 40, ranges))
+  np.testing.assert_array_equal(holes[0], shape)
+  for t in range(1, 5):
+    want = cv2.warpAffine(shape[..., 0], path[t].astype(np.float64), (40, 32),
+                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT) > 0.5
+    assert np.sum(holes[t, ..., 0] != want) <= 2, t   # a sample near 0.5 may round either way
+  assert not np.array_equal(holes[4], shape)
+
+
+def test_train_step_with_a_mask_folder_uses_its_masks_as_holes(tmp_path):
+  """configs/video_inpainting.py:tiny with data.mask_source: every example's frame-0 hole is
+  the pipeline's 'object_mask' (a VOC palette object or a binary mask), and a train step runs."""
+  ids = np.zeros((48, 64), np.uint8)
+  ids[4:30, 6:40], ids[30:46, 20:60] = 1, 2
+  ids[3, 5:41] = 255
+  voc_png = Image.fromarray(ids, "P")
+  voc_png.putpalette(PALETTE.ravel().tolist())
+  voc_png.save(tmp_path / "objects.png")
+  binary = np.zeros((40, 40), np.uint8)
+  binary[5:35, 12:28] = 255
+  Image.fromarray(binary).save(tmp_path / "person.jpg")
+  config = load_config("video_inpainting", "tiny")
+  config.data.mask_source = str(tmp_path)
+  task = tasks.build(config)
+  batch = next(pipeline.train_iterator(config.data, global_batch_size=config.batch_size,
+                                       seed=config.seed))
+  batch.pop("skipped")
+  key = jax.random.key(0)
+  ex = jax.jit(task.problems)(batch, key, jnp.zeros((), jnp.int32))
+  np.testing.assert_array_equal(np.asarray(ex["holes"][:, 0]), batch["object_mask"] / 255)
+  state, metrics = jax.jit(task.train_step)(task.init(key), batch, key)
+  assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
 
 
 def test_fill_nearest_keeps_valid_pixels_and_reaches_only_so_far():

@@ -159,6 +159,34 @@ def test_sigterm_saves_checkpoint_and_exits_zero(tmp_path):
   assert "preempted" in log
 
 
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
+  """Multi-host preemption: SIGTERM to process 1 only; jax.distributed's preemption service tells
+  process 0, both agree on a step (orbax's reached_preemption), save it together and exit 0."""
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  logs = [tmp_path / f"process{i}.log" for i in range(2)]
+  procs = []
+  for i, log in enumerate(logs):
+    with log.open("w") as out:
+      procs.append(subprocess.Popen(
+          _main_cmd(tmp_path / "w", "--config.total_steps=100000",
+                    "--config.checkpoint.every_steps=100000", "--config.log_every_steps=1",
+                    f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                    f"--process_id={i}"),
+          cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True))
+  deadline = time.time() + 400
+  while "step 3/" not in logs[0].read_text() and time.time() < deadline:
+    assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
+    time.sleep(0.5)
+  procs[1].send_signal(signal.SIGTERM)
+  for p, log in zip(procs, logs):
+    assert p.wait(timeout=300) == 0, log.read_text()[-3000:]
+  steps = [int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir() if p.name.isdigit()]
+  assert len(steps) == 1 and steps[0] >= 3, steps
+  assert all("preempted: saved the checkpoint of step" in log.read_text() for log in logs)
+
+
 def test_command_line_end_to_end(tmp_path):
   """`python -m cpjax.main --config=configs/demo.py:tiny` writes checkpoints, TensorBoard events,
   sample PNGs and eval JSON; eval and eval_sweep then work on the same directory."""
