@@ -6,6 +6,9 @@ with successive random affine motions, moving object masks):
 The holes take their shapes from object masks (paper: PASCAL VOC 2012 and MIT saliency masks);
 without a mask folder they are random blobs:
   --config.data.mask_source=/data/VOCdevkit/VOC2012/SegmentationObject   (or any binary masks)
+Optionally, real frame sequences instead of stills (clips of 5 consecutive frames, the holes
+still synthetic; `data_pipelines.video_clips`):
+  --config.data.source=video_clips:/data/DAVIS/JPEGImages/480p   (any folder of frame folders)
 The perceptual and style losses need ImageNet VGG16 weights (torchvision layout, .npz):
   --config.loss.vgg_weights=/path/vgg16.npz
 Numbers marked 'ours' are choices the paper leaves open.
@@ -19,7 +22,8 @@ from data_pipelines import pipeline
 
 NO_DATA = ("configs/video_inpainting.py needs still images to synthesise sequences from: pass "
            "--config.data.source=folder:/path/to/places (and --config.eval.source=folder:/path/"
-           "to/held_out_images). To try the system without any dataset, run "
+           "to/held_out_images), or real videos with --config.data.source=video_clips:/path/"
+           "to/DAVIS/JPEGImages/480p. To try the system without any dataset, run "
            "configs/video_demo.py, which trains on photos bundled with scikit-image.")
 
 

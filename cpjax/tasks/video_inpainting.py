@@ -14,7 +14,11 @@ own key (`example_keys`):
   * the target is frame `sequence.target` (default the middle one, so references lie on both
     sides as at inference); the others are its references. Holes are filled with the ImageNet
     mean colour, as the reference's inference does.
-Real frame sequences from videos are not implemented: every sequence comes from a still image.
+Real frame sequences (optional): with a `video_clips:ROOT[:T[:STEP]]` source
+(`data_pipelines.video_clips`, e.g. DAVIS JPEGImages folders) every example is a clip of T
+consecutive frames, cropped and flipped alike on the host; the frames are used as they are (no
+synthetic camera motion on top of the real one) and the holes move as above. Their true motion
+is unknown, so 'motions' are the identity (see the 'prev_frame' baseline below).
 
 Losses (sec. 4.1; weights in `loss.*`, the paper gives none, see configs/video_inpainting.py):
   L = w_align L_align + w_valid L_valid + w_hv L_hole_visible + w_hi L_hole_invisible
@@ -36,7 +40,8 @@ Evaluation: fixed seeded sequences from held-out images (the same at every check
 SSIM of the completed target frame against the original, beside two baselines on the same
 problems: 'mean_fill' (holes filled with the mean colour of the frame's visible pixels) and
 'prev_frame' (the previous frame aligned to the target with the TRUE synthetic motion; hole
-pixels it sees are copied, the rest take the nearest visible value, `fill_nearest`).
+pixels it sees are copied, the rest take the nearest visible value, `fill_nearest`; on real
+clips, whose motion is unknown, the previous frame as it is).
 """
 from __future__ import annotations
 
@@ -59,7 +64,7 @@ from cpjax.models.video_cpn import CopyPasteNet, resize_bilinear
 from cpjax.ops import geometry, masks
 from cpjax.ops.color import IMAGENET_MEAN, imagenet_normalize
 from cpjax.tasks.base import Batch, Metrics, Task, example_keys
-from data_pipelines import mask_folder
+from data_pipelines import mask_folder, video_clips
 
 
 @flax.struct.dataclass
@@ -213,12 +218,18 @@ class VideoInpaintingTask(Task):
     return state.replace(params=params, opt_state=self.tx.init(params))
 
   # ----------------------------------------------------------------------------- data
+  def _holes(self, key: jax.Array, shape: jax.Array | None) -> jax.Array:
+    """[T, H, W, 1] holes: `shape` [H, W, 1] in {0, 1} (frame 0's hole) moving along a random
+    object path, or a moving random blob when None."""
+    h, w = self.size
+    if shape is None:
+      return masks.moving_blob_masks(key, self.num_frames, h, w, self.object_ranges)
+    return masks.moving_shape_masks(key, shape, self.num_frames, self.object_ranges)
+
   def _sequence(self, key: jax.Array, image: jax.Array, shape: jax.Array | None = None
                 ) -> dict[str, jax.Array]:
-    """One synthetic example: frames [T, H, W, 3], holes [T, H, W, 1], motions [T, 2, 3].
-
-    `shape` [H, W, 1] in {0, 1} is the hole of frame 0 (moved like the blob that replaces it
-    when None)."""
+    """One synthetic example from a still image [H, W, 3]: frames [T, H, W, 3], holes
+    [T, H, W, 1], motions [T, 2, 3]."""
     s = self.config.sequence
     h, w = self.size
     k_cam, k_obj = jax.random.split(key)
@@ -226,20 +237,36 @@ class VideoInpaintingTask(Task):
     path = geometry.random_affine_path(k_cam, self.num_frames, h, w, **s.camera.to_dict())
     motions = jax.vmap(lambda a: geometry.compose_affine(a, zoom))(path)
     frames = jax.vmap(lambda a: geometry.affine_warp(image, a, fill="reflect"))(motions)
-    if shape is None:
-      holes = masks.moving_blob_masks(k_obj, self.num_frames, h, w, self.object_ranges)
-    else:
-      holes = masks.moving_shape_masks(k_obj, shape, self.num_frames, self.object_ranges)
-    return {"frames": jnp.clip(frames, 0.0, 1.0), "holes": holes, "motions": motions}
+    return {"frames": jnp.clip(frames, 0.0, 1.0), "holes": self._holes(k_obj, shape),
+            "motions": motions}
+
+  def _clip(self, key: jax.Array, frames: jax.Array, shape: jax.Array | None = None
+            ) -> dict[str, jax.Array]:
+    """One example from a real clip [T, H, W, 3]: the frames, moving holes drawn as in
+    `_sequence` (the same key split), identity motions (the true ones are unknown)."""
+    _, k_obj = jax.random.split(key)
+    motions = jnp.broadcast_to(jnp.eye(2, 3, dtype=jnp.float32), (self.num_frames, 2, 3))
+    return {"frames": frames, "holes": self._holes(k_obj, shape), "motions": motions}
 
   def problems(self, batch: Batch, key: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
-    """Sequences built on device from the batch's images (and 'object_mask' shapes, when the
-    pipeline has a mask folder): frames (ground truth), holes, inputs (holes filled with the
-    mean colour), motions; all with leading [B, T]."""
-    args = [example_keys(key, step, batch["index"]), batch["image"].astype(jnp.float32) / 255.0]
+    """Sequences built on device from the batch's images, or its clips ('image', 'frame_1',
+    ... of a `video_clips` source), with the 'object_mask' shapes when the pipeline has a mask
+    folder: frames (ground truth), holes, inputs (holes filled with the mean colour), motions;
+    all with leading [B, T]."""
+    length = video_clips.clip_length(batch)
+    if length == 1:
+      make, pixels = self._sequence, batch["image"]
+    elif length == self.num_frames:
+      make = self._clip
+      pixels = jnp.stack([batch[video_clips.frame_field(k)] for k in range(length)], axis=1)
+    else:
+      raise ValueError(f"the data source gives clips of {length} frames but "
+                       f"sequence.num_frames is {self.num_frames}; make them equal (the T of "
+                       f"video_clips:ROOT:T, or --config.sequence.num_frames={length})")
+    args = [example_keys(key, step, batch["index"]), pixels.astype(jnp.float32) / 255.0]
     if mask_folder.FIELD in batch:
       args.append((batch[mask_folder.FIELD] > 127).astype(jnp.float32))
-    ex = jax.vmap(self._sequence)(*args)
+    ex = jax.vmap(make)(*args)
     ex["inputs"] = fill_holes_with_mean(ex["frames"], ex["holes"])
     return ex
 

@@ -20,7 +20,7 @@ from cpjax import tasks
 from cpjax.ops import masks
 from cpjax.tasks import video_inpainting
 from cpjax.train import partitioning, trainer
-from data_pipelines import pipeline
+from data_pipelines import pipeline, video_clips
 from data_pipelines.voc import PALETTE
 
 
@@ -82,6 +82,38 @@ def test_train_step_with_a_mask_folder_uses_its_masks_as_holes(tmp_path):
   np.testing.assert_array_equal(np.asarray(ex["holes"][:, 0]), batch["object_mask"] / 255)
   state, metrics = jax.jit(task.train_step)(task.init(key), batch, key)
   assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
+
+
+def test_real_clips_are_used_as_they_are_with_the_same_holes(tmp_path):
+  """With a video_clips source the example's frames are the clip's (scaled to [0, 1]), its
+  motions the identity and its holes those a still image gets from the same key; train and eval
+  steps run; clips of another length than sequence.num_frames are a clear error."""
+  for s, name in enumerate(("bear", "car")):
+    (tmp_path / name).mkdir()
+    for i in range(6):
+      frame = np.random.default_rng([s, i]).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+      Image.fromarray(frame).save(tmp_path / name / f"{i:05d}.jpg")
+  config = load_config("video_inpainting", "tiny")
+  config.data.source = f"video_clips:{tmp_path}"
+  task = tasks.build(config)
+  batch = next(pipeline.train_iterator(config.data, global_batch_size=config.batch_size,
+                                       seed=config.seed))
+  batch.pop("skipped")
+  key, step = jax.random.key(0), jnp.zeros((), jnp.int32)
+  ex = jax.jit(task.problems)(batch, key, step)
+  clips = np.stack([batch[video_clips.frame_field(k)] for k in range(5)], axis=1)
+  np.testing.assert_allclose(np.asarray(ex["frames"]), clips / 255.0, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(ex["motions"]),
+                                np.broadcast_to(np.eye(2, 3), (config.batch_size, 5, 2, 3)))
+  still = jax.jit(task.problems)({"image": batch["image"], "index": batch["index"]}, key, step)
+  np.testing.assert_array_equal(np.asarray(ex["holes"]), np.asarray(still["holes"]))
+  state, metrics = jax.jit(task.train_step)(task.init(key), batch, key)
+  assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
+  scores = jax.jit(task.eval_step)(state, batch, key)
+  assert np.all(np.isfinite(np.asarray(scores["psnr"])))
+  config.sequence.num_frames = 4
+  with pytest.raises(ValueError, match="clips of 5 frames but sequence.num_frames is 4"):
+    tasks.build(config).problems(batch, key, step)
 
 
 def test_fill_nearest_keeps_valid_pixels_and_reaches_only_so_far():
