@@ -16,6 +16,10 @@ devkit: 1 wall, 2 building, 3 sky, 4 floor, 5 tree, 6 ceiling, 7 road, 8 bed, 9 
 ids 26..150 -> 25 ('other'), 0 (unlabelled) -> 255 (ignored by the loss). The paper's 12080-image
 subset is not published; we use every image of the split.
 
+TFDS's `scene_parse150` is not a substitute: its 'annotation' is the 2017 instance challenge's
+`annotations_instance` PNG (instance-challenge object categories and instance ids), not the
+150-class scene-parsing label map above, so its ids cannot be mapped to DIH's top-25 labels.
+
 Items: {'image': uint8 [H, W, 3], 'label': uint8 [H, W] in {0..25, 255}, 'path'}.
 """
 from __future__ import annotations
