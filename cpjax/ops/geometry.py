@@ -429,3 +429,32 @@ def invert_affine(matrix: jax.Array) -> jax.Array:
   det = m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]
   linear = jnp.array([[m[1, 1], -m[0, 1]], [-m[1, 0], m[0, 0]]]) / det
   return jnp.concatenate([linear, -(linear @ m[:, 2])[:, None]], axis=1)
+
+
+def phase_correlation_shift(a: jax.Array, b: jax.Array) -> jax.Array:
+  """The whole-pixel translation (dx, dy) that best maps `a` onto `b`: b(x, y) ~ a(x - dx, y - dy).
+
+  Phase correlation: the peak of the inverse FFT of the normalised cross-power spectrum of the
+  two grey images (mean removed, times a Hann window against the FFT's wrap-around, as
+  cv2.phaseCorrelate does); shifts are whole pixels in [-W/2, W/2) x [-H/2, H/2).
+  `affine_warp(a, [[1, 0, dx], [0, 1, dy]])` then moves a onto b.
+
+  Args:
+    a, b: [H, W, C] float images of one size.
+
+  Returns:
+    float32 [2]: (dx, dy).
+  """
+  h, w = a.shape[:2]
+  window = jnp.outer(jnp.hanning(h), jnp.hanning(w))
+
+  def spectrum(image):
+    grey = jnp.mean(image.astype(jnp.float32), axis=-1)
+    return jnp.fft.fft2((grey - jnp.mean(grey)) * window)
+
+  cross = spectrum(b) * jnp.conj(spectrum(a))
+  correlation = jnp.real(jnp.fft.ifft2(cross / jnp.maximum(jnp.abs(cross), 1e-12)))
+  dy, dx = jnp.divmod(jnp.argmax(correlation), w)
+  dy = jnp.where(dy >= (h + 1) // 2, dy - h, dy)
+  dx = jnp.where(dx >= (w + 1) // 2, dx - w, dx)
+  return jnp.stack([dx, dy]).astype(jnp.float32)

