@@ -48,15 +48,6 @@ def mask_name(composite_name: str) -> str:
   return "_".join(composite_name.split("_")[:-1]) + ".png"
 
 
-def _read(path: str) -> np.ndarray:
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except OSError as e:
-    raise DecodeError(path, e.strerror or str(e)) from e
-  return image_ops.decode_image(data, path)
-
-
 class IHarmony4Source:
   """The composites of some iHarmony4 subsets in one split, listed in the subsets' order."""
 
@@ -103,8 +94,8 @@ class IHarmony4Source:
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     composite_path, real_path, mask_path = self._paths(index)
-    composite, real = _read(composite_path), _read(real_path)
-    mask = _read(mask_path)[..., :1]
+    composite, real = image_ops.read_image(composite_path), image_ops.read_image(real_path)
+    mask = image_ops.read_image(mask_path)[..., :1]
     for other, path in ((real, real_path), (mask, mask_path)):
       if other.shape[:2] != composite.shape[:2]:
         raise DecodeError(path, f"is {other.shape[0]}x{other.shape[1]} but the composite "

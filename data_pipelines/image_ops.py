@@ -4,7 +4,8 @@ Every function takes and returns uint8 arrays [H, W, 3] (RGB), the format the pi
 the device; conversion to float32 [0, 1] happens on the device. Sizes are (height, width); an
 int size means a square.
 
-- `decode_image`: encoded bytes (PNG, JPEG, WebP, ...) -> RGB, with EXIF orientation applied.
+- `decode_image`: encoded bytes (PNG, JPEG, WebP, ...) -> RGB, with EXIF orientation applied;
+  `read_image` the same from a file.
 - `to_rgb`: any 2-D / 3-D image array (gray, gray + alpha, RGB, RGBA; uint8, uint16, bool or
   float in [0, 1]) -> uint8 RGB. Alpha is dropped (transparent pixels keep their stored colour).
 - `resize`: to an exact size, antialiased bicubic (PIL).
@@ -89,6 +90,24 @@ def to_rgb(image: np.ndarray, path: str = "<array>") -> np.ndarray:
   if x.shape[-1] == 1:
     x = np.repeat(x, 3, axis=-1)
   return np.ascontiguousarray(x)
+
+
+def read_bytes(path: str) -> bytes:
+  """The contents of a file; `DecodeError` naming it when it cannot be read."""
+  try:
+    with open(path, "rb") as f:
+      return f.read()
+  except OSError as e:
+    raise DecodeError(path, e.strerror or str(e)) from e
+
+
+def read_image(path: str) -> np.ndarray:
+  """The image file at `path` -> uint8 [H, W, 3] RGB (`decode_image`).
+
+  Raises:
+    DecodeError: the file cannot be opened or decoded (the message names it).
+  """
+  return decode_image(read_bytes(path), path)
 
 
 def decode_image(data: bytes, path: str = "<bytes>") -> np.ndarray:

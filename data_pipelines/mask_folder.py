@@ -40,7 +40,6 @@ from PIL import Image
 from data_pipelines import image_ops
 from data_pipelines import sources
 from data_pipelines import voc
-from data_pipelines.image_ops import DecodeError
 
 FIELD = "object_mask"   # the batch field: uint8 [B, h, w, 1] in {0, 255}
 _STREAM = 0x6D61736B    # 'mask': the mask draws' own random stream beside the crops'
@@ -71,11 +70,7 @@ def read_objects(path: str) -> np.ndarray:
   Raises:
     DecodeError: the file cannot be read or decoded (the message names it).
   """
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except OSError as e:
-    raise DecodeError(path, e.strerror or str(e)) from e
+  data = image_ops.read_bytes(path)
   if _mode(data) == "P":
     ids = voc.decode_label_png(data, path)
     return np.where(ids == voc.IGNORE_LABEL, 0, ids).astype(np.uint8)

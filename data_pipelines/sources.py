@@ -118,12 +118,7 @@ class FileSource:
 
   def __getitem__(self, index: int) -> Example:
     path = self._paths[index]
-    try:
-      with open(path, "rb") as f:
-        data = f.read()
-    except OSError as e:
-      raise DecodeError(path, e.strerror or str(e)) from e
-    return {"image": image_ops.decode_image(data, path), "path": path}
+    return {"image": image_ops.read_image(path), "path": path}
 
   def __repr__(self) -> str:
     return f"{type(self).__name__}({self._description}, {len(self)} images)"

@@ -127,19 +127,11 @@ class VideoClipSource:
   def path(self, index: int) -> str:
     return self.frame_paths(index)[0]
 
-  def _read(self, path: str) -> np.ndarray:
-    try:
-      with open(path, "rb") as f:
-        data = f.read()
-    except OSError as e:
-      raise DecodeError(path, e.strerror or str(e)) from e
-    return image_ops.decode_image(data, path)
-
   def __getitem__(self, index: int) -> dict[str, Any]:
     sequence, frames = self._frame_indices(index)
     paths = self.frame_paths(index)
     if self._frame_files[sequence]:
-      clip = [self._read(path) for path in paths]
+      clip = [image_ops.read_image(path) for path in paths]
     else:
       clip = list(self._video(sequence)[frames.start:frames.stop:frames.step])
     for k, frame in enumerate(clip[1:], start=1):
