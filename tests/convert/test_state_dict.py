@@ -3,7 +3,6 @@ converted-weights directory, and the tool's errors."""
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
