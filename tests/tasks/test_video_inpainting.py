@@ -131,7 +131,8 @@ def test_clip_motions_are_the_shifts_between_frames_and_the_baseline_uses_them()
   ex = jax.jit(task.problems)(batch, jax.random.key(0), jnp.zeros((), jnp.int32))
   np.testing.assert_array_equal(np.asarray(ex["motions"])[0, :, :, 2], shifts)
   ex["holes"] = jnp.zeros_like(ex["holes"]).at[:, 2, 12:20, 12:20].set(1.0)
-  prev = np.asarray(jax.jit(task._baselines)(ex)["prev_frame"])[0]  # pylint: disable=protected-access
+  baselines = jax.jit(task._baselines)(ex)  # pylint: disable=protected-access
+  prev = np.asarray(baselines["prev_frame"])[0]
   hole = np.asarray(ex["holes"])[0, 2, ..., 0] > 0
   np.testing.assert_allclose(prev[hole], frames[2][hole] / 255.0, atol=1e-5)
 
