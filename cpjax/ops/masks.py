@@ -231,6 +231,42 @@ def moving_blob_masks(key: jax.Array, num_frames: int, height: int, width: int,
   return jax.vmap(lambda p: blob_mask(height, width, shape, p))(placements)
 
 
+def wandering_blob_masks(key: jax.Array, num_frames: int, height: int, width: int,
+                         ranges: MovingMaskRanges = MovingMaskRanges(),
+                         period: Range = (40.0, 120.0)) -> jax.Array:
+  """A hole sequence of any length that stays in the frame: one random blob on a smooth loop.
+
+  `moving_blob_masks` random-walks, so over hundreds of frames its blob drifts out of the
+  image; for whole videos (`cpjax.tools.inpaint_video --masks=random:SEED`) the blob's centre
+  instead follows c(t) = 0.5 + 0.25 sin(2 pi t / P + phi) per axis (fractions of the side, so
+  within [0.25, 0.75]) and its angle theta_0 + 0.5 sin(2 pi t / P_r + phi_r), each period P ~
+  U(period) frames and phase phi ~ U(0, 2 pi); radius as in `ranges.radius`. The largest
+  step, 2 pi 0.25 / min(period) = 4 % of the side per frame, is within the training masks'
+  per-frame translation (`ranges.translation`).
+
+  Returns:
+    [T, height, width, 1] float32 in {0, 1}, 1 = hole; no frame is empty.
+  """
+  k_shape, k_u = jax.random.split(key)
+  u = jax.random.uniform(k_u, (8,), jnp.float32)
+  lo, hi = ranges.radius
+  radius = (lo + (hi - lo) * u[0]) * min(height, width)
+  periods = period[0] + (period[1] - period[0]) * u[1:4]
+  phases = 2 * math.pi * u[4:7]
+  t = jnp.arange(num_frames, dtype=jnp.float32)[:, None]
+  waves = jnp.sin(2 * math.pi * t / periods + phases)                   # [T, 3]: x, y, angle
+  centers = (0.5 + 0.25 * waves[:, :2]) * jnp.array([width, height], jnp.float32)
+  angles = 2 * math.pi * u[7] + 0.5 * waves[:, 2]
+  shape = random_blob_shape(k_shape)
+
+  def frame(center, angle):
+    placement = geometry.affine_about_center(height, width, rotation=angle, scale=radius,
+                                             translation=center, center=jnp.zeros(2, jnp.float32))
+    return blob_mask(height, width, shape, placement)
+
+  return jax.vmap(frame)(centers, angles)
+
+
 def object_path(key: jax.Array, num_frames: int, height: int, width: int,
                 ranges: MovingMaskRanges = MovingMaskRanges()) -> jax.Array:
   """An object's motion A_t = D_t o ... o D_1 with the per-frame ranges of `ranges`.

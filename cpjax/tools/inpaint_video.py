@@ -19,8 +19,9 @@ the reference memory (frames, holes, alignment features) stays on the device.
 
 --frames: a folder of images (e.g. DAVIS JPEGImages/480p/<seq>) or a video file. --masks: a
 folder with one mask per frame; omitted for a DAVIS folder, its Annotations folder is used;
---masks=random:SEED draws a moving synthetic object mask per frame (the training masks), for
-DAVIS-style evaluation of real frames with --evaluate.
+--masks=random:SEED draws a moving synthetic object mask per frame (a blob like the training
+masks, on a smooth path that keeps it in every frame), for DAVIS-style evaluation of real frames
+with --evaluate.
 --exposure=LOW,HIGH (paper sec. 5.3): instead of masks, the holes are the under/over-exposed
 pixels, luminance <= LOW or >= HIGH (in [0, 1]). --size=HxW resizes frames (bilinear) and masks
 (nearest) first, e.g. 240x424 as the paper's half-size DAVIS.
@@ -234,35 +235,40 @@ def evaluate(result: np.ndarray, truth: np.ndarray, holes: np.ndarray) -> dict[s
     result, truth: float32 [N, H, W, 3] in [0, 1]; holes: [N, H, W, 1] in {0, 1}.
 
   Returns:
-    {'result': {'psnr', 'ssim' (video means), 'psnr_per_frame', 'ssim_per_frame',
-    'temporal_error'}, 'mean_fill': the same for holes filled with each frame's mean visible
-    colour}. temporal_error = mean over consecutive frames and over the pixels in either hole of
-    |(x_{t+1} - x_t) - (g_{t+1} - g_t)|: flicker that the ground truth does not have.
+    {'result': {'psnr', 'ssim' (means over the frames that have a hole: a frame without one is
+    its ground truth, which says nothing), 'frames_scored', 'psnr_per_frame', 'ssim_per_frame'
+    (every frame), 'temporal_error'}, 'mean_fill': the same for holes filled with each frame's
+    mean visible colour}. temporal_error = mean over consecutive frames and over the pixels in
+    either hole of |(x_{t+1} - x_t) - (g_{t+1} - g_t)|: flicker that the ground truth does not
+    have.
   """
   visible = 1.0 - holes
   mean = np.sum(truth * visible, axis=(1, 2), keepdims=True) / np.maximum(
       np.sum(visible, axis=(1, 2), keepdims=True), 1.0)
   mean_fill = truth * visible + mean * holes
   either = np.maximum(holes[1:], holes[:-1])
+  scored = np.sum(holes, axis=(1, 2, 3)) > 0
   out = {}
   for name, pred in (("result", result), ("mean_fill", mean_fill)):
     psnr = np.asarray(jax.jit(metrics.psnr)(pred, truth))
     ssim = np.asarray(jax.jit(metrics.ssim)(pred, truth))
     flicker = np.abs((pred[1:] - pred[:-1]) - (truth[1:] - truth[:-1])) * either
     temporal = float(np.sum(flicker) / max(3.0 * np.sum(either), 1.0))
-    out[name] = {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)),
+    out[name] = {"psnr": float(np.mean(psnr[scored])), "ssim": float(np.mean(ssim[scored])),
+                 "frames_scored": int(np.sum(scored)),
                  "temporal_error": temporal, "psnr_per_frame": psnr.round(4).tolist(),
                  "ssim_per_frame": ssim.round(5).tolist()}
   return out
 
 
 def synthetic_holes(spec: str, n: int, size: tuple[int, int]) -> np.ndarray:
-  """'random:SEED' -> bool [n, H, W]: one random blob moving along its own affine path
-  (`cpjax.ops.masks.moving_blob_masks`, the training masks), for DAVIS-style evaluation."""
+  """'random:SEED' -> bool [n, H, W]: one random blob (the training masks' shapes) moving on a
+  smooth loop that keeps it in every frame however long the video
+  (`cpjax.ops.masks.wandering_blob_masks`), for DAVIS-style evaluation."""
   seed = spec.partition(":")[2]
   if not seed.isdigit():
     raise ToolError(f"--masks={spec} is not random:SEED; give e.g. --masks=random:0.")
-  holes = jax.jit(mask_ops.moving_blob_masks, static_argnums=(1, 2, 3))(
+  holes = jax.jit(mask_ops.wandering_blob_masks, static_argnums=(1, 2, 3))(
       jax.random.key(int(seed)), n, *size)
   return np.asarray(holes)[..., 0] > 0.5
 

@@ -154,6 +154,35 @@ def test_exposure_mode_holes_are_the_badly_exposed_pixels(tmp_path):
     inpaint_video.load_inputs(str(folder), None, "0.9,0.1", None, 1)
 
 
+def test_random_masks_stay_in_every_frame_of_a_long_video_and_move_smoothly():
+  """500 frames: every hole keeps at least half the largest hole's area (it never leaves the
+  frame), consecutive holes overlap (IoU > 0.5), and the blob travels across the frame."""
+  holes = inpaint_video.synthetic_holes("random:7", 500, (72, 128))
+  areas = holes.sum(axis=(1, 2))
+  assert holes.shape == (500, 72, 128) and areas.min() > 0.5 * areas.max() > 0
+  inter = np.sum(holes[1:] & holes[:-1], axis=(1, 2))
+  union = np.sum(holes[1:] | holes[:-1], axis=(1, 2))
+  assert np.min(inter / union) > 0.5
+  centres = np.array([np.argwhere(h).mean(axis=0) for h in holes[::25]])
+  assert np.ptp(centres[:, 1]) > 0.3 * 128 and np.ptp(centres[:, 0]) > 0.3 * 72
+  assert not np.array_equal(holes, inpaint_video.synthetic_holes("random:8", 500, (72, 128)))
+
+
+def test_video_scores_average_the_frames_that_have_a_hole():
+  """A frame without a hole is its own ground truth: it gets a per-frame score but does not
+  enter the video means (here frame 1 of 3; frames 0 and 2 have equal errors)."""
+  truth = np.full((3, 8, 8, 3), 0.5, np.float32)
+  holes = np.zeros((3, 8, 8, 1), np.float32)
+  holes[0, :4], holes[2, 4:] = 1.0, 1.0
+  result = truth + 0.1 * holes
+  scores = inpaint_video.evaluate(result, truth, holes)["result"]
+  want = 10 * np.log10(1 / (0.01 / 2))
+  assert scores["frames_scored"] == 2
+  np.testing.assert_allclose(scores["psnr"], want, rtol=1e-5)
+  np.testing.assert_allclose(scores["psnr_per_frame"][::2], [want, want], rtol=1e-4)
+  assert scores["psnr_per_frame"][1] == 100.0
+
+
 def test_random_masks_are_moving_blobs_of_the_frame_size(tmp_path):
   folder = tmp_path / "frames"
   folder.mkdir()
