@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import REPO, load_config
 from cpjax import tasks
-from cpjax.ops import geometry, masks
+from cpjax.ops import masks
 from cpjax.tasks import video_inpainting
 from cpjax.train import partitioning, trainer
 from data_pipelines import pipeline, video_clips
@@ -86,8 +86,9 @@ def test_train_step_with_a_mask_folder_uses_its_masks_as_holes(tmp_path):
 
 def test_real_clips_are_used_as_they_are_with_the_same_holes(tmp_path):
   """With a video_clips source the example's frames are the clip's (scaled to [0, 1]), its
-  motions the identity and its holes those a still image gets from the same key; train and eval
-  steps run; clips of another length than sequence.num_frames are a clear error."""
+  motions translations (the target's the identity) and its holes those a still image gets from
+  the same key; train and eval steps run; clips of another length than sequence.num_frames are
+  a clear error."""
   for s, name in enumerate(("bear", "car")):
     (tmp_path / name).mkdir()
     for i in range(6):
@@ -135,20 +136,6 @@ def test_clip_motions_are_the_shifts_between_frames_and_the_baseline_uses_them()
   prev = np.asarray(baselines["prev_frame"])[0]
   hole = np.asarray(ex["holes"])[0, 2, ..., 0] > 0
   np.testing.assert_allclose(prev[hole], frames[2][hole] / 255.0, atol=1e-5)
-
-
-def test_phase_correlation_finds_whole_pixel_shifts_like_opencv():
-  """Crops of a real photo shifted by known amounts: our shift is exact and within a pixel of
-  cv2.phaseCorrelate's sub-pixel estimate (same Hann window)."""
-  import skimage.data  # pylint: disable=import-outside-toplevel
-  photo = skimage.data.coffee().astype(np.float64) / 255.0
-  window = cv2.createHanningWindow((48, 64), cv2.CV_64F)   # (width, height)
-  for dx, dy in ((3, -5), (-7, 2), (12, 9), (0, 0), (-20, -11)):
-    a, b = photo[100:164, 200:248], photo[100 - dy:164 - dy, 200 - dx:248 - dx]
-    got = np.asarray(jax.jit(geometry.phase_correlation_shift)(a, b))
-    np.testing.assert_array_equal(got, (dx, dy))
-    want, _ = cv2.phaseCorrelate(a.mean(-1), b.mean(-1), window)
-    assert np.max(np.abs(got - np.asarray(want))) < 1.0, (got, want)
 
 
 def test_fill_nearest_keeps_valid_pixels_and_reaches_only_so_far():
