@@ -201,6 +201,20 @@ class MovingMaskRanges:
   translation: float = 0.06
 
 
+def _blob_radius(u: jax.Array, height: int, width: int, ranges: MovingMaskRanges) -> jax.Array:
+  """The blob's mean radius in pixels for a uniform draw u in [0, 1) (`ranges.radius`)."""
+  lo, hi = ranges.radius
+  return (lo + (hi - lo) * u) * min(height, width)
+
+
+def _blob_placement(height: int, width: int, radius: jax.Array, center: jax.Array,
+                    angle: jax.Array) -> jax.Array:
+  """[2, 3] map from the blob's unit frame to index coordinates: scaled by radius, rotated by
+  angle, centred at center (x, y) in pixels."""
+  return geometry.affine_about_center(height, width, rotation=angle, scale=radius,
+                                      translation=center, center=jnp.zeros(2, jnp.float32))
+
+
 def moving_blob_masks(key: jax.Array, num_frames: int, height: int, width: int,
                       ranges: MovingMaskRanges = MovingMaskRanges()) -> jax.Array:
   """A hole sequence: one random blob moving along its own random affine path.
@@ -219,12 +233,10 @@ def moving_blob_masks(key: jax.Array, num_frames: int, height: int, width: int,
   """
   k_shape, k_start, k_path = jax.random.split(key, 3)
   u = jax.random.uniform(k_start, (4,), jnp.float32)
-  lo, hi = ranges.radius
-  radius = (lo + (hi - lo) * u[0]) * min(height, width)
+  radius = _blob_radius(u[0], height, width, ranges)
   c_lo, c_hi = ranges.center
   center = (c_lo + (c_hi - c_lo) * u[1:3]) * jnp.array([width, height], jnp.float32)
-  start = geometry.affine_about_center(height, width, rotation=2 * math.pi * u[3], scale=radius,
-                                       translation=center, center=jnp.zeros(2, jnp.float32))
+  start = _blob_placement(height, width, radius, center, 2 * math.pi * u[3])
   path = object_path(k_path, num_frames, height, width, ranges)
   shape = random_blob_shape(k_shape)
   placements = jax.vmap(lambda a: geometry.compose_affine(a, start))(path)
@@ -249,8 +261,7 @@ def wandering_blob_masks(key: jax.Array, num_frames: int, height: int, width: in
   """
   k_shape, k_u = jax.random.split(key)
   u = jax.random.uniform(k_u, (8,), jnp.float32)
-  lo, hi = ranges.radius
-  radius = (lo + (hi - lo) * u[0]) * min(height, width)
+  radius = _blob_radius(u[0], height, width, ranges)
   periods = period[0] + (period[1] - period[0]) * u[1:4]
   phases = 2 * math.pi * u[4:7]
   t = jnp.arange(num_frames, dtype=jnp.float32)[:, None]
@@ -260,9 +271,7 @@ def wandering_blob_masks(key: jax.Array, num_frames: int, height: int, width: in
   shape = random_blob_shape(k_shape)
 
   def frame(center, angle):
-    placement = geometry.affine_about_center(height, width, rotation=angle, scale=radius,
-                                             translation=center, center=jnp.zeros(2, jnp.float32))
-    return blob_mask(height, width, shape, placement)
+    return blob_mask(height, width, shape, _blob_placement(height, width, radius, center, angle))
 
   return jax.vmap(frame)(centers, angles)
 
