@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cpjax.layers import ConvTranspose
 from cpjax.models.hrnet import HRNetOCR
 from cpjax.ops.geometry import resize_bilinear_align_corners
 
@@ -102,7 +103,7 @@ class DeconvBlock(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """[B, H, W, C] -> [B, 2H + 2 - 2 * padding, ..., features]."""
     q = 3 - self.padding  # lax padding k - 1 - p
-    x = nn.ConvTranspose(self.features, (4, 4), strides=(2, 2), padding=((q, q), (q, q)),
+    x = ConvTranspose(self.features, (4, 4), strides=(2, 2), padding=((q, q), (q, q)),
                          kernel_init=KERNEL_INIT, dtype=self.dtype,
                          param_dtype=self.param_dtype, name="deconv")(x)
     if self.norm:
@@ -323,7 +324,7 @@ class _TsaiDecoder(nn.Module):
       features.append(x)
     if side is not None:
       x = jnp.concatenate([x, side[-1]], axis=-1)
-    out = nn.ConvTranspose(self.out_features, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
+    out = ConvTranspose(self.out_features, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
                            kernel_init=KERNEL_INIT, dtype=self.dtype,
                            param_dtype=self.param_dtype, name="output")(x)
     return out.astype(jnp.float32), features

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cpjax.layers import ConvTranspose
 from cpjax.models.vgg import VGG16, WIDTHS, caffe_preprocess
 
 Dtype = Any
@@ -122,8 +123,8 @@ class FCN(nn.Module):
     return nn.Conv(features, (kernel, kernel), padding="VALID", dtype=self.dtype,
                    param_dtype=self.param_dtype, name=name, **init)
 
-  def _upscore(self, stride: int, name: str) -> nn.ConvTranspose:
-    return nn.ConvTranspose(self.num_classes, (2 * stride, 2 * stride), strides=(stride, stride),
+  def _upscore(self, stride: int, name: str) -> ConvTranspose:
+    return ConvTranspose(self.num_classes, (2 * stride, 2 * stride), strides=(stride, stride),
                             padding="VALID", use_bias=False, transpose_kernel=True,
                             kernel_init=_bilinear_init, dtype=self.dtype,
                             param_dtype=self.param_dtype, name=name)

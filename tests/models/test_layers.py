@@ -4,6 +4,7 @@ Parameters are filled from NumPy after `jax.eval_shape(init)`: on XLA:CPU each s
 `jax.random` draw of a new shape takes seconds to compile, and these tests check layers, not
 initialisers.
 """
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -167,3 +168,53 @@ def test_conv_act_threads_dtypes():
       lambda k: module.init_with_output(k, x, deterministic=True), jax.random.key(0))
   assert out.dtype == jnp.bfloat16
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding", [
+    ((5, 6), 4, 2, "SAME"),                 # copy-paste generator, DIH / iDIH decoders
+    ((5, 6), 4, 2, ((2, 2), (2, 2))),        # PyTorch ConvTranspose2d(4, 2, padding=1)
+    ((1, 1), 4, 2, ((3, 3), (3, 3))),        # ConvTranspose2d(4, 2, padding=0): 1 -> 4 px
+    ((3, 4), 4, 2, ((3, 3), (3, 3))),
+    ((3, 5), 16, 8, "VALID"),               # FCN upscore8 / upscore32
+    ((2, 3), 64, 32, "VALID"),
+    ((4, 4), 3, 2, ((1, 2), (0, 1))),        # odd kernel, asymmetric padding
+    ((4, 3), 2, 3, "VALID"),                 # kernel smaller than the stride: gaps
+])
+def test_conv_transpose_subpixel_equals_lax(size, kernel, stride, padding):
+  """The sub-pixel form gives lax.conv_transpose's outputs (shape and values to float rounding)
+  and the same gradients, for the layers cpjax uses and for odd cases (odd kernels, asymmetric
+  padding, a kernel smaller than the stride)."""
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.normal(size=(2, *size, 3)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 5)), jnp.float32)
+
+  def loss(fn):
+    return lambda x, k: jnp.sum(jnp.sin(fn(x, k)))
+
+  lax_fn = lambda x, k: layers.conv_transpose(x, k, (stride, stride), padding, subpixel=False)  # noqa: E731
+  sub_fn = lambda x, k: layers.conv_transpose(x, k, (stride, stride), padding)  # noqa: E731
+  expected, got = lax_fn(x, k), sub_fn(x, k)
+  assert got.shape == expected.shape
+  scale = float(jnp.max(jnp.abs(expected)))
+  np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * scale)
+  for g_expected, g_got in zip(jax.grad(loss(lax_fn), (0, 1))(x, k),
+                               jax.grad(loss(sub_fn), (0, 1))(x, k)):
+    np.testing.assert_allclose(g_got, g_expected, rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(g_expected))))
+
+
+@pytest.mark.parametrize("transpose_kernel", [False, True])
+def test_conv_transpose_module_is_flax_conv_transpose(transpose_kernel):
+  """layers.ConvTranspose has flax nn.ConvTranspose's parameter tree and outputs, in both of its
+  implementations: checkpoints and converters written for flax's layer hold unchanged."""
+  x = jnp.asarray(np.random.default_rng(8).normal(size=(2, 4, 5, 3)), jnp.float32)
+  kw = dict(features=6, kernel_size=(4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
+            transpose_kernel=transpose_kernel)
+  flax_module = nn.ConvTranspose(**kw)
+  params = numpy_params(jax.eval_shape(flax_module.init, jax.random.key(0), x))
+  expected = flax_module.apply(params, x)
+  for impl in ("subpixel", "lax"):
+    module = layers.ConvTranspose(**kw, impl=impl)
+    assert jax.tree.map(jnp.shape, jax.eval_shape(module.init, jax.random.key(0), x)) == \
+        jax.tree.map(jnp.shape, params)
+    np.testing.assert_allclose(module.apply(params, x), expected, rtol=1e-5, atol=1e-5)
