@@ -34,7 +34,10 @@ Losses (sec. 4.1; weights in `loss.*`, the paper gives none, see configs/video_i
     Y_comp = Y hole + X (1 - hole) and of the ground truth; L_tv = total variation of Y_comp.
     The VGG16 (ImageNet weights, torchvision layout, `loss.vgg_weights`: an .npz or a directory
     of `python -m cpjax.tools.convert --model=vgg16_torchvision`) is frozen and lives in
-    the train state; it is built only when a perceptual or style weight is non-zero.
+    the train state; it is built only when a perceptual or style weight is non-zero and
+    `loss.vgg_weights` is set. Only training needs it: without it the state holds no VGG,
+    inference and evaluation run (e.g. converted released weights, whose config keeps the
+    paper's loss weights), and `train_step` stops with a message naming the setting.
 
 Optimiser: Adam, learning rate x0.1 every `optim.decay_steps` (paper: 1M iterations).
 
@@ -171,13 +174,10 @@ class VideoInpaintingTask(Task):
     self.refs = tuple(i for i in range(self.num_frames) if i != self.target)
     self.object_ranges = masks.MovingMaskRanges(**s.object.to_dict())
     loss = config.loss
-    self.use_vgg = loss.perceptual > 0 or loss.style > 0
-    if self.use_vgg and not loss.vgg_weights:
-      raise ValueError(
-          "the perceptual and style losses need ImageNet VGG16 weights: set "
-          "--config.loss.vgg_weights=/path/vgg16.npz (torchvision vgg16 state_dict arrays saved "
-          "with np.savez), or turn them off with --config.loss.perceptual=0 "
-          "--config.loss.style=0")
+    # The frozen VGG16 serves only the training losses: without weights for it the state holds
+    # none, and only `train_step` refuses to run (inference and evaluation never need it).
+    self.vgg_losses = loss.perceptual > 0 or loss.style > 0
+    self.use_vgg = self.vgg_losses and bool(loss.vgg_weights)
     o = config.optim
     schedule = optax.exponential_decay(o.lr, transition_steps=o.decay_steps,
                                        decay_rate=o.decay_rate, staircase=True)
@@ -192,8 +192,9 @@ class VideoInpaintingTask(Task):
             jnp.zeros((1, h, w, 1)))
 
   def init(self, key: jax.Array) -> VideoState:
-    """Random network and (with perceptual or style losses) random VGG16; `warm_start` loads
-    the pretrained VGG16 on the host, so no weights file is read under jit."""
+    """Random network and (with perceptual or style losses and `loss.vgg_weights`) random
+    VGG16; `warm_start` loads the pretrained VGG16 on the host, so no weights file is read
+    under jit."""
     net_key, vgg_key = jax.random.split(key)
     params = self.net.init(net_key, *self._dummy_inputs())["params"]
     vgg = VGG16().init(vgg_key, jnp.zeros((1, 32, 32, 3)))["params"] if self.use_vgg else {}
@@ -325,6 +326,18 @@ class VideoInpaintingTask(Task):
 
   def train_step(self, state: VideoState, batch: Batch,
                  key: jax.Array) -> tuple[VideoState, Metrics]:
+    """One Adam step on the weighted losses (module docstring).
+
+    Raises:
+      ValueError: perceptual or style weights without `loss.vgg_weights` (when traced, i.e.
+        before the first step runs).
+    """
+    if self.vgg_losses and not self.use_vgg:
+      raise ValueError(
+          "the perceptual and style losses need ImageNet VGG16 weights: set "
+          "--config.loss.vgg_weights=/path/vgg16.npz (torchvision vgg16 state_dict arrays saved "
+          "with np.savez), or turn them off with --config.loss.perceptual=0 "
+          "--config.loss.style=0")
     ex = self.problems(batch, key, state.step)
     weights = self.config.loss
 

@@ -150,10 +150,21 @@ def test_fill_nearest_keeps_valid_pixels_and_reaches_only_so_far():
   np.testing.assert_array_equal(got[~near], 0.0)
 
 
-def test_perceptual_loss_without_vgg_weights_is_a_clear_error():
-  config = load_config("video_inpainting")
+def test_vgg_weights_are_needed_for_training_only():
+  """The paper config (perceptual and style losses on) without loss.vgg_weights builds, its
+  state holds no VGG and the network evaluates (inference never needs the loss network); the
+  train step stops with a message naming the settings."""
+  config = load_config("video_inpainting", "tiny")
+  config.loss.perceptual, config.loss.style = 0.05, 120.0
+  task = tasks.build(config)
+  key = jax.random.key(0)
+  state = jax.eval_shape(task.init, key)
+  assert state.vgg == {}
+  batch = {"image": jnp.zeros((2, 32, 32, 3), jnp.uint8), "index": jnp.arange(2)}
+  scores = jax.eval_shape(task.eval_step, state, batch, key)
+  assert scores["psnr"].shape == (2,)
   with pytest.raises(ValueError, match="--config.loss.vgg_weights=.*--config.loss.perceptual=0"):
-    tasks.build(config)
+    jax.eval_shape(task.train_step, state, batch, key)
 
 
 def test_vgg_weights_load_from_torchvision_layout(tmp_path):
