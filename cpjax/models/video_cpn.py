@@ -200,7 +200,7 @@ def masked_softmax(scores: jax.Array, mask: jax.Array, present: jax.Array | None
     scores: [B, T, ...] similarities (broadcast against mask).
     mask: [B, T, ...] visibility in {0, 1}.
     present: [T] bool, references that exist (False = padding of a fixed-size reference set:
-      weight 0 and excluded from the max); None = all.
+      weight 0 and excluded from the max; with none present every weight is 0); None = all.
     axis: the reference axis.
 
   Returns:
@@ -213,6 +213,7 @@ def masked_softmax(scores: jax.Array, mask: jax.Array, present: jax.Array | None
     present = present.reshape(shape)
     mask = mask * present
     top = jnp.max(jnp.where(present, masked, -jnp.inf), axis=axis, keepdims=True)
+    top = jnp.where(jnp.isneginf(top), 0.0, top)   # no reference at all: weights 0, not NaN
   else:
     top = jnp.max(masked, axis=axis, keepdims=True)
   exps = jnp.exp(masked - top) * mask

@@ -108,9 +108,11 @@ def test_released_procedure_truncates_and_keeps_the_unmasked_pixels(video_demo_t
                                                                     tmp_path):
   """A run with --released writes, outside the dilated holes, exactly the released test's
   pixels: (blend of the two passes, both the cv2-resized float frame there) * 255 truncated
-  to uint8; truncation differs from rounding on many of them, and the holes are filled."""
+  to uint8; truncation differs from rounding on many of them, and the holes are filled, also
+  in frame 0, which the window rule leaves without references in a 3-frame video."""
   workdir, _ = video_demo_tiny_run
-  frame_files, mask_files = _davis_like_clip(tmp_path, n=4)
+  frame_files, mask_files = _davis_like_clip(tmp_path, n=3)
+  assert inpaint_video.reference_indices(0, 3) == []
   summary = inpaint_video.run(str(workdir), str(tmp_path / "frames"), str(tmp_path / "out"),
                               masks=str(tmp_path / "masks"), size="40x56", released=True)
   assert summary["procedure"] == "released" and summary["size"] == [40, 56]
