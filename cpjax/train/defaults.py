@@ -17,6 +17,7 @@ def trainer_config() -> ml_collections.ConfigDict:
   c.fsdp = False                         # True: shard params + optimizer state over `data`
   c.log_every_steps = 50
   c.sample_every_steps = 1000            # 0 = never (a grid is still written at the end)
+  c.profile_steps = ""                   # 'A,B': jax.profiler trace of train steps A..B
   c.checkpoint = dict(every_steps=1000, max_to_keep=3, async_save=True)
   # repeats: examples drawn from each eval image (tasks with random problems per example).
   # mode, full_size: evaluation geometry (`data.eval_mode`, `data.full_size`).

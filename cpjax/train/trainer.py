@@ -3,7 +3,7 @@
 Used by every task (`cpjax.tasks`). Config fields read here (each config sets them):
   task, seed, total_steps, batch_size (global), fsdp,
   data.*                          training pipeline (`data_pipelines.pipeline`),
-  log_every_steps, sample_every_steps,
+  log_every_steps, sample_every_steps, profile_steps ('A,B': trace of steps A..B),
   checkpoint.every_steps, checkpoint.max_to_keep, checkpoint.async_save,
   eval.source, eval.num_examples, eval.repeats, eval.batch_size,
   eval.every_steps (0 = only at the end), eval.step (-1 = latest), eval.follow, eval.poll_secs,
@@ -221,6 +221,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   Returns the final train state (for tests and notebooks).
   """
   _require_source(config.data.source, config, "data.source")
+  profiler = writers.Profiler(workdir, config.profile_steps, enabled=jax.process_index() == 0)
   run = _Run(config, workdir, devices)
   partitioning.check_batch_size(config.batch_size, run.mesh)
   writer = writers.Writer(run.workdir, "train", enabled=run.is_chief)
@@ -255,8 +256,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
       local = next(data)
       skipped_files += int(np.sum(local.pop("skipped", 0)))
       batch = partitioning.global_batch(local, run.mesh)
+      profiler.before_step(step + 1)
       state, metrics = run.train_fn(state, batch, run.root_key)
       step += 1
+      profiler.after_step(step, metrics)
       pending.append((step, metrics))
       final = step == config.total_steps
       save_due = final or step % config.checkpoint.every_steps == 0
@@ -271,6 +274,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
       if final or (config.eval.every_steps and step % config.eval.every_steps == 0):
         run.evaluate(state, step, writers.Writer(run.workdir, "eval", enabled=run.is_chief))
   finally:
+    profiler.stop()
     preemption.restore()
     run.checkpointer.close()
     writer.close()

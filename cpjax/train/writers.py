@@ -1,4 +1,4 @@
-"""What a person watches: console progress, TensorBoard event files, PNG sample grids.
+"""What a person watches: console progress, TensorBoard event files, PNG sample grids, profiles.
 
 Only process 0 writes (`Writer(enabled=jax.process_index() == 0)`); on other processes every
 method is a no-op. TensorBoard files are written by tensorboardX, which needs no TensorFlow.
@@ -86,3 +86,61 @@ class Writer:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def parse_step_range(spec: str) -> tuple[int, int] | None:
+  """'A,B' (first and last step, A <= B) -> (A, B); '' -> None.
+
+  Raises:
+    ValueError: anything else, naming the expected form.
+  """
+  if not spec:
+    return None
+  parts = spec.split(",")
+  try:
+    first, last = (int(p) for p in parts)
+  except ValueError:
+    first, last = 0, -1
+  if len(parts) != 2 or not 1 <= first <= last:
+    raise ValueError(f"profile_steps={spec!r}; give 'A,B', the first and last train step to "
+                     "trace (1 <= A <= B), e.g. --config.profile_steps=10,12.")
+  return first, last
+
+
+class Profiler:
+  """A `jax.profiler` trace of train steps A..B (`config.profile_steps='A,B'`), process 0 only.
+
+  Written to `workdir/tensorboard/plugins/profile/<time>/`: TensorBoard's profile tab reads the
+  `.xplane.pb` (trace viewer, per-op statistics), and `perfetto_trace.json.gz` opens in
+  https://ui.perfetto.dev without TensorBoard. Tracing starts before step A runs and stops after
+  step B has finished (its outputs are waited for), so the trace holds exactly those steps.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, spec: str, *, enabled: bool):
+    self.steps = parse_step_range(spec)
+    self.enabled = enabled
+    self.directory = pathlib.Path(workdir) / "tensorboard"
+    self._active = False
+
+  def before_step(self, step: int) -> None:
+    """Called with the number of the step about to run (1 for the first)."""
+    if self.enabled and self.steps is not None and step == self.steps[0] and not self._active:
+      import jax  # pylint: disable=g-import-not-at-top
+      jax.profiler.start_trace(str(self.directory), create_perfetto_trace=True)
+      self._active = True
+
+  def after_step(self, step: int, outputs) -> None:
+    """Called after `step` was dispatched, with its outputs (waited for at the last step)."""
+    if self._active and step >= self.steps[1]:
+      self.stop(outputs)
+
+  def stop(self, outputs=None) -> None:
+    if not self._active:
+      return
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.block_until_ready(outputs)
+    jax.profiler.stop_trace()
+    self._active = False
+    logging.info("wrote a profile of steps %d-%d under %s (TensorBoard's profile tab, or "
+                 "perfetto_trace.json.gz in ui.perfetto.dev)", *self.steps,
+                 self.directory / "plugins" / "profile")

@@ -188,14 +188,20 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
 
 def test_command_line_end_to_end(tmp_path):
   """`python -m cpjax.main --config=configs/demo.py:tiny` writes checkpoints, TensorBoard events,
-  sample PNGs and eval JSON; eval and eval_sweep then work on the same directory."""
+  sample PNGs, eval JSON, the profile of the steps asked for and compiled executables into the
+  cache folder given; eval and eval_sweep then work on the same directory."""
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  cache = tmp_path / "cache"
   run = subprocess.run(_main_cmd(tmp_path, "--config.total_steps=2",
                                  "--config.sample_every_steps=1",
-                                 "--config.checkpoint.every_steps=1"),
+                                 "--config.checkpoint.every_steps=1",
+                                 "--config.profile_steps=2,2", f"--compilation_cache={cache}"),
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
   assert (tmp_path / "checkpoints" / "2").is_dir()
+  assert len(list(cache.iterdir())) >= 2   # at least init and the train step
+  [profile] = (tmp_path / "tensorboard" / "plugins" / "profile").iterdir()
+  assert list(profile.glob("*.xplane.pb")) and (profile / "perfetto_trace.json.gz").exists()
   assert list((tmp_path / "tensorboard" / "train").glob("events.out.tfevents.*"))
   assert list((tmp_path / "tensorboard" / "eval").glob("events.out.tfevents.*"))
   assert (tmp_path / "samples" / "train_00000001.png").exists()
@@ -241,3 +247,12 @@ def test_eval_sweep_follow_waits_for_the_final_step(tmp_path):
   out, _ = sweep.communicate(timeout=300)
   assert sweep.returncode == 0, out[-3000:]
   assert (tmp_path / "eval" / "step_00000002.json").exists()
+
+
+@pytest.mark.parametrize("spec", ["3", "0,2", "5,4", "a,b", "1,2,3"])
+def test_bad_profile_steps_are_refused_before_training(spec, tmp_path):
+  """profile_steps must be 'A,B' with 1 <= A <= B; anything else is a one-line error that shows
+  the form, raised before any step runs."""
+  with pytest.raises(ValueError, match="give 'A,B'"):
+    trainer.train(_tiny(profile_steps=spec), tmp_path, devices=jax.devices()[:1])
+  assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
