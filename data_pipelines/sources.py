@@ -33,7 +33,8 @@ Spec strings (`make_source(spec)`, the `source` field of a data config):
 - Task-specific datasets live in their own modules, imported only when named (`_PLUGINS`):
   `iharmony4:...` (data_pipelines.iharmony4), `ade20k:...` (data_pipelines.ade20k), `voc:...`
   (data_pipelines.voc), `seg_samples[:split]` (data_pipelines.synthetic_segmentation),
-  `video_clips:...` (data_pipelines.video_clips: clips of consecutive video frames). Each
+  `video_clips:...` (data_pipelines.video_clips: clips of consecutive video frames),
+  `davis:...` (data_pipelines.davis: DAVIS clips with another video's object masks). Each
   module's `source_from_spec(rest, image_key=...)` documents its form.
 
 Multi-field items. Besides 'image', an item may hold more arrays aligned with it pixel for
@@ -81,6 +82,7 @@ _PLUGINS = {
     "voc": "data_pipelines.voc:source_from_spec",
     "seg_samples": "data_pipelines.synthetic_segmentation:source_from_spec",
     "video_clips": "data_pipelines.video_clips:source_from_spec",
+    "davis": "data_pipelines.davis:source_from_spec",
 }
 
 

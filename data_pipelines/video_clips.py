@@ -14,7 +14,10 @@ one window are left out.
 
 Items hold the frames as aligned 'image' fields, so the pipeline crops, resizes and flips every
 frame of a clip identically (`data_pipelines.pipeline`): frame 0 is 'image', frame k is
-`frame_field(k)` = 'frame_k', all uint8 [H, W, 3]; `clip_length(batch)` counts them.
+`frame_field(k)` = 'frame_k', all uint8 [H, W, 3]; `clip_length(batch)` counts them. A source
+that also gives each frame's hole (`data_pipelines.davis`) adds them as 'label' fields
+`hole_field(k)` = 'hole_k', uint8 [H, W], 1 = hole (0 = not; the pipeline's label padding,
+255, is not a hole either).
 An unreadable frame is a `DecodeError` naming it (training replaces the clip with the next one).
 """
 from __future__ import annotations
@@ -35,6 +38,11 @@ _FORM = "video_clips:ROOT[:NUM_FRAMES[:STEP]]"
 def frame_field(k: int) -> str:
   """The batch field of frame k of a clip ('image' for frame 0)."""
   return "image" if k == 0 else f"frame_{k}"
+
+
+def hole_field(k: int) -> str:
+  """The batch field of the hole of frame k of a clip, when the source gives holes."""
+  return f"hole_{k}"
 
 
 def clip_length(batch: Mapping[str, Any]) -> int:
@@ -73,7 +81,10 @@ def _sequences(root: pathlib.Path) -> list[pathlib.Path]:
 class VideoClipSource:
   """Windows of consecutive frames from frame folders and video files (module docstring)."""
 
-  def __init__(self, root: str, num_frames: int = DEFAULT_NUM_FRAMES, step: int = 1):
+  def __init__(self, root: str, num_frames: int = DEFAULT_NUM_FRAMES, step: int = 1,
+               sequences: list[pathlib.Path] | None = None):
+    """The clips of the sequences under `root`, or of `sequences` (frame folders or videos, in
+    that order) when given; `root` then only names the collection in messages."""
     if num_frames < 2 or step < 1:
       raise ValueError(f"video clips need NUM_FRAMES >= 2 and STEP >= 1 (got {num_frames}, "
                        f"{step}); write {_FORM}")
@@ -85,7 +96,7 @@ class VideoClipSource:
     self._decoded: dict[int, np.ndarray] = {}    # video files read so far (not pickled)
     self._windows: list[tuple[int, int]] = []    # (sequence, first frame)
     short = []
-    for sequence in _sequences(self._root):
+    for sequence in sequences if sequences is not None else _sequences(self._root):
       files = [] if _is_video(sequence) else [str(f) for f in video.image_files(sequence)]
       self._sequences.append(sequence)
       self._frame_files.append(files)
@@ -115,13 +126,14 @@ class VideoClipSource:
   def __len__(self) -> int:
     return len(self._windows)
 
-  def _frame_indices(self, index: int) -> tuple[int, range]:
+  def window(self, index: int) -> tuple[int, range]:
+    """(sequence number, frame numbers) of clip `index`."""
     sequence, first = self._windows[index]
     return sequence, range(first, first + self.num_frames * self.step, self.step)
 
   def frame_paths(self, index: int) -> list[str]:
     """The files of the clip's frames ('VIDEO#i' for frame i of a video file)."""
-    sequence, frames = self._frame_indices(index)
+    sequence, frames = self.window(index)
     files = self._frame_files[sequence]
     return [files[i] if files else f"{self._sequences[sequence]}#{i}" for i in frames]
 
@@ -129,7 +141,7 @@ class VideoClipSource:
     return self.frame_paths(index)[0]
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    sequence, frames = self._frame_indices(index)
+    sequence, frames = self.window(index)
     paths = self.frame_paths(index)
     if self._frame_files[sequence]:
       clip = [image_ops.read_image(path) for path in paths]

@@ -20,7 +20,9 @@ consecutive frames, cropped and flipped alike on the host; the frames are used a
 synthetic camera motion on top of the real one) and the holes move as above. Their true motion
 is unknown: 'motions' are the whole-pixel translations from the target frame to each frame that
 phase correlation of the complete frames finds (`geometry.phase_correlation_shift`), used only
-by the 'prev_frame' baseline below.
+by the 'prev_frame' baseline below. A `davis:ROOT[:IMSET]` source (`data_pipelines.davis`, the
+paper's DAVIS evaluation) gives each clip its holes as well: another video's object masks,
+dilated here `sequence.dilate` times with the 3x3 cross (`dilate_cross`) at the evaluated size.
 
 Losses (sec. 4.1; weights in `loss.*`, the paper gives none, see configs/video_inpainting.py):
   L = w_align L_align + w_valid L_valid + w_hv L_hole_visible + w_hi L_hole_invisible
@@ -41,8 +43,9 @@ Losses (sec. 4.1; weights in `loss.*`, the paper gives none, see configs/video_i
 
 Optimiser: Adam, learning rate x0.1 every `optim.decay_steps` (paper: 1M iterations).
 
-Evaluation: fixed seeded sequences from held-out images (the same at every checkpoint); PSNR and
-SSIM of the completed target frame against the original, beside two baselines on the same
+Evaluation: fixed seeded sequences from held-out images or clips (the same at every checkpoint);
+PSNR and SSIM of the completed target frame against the original (averaged over the examples
+whose target has a hole: 'scored_examples'), beside two baselines on the same
 problems: 'mean_fill' (holes filled with the mean colour of the frame's visible pixels) and
 'prev_frame' (the previous frame aligned to the target with the TRUE synthetic motion; hole
 pixels it sees are copied, the rest take the nearest visible value, `fill_nearest`; on real
@@ -100,6 +103,19 @@ def align_feature_shape(config: ml_collections.ConfigDict) -> tuple[int, int, in
 def fill_holes_with_mean(frames: jax.Array, holes: jax.Array) -> jax.Array:
   """Frames with the holes painted the ImageNet mean colour (the reference's input)."""
   return frames * (1.0 - holes) + holes * jnp.asarray(IMAGENET_MEAN, frames.dtype)
+
+
+def dilate_cross(holes: jax.Array, iterations: int) -> jax.Array:
+  """Binary dilation of [..., H, W, 1] holes in {0, 1} with the 3x3 cross, `iterations` times:
+  cv2.dilate(holes, getStructuringElement(MORPH_CROSS, (3, 3)), iterations=iterations), as the
+  released test code dilates its masks. Returns an array of the input's shape and dtype."""
+  for _ in range(iterations):
+    pad = [(0, 0)] * (holes.ndim - 3) + [(1, 1), (1, 1), (0, 0)]
+    p = jnp.pad(holes, pad)
+    holes = jnp.maximum(jnp.maximum(jnp.maximum(p[..., :-2, 1:-1, :], p[..., 2:, 1:-1, :]),
+                                    jnp.maximum(p[..., 1:-1, :-2, :], p[..., 1:-1, 2:, :])),
+                        holes)
+  return holes
 
 
 def fill_nearest(image: jax.Array, valid: jax.Array, iterations: int) -> jax.Array:
@@ -244,23 +260,34 @@ class VideoInpaintingTask(Task):
     return {"frames": jnp.clip(frames, 0.0, 1.0), "holes": self._holes(k_obj, shape),
             "motions": motions}
 
-  def _clip(self, key: jax.Array, frames: jax.Array, shape: jax.Array | None = None
-            ) -> dict[str, jax.Array]:
-    """One example from a real clip [T, H, W, 3]: the frames, moving holes drawn as in
-    `_sequence` (the same key split), and as motions the translations from the target to each
-    frame that phase correlation finds (the true motion is unknown; module docstring)."""
-    _, k_obj = jax.random.split(key)
+  def _clip_motions(self, frames: jax.Array) -> jax.Array:
+    """[T, 2, 3]: the translations from the target to each frame of a real clip [T, H, W, 3]
+    that phase correlation finds (the true motion is unknown; module docstring)."""
     shifts = jax.vmap(geometry.phase_correlation_shift, in_axes=(None, 0))(
         frames[self.target], frames)
     motions = jnp.broadcast_to(jnp.eye(2, 3, dtype=jnp.float32), (self.num_frames, 2, 3))
-    motions = motions.at[:, :, 2].set(shifts)
-    return {"frames": frames, "holes": self._holes(k_obj, shape), "motions": motions}
+    return motions.at[:, :, 2].set(shifts)
+
+  def _clip(self, key: jax.Array, frames: jax.Array, shape: jax.Array | None = None
+            ) -> dict[str, jax.Array]:
+    """One example from a real clip [T, H, W, 3]: the frames, moving holes drawn as in
+    `_sequence` (the same key split) and `_clip_motions`."""
+    _, k_obj = jax.random.split(key)
+    return {"frames": frames, "holes": self._holes(k_obj, shape),
+            "motions": self._clip_motions(frames)}
+
+  def _clip_with_holes(self, frames: jax.Array, holes: jax.Array) -> dict[str, jax.Array]:
+    """One example from a real clip [T, H, W, 3] with its own holes [T, H, W, 1] (a `davis`
+    source), dilated `sequence.dilate` times."""
+    return {"frames": frames, "holes": dilate_cross(holes, self.config.sequence.dilate),
+            "motions": self._clip_motions(frames)}
 
   def problems(self, batch: Batch, key: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
     """Sequences built on device from the batch's images, or its clips ('image', 'frame_1',
     ... of a `video_clips` source), with the 'object_mask' shapes when the pipeline has a mask
-    folder: frames (ground truth), holes, inputs (holes filled with the mean colour), motions;
-    all with leading [B, T]."""
+    folder, or the clips' own holes ('hole_0', ... of a `davis` source, value 1 = hole):
+    frames (ground truth), holes, inputs (holes filled with the mean colour), motions; all with
+    leading [B, T]."""
     length = video_clips.clip_length(batch)
     if length == 1:
       make, pixels = self._sequence, batch["image"]
@@ -272,7 +299,10 @@ class VideoInpaintingTask(Task):
                        f"sequence.num_frames is {self.num_frames}; make them equal (the T of "
                        f"video_clips:ROOT:T, or --config.sequence.num_frames={length})")
     args = [example_keys(key, step, batch["index"]), pixels.astype(jnp.float32) / 255.0]
-    if mask_folder.FIELD in batch:
+    if video_clips.hole_field(0) in batch and length > 1:
+      holes = jnp.stack([batch[video_clips.hole_field(k)] == 1 for k in range(length)], axis=1)
+      make, args = self._clip_with_holes, [args[1], holes[..., None].astype(jnp.float32)]
+    elif mask_folder.FIELD in batch:
       args.append((batch[mask_folder.FIELD] > 127).astype(jnp.float32))
     ex = jax.vmap(make)(*args)
     ex["inputs"] = fill_holes_with_mean(ex["frames"], ex["holes"])
@@ -384,18 +414,28 @@ class VideoInpaintingTask(Task):
     return ex, self.forward(state.params, ex)
 
   def eval_step(self, state: VideoState, batch: Batch, key: jax.Array) -> Metrics:
-    """PSNR / SSIM of the completed target and of both baselines, and the hole L1: [B] each."""
+    """PSNR / SSIM of the completed target and of both baselines, and the hole L1, each [B]
+    and 0 where the target has no hole; 'scored' [B]: 1 where it has one."""
     ex, out = self._fixed(state, batch, key)
     gt = ex["frames"][:, self.target]
     hole = ex["holes"][:, self.target]
+    area = jnp.sum(hole, axis=(1, 2, 3))
+    scored = (area > 0).astype(jnp.float32)
     results = {"": out["comp"], **{f"{k}_": v for k, v in self._baselines(ex).items()}}
-    scores = {}
+    scores = {"scored": scored}
     for prefix, pred in results.items():
-      scores[f"{prefix}psnr"] = metrics.psnr(pred, gt)
-      scores[f"{prefix}ssim"] = metrics.ssim(pred, gt)
+      scores[f"{prefix}psnr"] = metrics.psnr(pred, gt) * scored
+      scores[f"{prefix}ssim"] = metrics.ssim(pred, gt) * scored
       scores[f"{prefix}hole_l1"] = jnp.sum(jnp.abs(pred - gt) * hole, axis=(1, 2, 3)) / (
-          3.0 * jnp.maximum(jnp.sum(hole, axis=(1, 2, 3)), 1.0))
+          3.0 * jnp.maximum(area, 1.0))
     return scores
+
+  def summarize_eval(self, sums: dict[str, np.ndarray], count: int) -> dict[str, Any]:
+    """Means over the examples whose target has a hole (a target without one is its own ground
+    truth and says nothing: real masks, e.g. DAVIS's, can leave a frame), and their number."""
+    scored = float(sums["scored"])
+    means = {k: float(v) / max(scored, 1.0) for k, v in sums.items() if k != "scored"}
+    return {**means, "scored_examples": int(scored)}
 
   def samples(self, state: VideoState, batch: Batch, key: jax.Array) -> dict[str, jax.Array]:
     """Target ground truth, its masked input, the previous reference aligned by the network,

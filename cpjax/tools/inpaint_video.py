@@ -73,7 +73,7 @@ from cpjax.convert import checkpoint as converted_weights
 from cpjax.models import video_cpn
 from cpjax.models.video_cpn import CopyPasteNet
 from cpjax.ops import masks as mask_ops
-from cpjax.tasks.video_inpainting import fill_holes_with_mean
+from cpjax.tasks.video_inpainting import dilate_cross, fill_holes_with_mean
 from cpjax.tools import common
 from cpjax.tools.common import ToolError
 from data_pipelines import video
@@ -108,20 +108,6 @@ def blend_passes(reverse: np.ndarray, forward: np.ndarray) -> np.ndarray:
   n = reverse.shape[0]
   f = np.arange(n, dtype=np.float32).reshape(-1, *([1] * (reverse.ndim - 1)))
   return reverse * (np.float32(n) - f) / np.float32(n) + forward * f / np.float32(n)
-
-
-def dilate_cross(masks: np.ndarray, iterations: int) -> np.ndarray:
-  """Binary dilation of bool [N, H, W] with the 3x3 cross, `iterations` times
-  (cv2.dilate(getStructuringElement(MORPH_CROSS, (3, 3)), iterations))."""
-  m = masks.copy()
-  for _ in range(iterations):
-    grown = m.copy()
-    grown[:, 1:] |= m[:, :-1]
-    grown[:, :-1] |= m[:, 1:]
-    grown[:, :, 1:] |= m[:, :, :-1]
-    grown[:, :, :-1] |= m[:, :, 1:]
-    m = grown
-  return m
 
 
 def exposure_holes(frames: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -365,11 +351,12 @@ def load_inputs(frames_path: str, masks_path: str | None, exposure: str | None,
   elif holes is None:
     low, high = parse_exposure(exposure)
     holes = exposure_holes(frames, low, high)
-  holes = dilate_cross(holes.astype(bool), dilate)
+  holes = np.asarray(jax.jit(dilate_cross, static_argnums=1)(
+      holes.astype(np.float32)[..., None], dilate))
   if not holes.any():
     raise ToolError(f"no hole in any frame of {frames_path} (empty masks, or no pixel past the "
                     "exposure thresholds); nothing to inpaint.")
-  return frames, holes.astype(np.float32)[..., None]
+  return frames, holes
 
 
 def run(workdir: str, frames: str, out: str, masks: str | None = None,

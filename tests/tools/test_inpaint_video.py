@@ -42,15 +42,6 @@ def test_two_pass_blend_weights():
   np.testing.assert_allclose(got[:, 0, 0, 0], [0.0, 0.25, 0.5, 0.75])
 
 
-def test_mask_dilation_matches_opencv_cross():
-  m = np.random.default_rng(0).random((2, 20, 25)) > 0.97
-  got = inpaint_video.dilate_cross(m, 4)
-  kernel = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-  for i in range(2):
-    want = cv2.dilate(m[i].astype(np.uint8), kernel, iterations=4).astype(bool)
-    np.testing.assert_array_equal(got[i], want)
-
-
 @pytest.mark.parametrize("size, want", [((480, 854), (480, 856)), ((250, 427), (248, 424)),
                                         ((240, 424), (240, 424)), ((12, 13), (8, 16))])
 def test_released_size_rounds_to_the_nearest_multiple_of_eight(size, want):
