@@ -12,9 +12,19 @@ harmonisation pairs. Run both in one work directory; the step decides the stage:
 On ADE20K the harmonisation problems are synthesised on device (T_color inside a random
 rectangle; the paper used colour transfer between same-class objects).
 
+Network and input space: the released Caffe net (deploy_512.prototxt): conv0-6, fc7, a
+scene-parsing decoder with a deconv + 1x1 head, a harmonisation decoder that concatenates the
+parsing features at every level but the last (`cpjax.models.dih.DIH`), fed as the deploy net
+is: BGR on 0..255 minus the ImageNet mean and mask * 255 - 128 (model.input_space='caffe_bgr').
+The reconstruction MSE is computed in that space (0..255 scale), as the Caffe training did, which
+is also the scale at which the paper's lambda2 = 100 balances the cross-entropy. The model
+fields equal those of the converted release, so `python -m cpjax.tools.convert
+--model=dih512` weights run with this config (`--config.init_from=DIR`, or DIR as a tool's
+--workdir).
+
 Optimiser: the paper uses Caffe SGD at lr 1e-8 on summed losses; like the foreground-aware
-paper's DIH baseline we use Adam (REFERENCE.md) with the mean loss. stage1_steps (the joint
-stage's length) is not given by the paper: ours is about 40 ADE20K epochs.
+paper's DIH baseline (saic-vul's dih256) we use Adam with the mean loss. stage1_steps (the
+joint stage's length) is not given by the paper: ours is about 40 ADE20K epochs.
 """
 from __future__ import annotations
 
@@ -38,6 +48,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model = dict(name="dih", depth=7, ch=64, max_channels=512,
                  fc_features=1024,           # fc7 bottleneck of the deploy net
                  parsing_classes=26,         # top-25 ADE20K labels + other
+                 input_space="caffe_bgr",    # the deploy net's BGR - mean, mask * 255 - 128
                  dtype="float32")
   c.loss = dict(name="mse",                  # the paper's L2 over the whole image
                 min_area=1000.0, lambda1=1.0, lambda2=100.0, stage1_steps=STAGE1_STEPS)

@@ -39,7 +39,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.augment = "random_resized_crop"     # RandomResizedCrop(256, scale 0.5-1) + flip
   c.data.scale = (0.5, 1.0)
   c.data.flip = True
-  c.data.keep_foreground = "mask"            # resample crops that lose the foreground
+  c.data.keep_foreground = "mask"            # redraw crops with mask sum <= 1 (kept w.p. 0.05)
   c.data.resample = "linear"                 # albumentations' resizes: OpenCV INTER_LINEAR
   c.data.workers = 8
   c.model = dict(name="idih", depth=7, ch=64, max_channels=512, batchnorm_from=2,

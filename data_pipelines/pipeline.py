@@ -29,9 +29,14 @@ None is accepted too:
                 RandomResizedCrop to image_size, then flip).               default 'crop'
   scale, ratio  area-fraction and aspect (w/h) ranges of 'random_resized_crop'.
                                                           default (0.5, 1.0), (3/4, 4/3)
-  keep_foreground  '' (off), or the name of a 'mask' field: a random-resized crop that keeps
-                <= 1 foreground pixel (> 127) is redrawn (up to 10 times), except that it is
-                kept with probability 0.05 (the iDIH reference's rule).    default ''
+  keep_foreground  '' (off), or the name of a 'mask' field: a random-resized crop whose mask
+                sums to <= 1 (on the 0..1 scale: sum of the uint8 mask <= 255) is redrawn
+                until one is kept, except that each such crop is kept with probability 0.05:
+                saic-vul/image_harmonization's `check_augmented_sample` with
+                keep_background_prob=0.05 (its float mask resized bilinearly, as
+                resample='linear' does here to 8-bit rounding). Draws come from the example's
+                generator, so the result depends on (seed, stream position) only.
+                                                                           default ''
   eval_mode     evaluation geometry: 'center' (resize -> cover -> center crop), 'resize' (every
                 field resized exactly to image_size, as the iHarmony4 reference evaluates) or
                 'pad' (resize, then pad bottom/right up to image_size with each field kind's
@@ -121,7 +126,6 @@ _CROPS = ("random", "center")
 _AUGMENTS = ("crop", "random_resized_crop")
 _EVAL_MODES = ("center", "resize", "pad", "full")
 _KEEP_PROBABILITY = 0.05   # a random-resized crop without foreground is kept this often
-_FOREGROUND_TRIES = 10
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -250,18 +254,22 @@ def _crop_geometry(example: dict[str, Any], fields: Fields, settings: _Settings,
   return _crop_all(out, top, left, (h, w))
 
 
-def _foreground_pixels(mask: np.ndarray) -> int:
-  return int(np.count_nonzero(mask > 127))
+def _foreground_pixels(mask: np.ndarray) -> float:
+  """The foreground area of a uint8 mask in pixels, soft edges counting fractionally:
+  sum(mask) / 255 (the reference's sum of its [0, 1] mask)."""
+  return float(np.sum(mask, dtype=np.int64)) / 255.0
 
 
 def _random_resized_crop(example: dict[str, Any], fields: Fields, settings: _Settings,
                          rng: np.random.Generator) -> dict[str, np.ndarray]:
   """RandomResizedCrop of every field to image_size; with keep_foreground, redrawn until the
-  crop keeps foreground (or a coin with probability 0.05 keeps it anyway)."""
+  crop's mask sums to more than one pixel or a coin with probability 0.05 keeps it anyway (no
+  limit on the draws, as the reference: they end with probability 1, after 20 on average
+  when no crop can keep the foreground)."""
   resized = _resize_all(example, fields, image_ops.resized_shape(
       *example["image"].shape[:2], settings.resize), settings.resample)
   height, width = resized["image"].shape[:2]
-  for _ in range(_FOREGROUND_TRIES):
+  while True:
     top, left, h, w = image_ops.random_resized_crop_box(height, width, settings.scale,
                                                        settings.ratio, rng)
     out = _resize_all(_crop_all(resized, top, left, (h, w)), fields, settings.image_size,
@@ -269,8 +277,7 @@ def _random_resized_crop(example: dict[str, Any], fields: Fields, settings: _Set
     if (settings.keep_foreground is None
         or _foreground_pixels(out[settings.keep_foreground]) > 1
         or rng.random() < _KEEP_PROBABILITY):
-      break
-  return out
+      return out
 
 
 def _prepare(example: dict[str, Any], fields: Fields, settings: _Settings,

@@ -5,7 +5,9 @@ state dict (`cpjax.convert.state_dict`), checks the result against the module's 
 shapes (`check_tree`), and drops on purpose only keys it names (reported to the user). `convert`
 then fails if any key is left unused: nothing is silently ignored or left at random init.
 `CONVERTERS` maps the `--model` names of `python -m cpjax.tools.convert` to converters, imported
-only when asked for.
+only when asked for. Converters of Caffe models (`CAFFE_MODELS`) take `(sd, net)`: the net's
+learned blobs as the state dict ('{layer}.{blob index}') and the `cpjax.convert.caffe.Net`
+whose graph says where they go.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from cpjax.convert.caffe import Net
 from cpjax.convert.state_dict import ConversionError, StateDict
 
 __all__ = ["CONVERTERS", "Converted", "ConversionError", "convert"]
@@ -53,7 +56,10 @@ CONVERTERS: dict[str, str] = {
     "hrnet18s_idih256": "cpjax.convert.harmonization:hrnet18s_idih256",
     "hrnet18_idih256": "cpjax.convert.harmonization:hrnet18_idih256",
     "hrnet32_idih256": "cpjax.convert.harmonization:hrnet32_idih256",
+    "dih512": "cpjax.convert.dih_caffe:dih512",
 }
+# Models released as Caffe .caffemodel files (the others are PyTorch state dicts).
+CAFFE_MODELS = ("dih512",)
 
 
 # Converted models that run on their own, and the config (file in configs/, variant) that builds
@@ -63,6 +69,7 @@ RUNNABLE: dict[str, str] = {
     "hrnet18s_idih256": "iharmony4_idih_hrnet.py:w18s",
     "hrnet18_idih256": "iharmony4_idih_hrnet.py:w18",
     "hrnet32_idih256": "iharmony4_idih_hrnet.py:w32",
+    "dih512": "iharmony4_dih.py",
     "fcn32s": "fcn_voc.py:32s",
     "fcn16s": "fcn_voc.py:16s",
     "fcn8s": "fcn_voc.py:8s",
@@ -70,18 +77,27 @@ RUNNABLE: dict[str, str] = {
 }
 
 
-def convert(model: str, arrays: Mapping[str, np.ndarray]) -> Converted:
-  """Converts a state dict (names -> NumPy arrays) for the converter named `model`.
+def convert(model: str, source: Mapping[str, np.ndarray] | Net) -> Converted:
+  """Converts a state dict (names -> NumPy arrays), or a Caffe net for `CAFFE_MODELS`, for the
+  converter named `model`.
 
   Raises:
-    ConversionError: unknown model, or keys that are missing, unused or mis-shaped (listed).
+    ConversionError: unknown model, the wrong kind of source, or keys that are missing, unused
+      or mis-shaped (listed).
   """
   if model not in CONVERTERS:
     raise ConversionError(f"unknown model {model!r}; known: {', '.join(sorted(CONVERTERS))}")
+  if (model in CAFFE_MODELS) != isinstance(source, Net):
+    kind = "Caffe net" if model in CAFFE_MODELS else "state dict"
+    raise ConversionError(f"{model} converts a {kind}, not a {type(source).__name__}")
   module_name, function_name = CONVERTERS[model].split(":")
   function = getattr(importlib.import_module(module_name), function_name)
-  sd = StateDict(arrays)
-  converted = function(sd)
+  if isinstance(source, Net):
+    sd = StateDict(source.arrays())
+    converted = function(sd, source)
+  else:
+    sd = StateDict(source)
+    converted = function(sd)
   sd.check_all_used()
   converted.dropped = sorted(set(converted.dropped) | set(sd.dropped))
   return converted

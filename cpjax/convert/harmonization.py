@@ -6,6 +6,8 @@ Models (`--model` of `python -m cpjax.tools.convert`), the v1.0 release files of
   hrnet18s_idih256  hrnet18s_idih256.pth  HRNetV2-W18s + OCR + mask fusion joined to that iDIH
   hrnet18_idih256   hrnet18_idih256.pth   the same with HRNetV2-W18   (`IDIHHRNet`)
   hrnet32_idih256   hrnet32_idih256.pth   the same with HRNetV2-W32
+and the Caffe DIH of wasidennis/DeepHarmonization, converted by `cpjax.convert.dih_caffe`:
+  dih512            harmonize_iter_200000.caffemodel   `DIH` with fc7 and the parsing decoder
 
 State-dict names (plain state dicts) -> flax paths of `IDIH` (prefixed 'model.' / 'model/' inside
 `IDIHHRNet`):
@@ -24,8 +26,9 @@ OCR gather head have no parameters. Transposed convs: PyTorch ConvTranspose2d(4,
 flipped for flax's ConvTranspose with padding 3 - p (`cpjax.convert.state_dict`).
 
 Use (`HarmonizationTask.warm_start` calls `pretrained_variables`):
-  init_from=DIR            a converted idih256 / hrnet*_idih256: the whole network (parameters and
-                           BatchNorm statistics); config.model must build the same network.
+  init_from=DIR            a converted idih256 / hrnet*_idih256 / dih512: the whole network
+                           (parameters and BatchNorm statistics); config.model must build the same
+                           network (for dih512 also model.input_space='caffe_bgr').
   model.backbone_init=DIR  a converted hrnet_w18s / hrnet_w18 / hrnet_w32 (ImageNet): the HRNet
                            trunk of an 'idih_hrnet' model of the same width; the OCR head, the
                            mask fusion and the iDIH keep their fresh initialisation.
@@ -49,6 +52,7 @@ from cpjax.convert.state_dict import StateDict, Tree, check_tree
 from cpjax.models import dih, hrnet
 
 SIZE = 256   # the fixed256 models: depth 7 needs 2**(7 + 1) px
+SIZES = {"dih512": 512}   # other sizes: the Caffe DIH's fc7 takes conv6's 4x4 map of 512 px
 # The reference's improved_dih256 (depth 7, BatchNorm from block 2, image fusion), as
 # config.model fields of the harmonisation task.
 IDIH256 = {"depth": 7, "ch": 64, "max_channels": 512, "batchnorm_from": 2}
@@ -56,6 +60,9 @@ MODEL_CONFIGS = {
     "idih256": {"name": "idih", **IDIH256, "image_fusion": True},
     **{f"hrnet{w}_idih256": {"name": "idih_hrnet", "hrnet_width": f"w{w}", **IDIH256,
                              "downsize_backbone_input": False} for w in ("18s", "18", "32")},
+    # the Caffe deploy net (`cpjax.convert.dih_caffe`), fed in its own input space
+    "dih512": {"name": "dih", "depth": 7, "ch": 64, "max_channels": 512, "fc_features": 1024,
+               "parsing_classes": 26, "input_space": "caffe_bgr"},
 }
 
 
@@ -91,19 +98,22 @@ def _is_transposed(path: Path) -> bool:
 
 
 def build_model(module_config: dict[str, Any]) -> Any:
-  """The flax module a converted harmonisation model belongs to."""
-  m = dict(module_config)
+  """The flax module a converted harmonisation model belongs to ('input_space' is the task's)."""
+  m = {k: v for k, v in module_config.items() if k != "input_space"}
   name = m.pop("name")
   if name == "idih":
     return dih.IDIH(**m)
+  if name == "dih":
+    return dih.DIH(**m)
   return dih.IDIHHRNet(width=m.pop("hrnet_width"), **m)
 
 
 @functools.lru_cache(maxsize=None)
 def model_expected(model: str) -> Tree:
   """Variable shapes of the network of a released model (cached: tracing takes seconds)."""
-  image = jnp.zeros((1, SIZE, SIZE, 3), jnp.float32)
-  mask = jnp.zeros((1, SIZE, SIZE, 1), jnp.float32)
+  size = SIZES.get(model, SIZE)
+  image = jnp.zeros((1, size, size, 3), jnp.float32)
+  mask = jnp.zeros((1, size, size, 1), jnp.float32)
   return expected_variables(build_model(MODEL_CONFIGS[model]), image, mask)
 
 

@@ -1,11 +1,12 @@
 """Deep image harmonization networks: DIH (Tsai et al. 2017), iDIH and iDIH-HRNet (Sofiiuk et al.).
 
-All networks take the composite in the model's normalised input space (ImageNet mean/std for
-iDIH, see `cpjax.tasks.harmonization`) and the foreground mask in {0, 1}, NHWC, and predict the
-harmonised image in the same normalised space.
+All networks take the composite in the model's normalised input space and the foreground mask,
+NHWC, and predict the harmonised image in the same space (`cpjax.tasks.harmonization` picks the
+space: ImageNet mean/std with the mask in [0, 1] for iDIH, the Caffe deploy net's BGR space for
+DIH, `caffe_inputs`).
 
-Layer specs follow the reference implementations (REFERENCE.md), so their released weights map
-one to one onto these parameter trees:
+Layer specs follow the reference implementations, so their released weights map one to one onto
+these parameter trees:
 
 - `ConvEncoder` / `DeconvDecoder` / `IDIH` mirror saic-vul/image_harmonization's `ConvEncoder`,
   `DeconvDecoder` and `DeepImageHarmonization`: encoder blocks conv k4 s2 -> (BatchNorm) -> ELU,
@@ -14,20 +15,21 @@ one to one onto these parameter trees:
   ELU with the encoder's channels in reverse and ch / 2 last, the first unpadded; skips ADDED.
   iDIH adds the blending head of the foreground-aware paper (eq. 1):
   a = sigmoid(3 conv1x1(x)), out = a * image + (1 - a) * conv1x1_rgb(x).
-- `DIH` mirrors the Caffe deploy net of wasidennis/DeepHarmonization (conv0-6, fc7, deconv6-0,
-  'output') plus the paper's scene-parsing decoder (sec. 3.3), whose features are concatenated
-  into the harmonisation decoder.
+- `DIH` mirrors the Caffe deploy net of wasidennis/DeepHarmonization with its scene-parsing
+  decoder (deploy_512.prototxt, the net of the released harmonize_iter_200000.caffemodel;
+  `cpjax.convert.dih_caffe` converts it).
 - `IDIHHRNet` joins the 128-channel OCR features of the foreground-aware HRNetV2
   (`cpjax.models.hrnet.HRNetOCR`) to the iDIH encoder: at one position, or as a feature pyramid
   (`FeaturePyramid`, the reference's 'V2p' models) at up to four consecutive positions.
 
-PyTorch `ConvTranspose2d(k, s, p)` equals `lax.conv_transpose` with explicit padding k - 1 - p
-per side (p = 1 -> 2, p = 0 -> 3) and a spatially flipped kernel with in/out swapped (flax stores
-`ConvTranspose` kernels [kh, kw, in, out], not transposed): a converter flips and swaps.
+PyTorch `ConvTranspose2d(k, s, p)` (and Caffe's Deconvolution) equals `lax.conv_transpose` with
+explicit padding k - 1 - p per side (p = 1 -> 2, p = 0 -> 3) and a spatially flipped kernel with
+in/out swapped (flax stores `ConvTranspose` kernels [kh, kw, in, out], not transposed): a
+converter flips and swaps.
 
-Initialisation follows the reference (`XavierGluon(rnd_type='gaussian', magnitude=2)`): weights
+Initialisation follows saic-vul's (`XavierGluon(rnd_type='gaussian', magnitude=2)`): weights
 N(0, 2 / fan_avg), zero biases; BatchNorm scale 1, bias 0, momentum 0.1 (PyTorch) = 0.9 here,
-epsilon 1e-5.
+epsilon 1e-5 (Caffe's BatchNorm default too).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from cpjax.layers import ConvTranspose
+from cpjax.models import vgg
 from cpjax.models.hrnet import HRNetOCR
 from cpjax.ops.geometry import resize_bilinear_align_corners
 
@@ -280,19 +283,51 @@ class IDIH(nn.Module):
                          name="decoder")(outputs, image, train)
 
 
+DEPLOY_MASK_OFFSET = 128.0   # the deploy net's mask input: mask on 0..255 minus 128
+
+
+def caffe_inputs(image: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The DIH deploy net's input space (wasidennis/DeepHarmonization demo.py).
+
+  Args:
+    image: [..., 3] RGB in [0, 1].
+    mask: [..., 1] foreground in [0, 1].
+
+  Returns:
+    (BGR on 0..255 minus the Caffe ImageNet mean (`cpjax.models.vgg.CAFFE_MEAN_BGR`, equal to
+    the demo's (104.00699, 116.66877, 122.67892) to 5e-6), mask * 255 - 128 in [-128, 127]).
+  """
+  offset = jnp.asarray(DEPLOY_MASK_OFFSET, mask.dtype)
+  return vgg.caffe_preprocess(image), mask * jnp.asarray(255.0, mask.dtype) - offset
+
+
+def caffe_to_rgb(bgr: jax.Array) -> jax.Array:
+  """Inverse of `caffe_inputs` for the image, as the demo de-normalises 'output-h': add the mean,
+  BGR -> RGB, / 255. [..., 3] -> [..., 3] RGB on the [0, 1] scale (not clipped)."""
+  mean = jnp.asarray(vgg.CAFFE_MEAN_BGR, bgr.dtype)
+  return ((bgr + mean) / jnp.asarray(255.0, bgr.dtype))[..., ::-1]
+
+
 class _TsaiDecoder(nn.Module):
-  """One DIH decoder: 'deconv{k}' for k = depth - 1 ... 0 with added encoder skips, then the
-  'output' transposed conv (k4 s2 p1, no BatchNorm) to `out_features` at full resolution.
+  """One DIH decoder: 'deconv{k}' for k = depth - 1 ... 0 (DeconvBlocks with channels[k]) with
+  the encoder output conv{k} ADDED after each, then a head.
+
+  Heads (deploy_512.prototxt):
+    rgb      'output': transposed conv k4 s2 p1 to `out_features`, no BatchNorm ('output-h').
+    parsing  'head': DeconvBlock k4 s2 p1 to channels[0] (BatchNorm, ELU), then 'classifier':
+             1x1 conv to `out_features` classes ('output-seg').
 
   Attributes:
     channels: encoder channels (deconv{k} has channels[k], so the skip conv{k} adds).
     out_features: 3 (harmonisation) or the number of parsing classes.
     from_fc: the input is the 1x1 fc7 bottleneck: deconv{depth-1} is unpadded (1 -> 4 px).
       Otherwise the input is the last encoder output itself and decoding starts at deconv{depth-2}.
+    parsing_head: the parsing head instead of the rgb one.
   """
   channels: Sequence[int]
   out_features: int
   from_fc: bool
+  parsing_head: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -305,8 +340,9 @@ class _TsaiDecoder(nn.Module):
     Args:
       x: the bottleneck: [B, 1, 1, F] (from_fc) or the last encoder output.
       encoder_outputs: encoder block outputs, block 0 first.
-      side: features to concatenate to the input of each layer after the first (the parsing
-        decoder's level outputs, in this decoder's order), or None.
+      side: features concatenated (after this decoder's own) to the input of each deconv level
+        after the first: the parsing decoder's level outputs, deepest first (the head reads
+        this decoder's last level alone); or None.
       train: BatchNorm mode.
 
     Returns:
@@ -314,44 +350,49 @@ class _TsaiDecoder(nn.Module):
     """
     depth = len(self.channels)
     levels = range(depth - 1, -1, -1) if self.from_fc else range(depth - 2, -1, -1)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     features = []
     for n, k in enumerate(levels):
       if side is not None and n > 0:
         x = jnp.concatenate([x, side[n - 1]], axis=-1)
       x = DeconvBlock(self.channels[k], padding=0 if (self.from_fc and n == 0) else 1,
-                      dtype=self.dtype, param_dtype=self.param_dtype, name=f"deconv{k}")(x, train)
+                      name=f"deconv{k}", **kw)(x, train)
       x = x + encoder_outputs[k]
       features.append(x)
-    if side is not None:
-      x = jnp.concatenate([x, side[-1]], axis=-1)
-    out = ConvTranspose(self.out_features, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
-                           kernel_init=KERNEL_INIT, dtype=self.dtype,
-                           param_dtype=self.param_dtype, name="output")(x)
+    if self.parsing_head:
+      x = DeconvBlock(self.channels[0], padding=1, name="head", **kw)(x, train)
+      out = nn.Conv(self.out_features, (1, 1), kernel_init=KERNEL_INIT, name="classifier",
+                    **kw)(x)
+    else:
+      out = ConvTranspose(self.out_features, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
+                          kernel_init=KERNEL_INIT, name="output", **kw)(x)
     return out.astype(jnp.float32), features
 
 
 class DIH(nn.Module):
-  """Deep Image Harmonization (Tsai et al. 2017) with the joint scene-parsing decoder.
+  """Deep Image Harmonization (Tsai et al. 2017) with the joint scene-parsing decoder, as the
+  released Caffe net (deploy_512.prototxt) builds it.
 
   Encoder conv0-6 (k4 s2 p1, BatchNorm + ELU everywhere; 512 px -> 4x4x512), the fully
-  connected bottleneck fc7 (flattened 4x4x512 -> 1024, no activation, as in the deploy net),
-  reshaped to 1x1x1024; the harmonisation decoder deconv6 (1 -> 4 px) ... deconv0 with summed
-  encoder skips and an 'output' transposed conv to RGB. The scene-parsing decoder (sec. 3.3) has
-  the same layers and skips and outputs `parsing_classes` logits; the output of each of its
-  deconv levels is concatenated to the input of the harmonisation decoder's next layer (every
-  layer but the first, which both decoders read from fc7, and including 'output').
+  connected bottleneck fc7 (flattened 4x4x512 -> 1024, no activation), reshaped to 1x1x1024.
+  Scene-parsing decoder: deconv6 (1 -> 4 px) ... deconv0 with summed encoder skips
+  ('skip{k}-seg'), then the parsing head (transposed conv to 64 + BatchNorm + ELU, 1x1 conv to
+  `parsing_classes`). Harmonisation decoder: the same deconv levels; the input of every level
+  after deconv6 is its previous level concatenated with the parsing decoder's output at the same
+  level ('concat-res{k}' = [skip{k}-h, skip{k}-seg] feeds deconv{k-1}), and the 'output'
+  transposed conv to RGB reads the last level skip0-h alone (the paper: "except for the last
+  layer"). The parsing decoder does not see the harmonisation features.
 
-  Choices where the paper and deploy net are silent: the parsing decoder's output layer is a
-  transposed conv like the harmonisation output (full-resolution logits); concatenated features
-  are taken after the skip sum; without the fc bottleneck (`fc_features=0`, fully convolutional)
-  decoding starts from conv6's output at deconv5.
+  Without the fc bottleneck (`fc_features=0`, fully convolutional; a choice, the deploy net has
+  fc7) decoding starts from conv6's output at deconv5. With `parsing_classes=0` there is no
+  parsing decoder: deploy_skip_all_512.prototxt ('DIH w/o semantics').
 
   Attributes:
     depth: encoder convs (7: conv0-6 for 512 px input; the side must be 2**(depth + 2) with fc).
     ch, max_channels: channels as `encoder_channels`.
     fc_features: width of fc7 (1024); 0 = no fc bottleneck.
     parsing_classes: classes of the scene-parsing decoder (26 = top-25 ADE20K labels + other);
-      0 = no parsing decoder (the deploy net, 'DIH w/o semantics').
+      0 = no parsing decoder.
   """
   depth: int = 7
   ch: int = 64
@@ -368,31 +409,31 @@ class DIH(nn.Module):
 
     Args:
       image: [B, H, W, 3] normalised composite.
-      mask: [B, H, W, 1] foreground mask in [0, 1].
+      mask: [B, H, W, 1] foreground mask in the same space (`caffe_inputs` for the deploy
+        net's weights).
       train: BatchNorm mode.
 
     Returns:
       (prediction [B, H, W, 3] float32 in the normalised space,
        parsing logits [B, H, W, parsing_classes] float32, or None without a parsing decoder).
     """
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = jnp.concatenate([image, mask.astype(image.dtype)], axis=-1).astype(self.dtype)
     outputs = ConvEncoder(self.depth, self.ch, self.max_channels, batchnorm_from=0,
-                          last_padding=1, dtype=self.dtype, param_dtype=self.param_dtype,
-                          name="encoder")(x, train=train)
+                          last_padding=1, name="encoder", **kw)(x, train=train)
     bottleneck = outputs[-1]
     if self.fc_features:
       flat = bottleneck.reshape(bottleneck.shape[0], -1)
-      bottleneck = nn.Dense(self.fc_features, kernel_init=KERNEL_INIT, dtype=self.dtype,
-                            param_dtype=self.param_dtype, name="fc7")(flat)[:, None, None, :]
+      bottleneck = nn.Dense(self.fc_features, kernel_init=KERNEL_INIT, name="fc7",
+                            **kw)(flat)[:, None, None, :]
     channels = encoder_channels(self.depth, self.ch, self.max_channels)
-    decoder = lambda n, name: _TsaiDecoder(channels, n, bool(self.fc_features),  # noqa: E731
-                                           dtype=self.dtype, param_dtype=self.param_dtype,
-                                           name=name)
+    from_fc = bool(self.fc_features)
     logits, side = None, None
     if self.parsing_classes:
-      logits, side = decoder(self.parsing_classes, "parsing_decoder")(bottleneck, outputs,
-                                                                         None, train)
-    pred, _ = decoder(3, "harmonization_decoder")(bottleneck, outputs, side, train)
+      logits, side = _TsaiDecoder(channels, self.parsing_classes, from_fc, parsing_head=True,
+                                  name="parsing_decoder", **kw)(bottleneck, outputs, None, train)
+    pred, _ = _TsaiDecoder(channels, 3, from_fc, name="harmonization_decoder",
+                           **kw)(bottleneck, outputs, side, train)
     return pred, logits
 
 
@@ -465,6 +506,8 @@ class IDIHHRNet(nn.Module):
     downsize_backbone_input: half-size backbone input (512-px models).
     pyramid_channels: channels of every feature-pyramid map (reference 256); 0 = no pyramid,
       the single OCR map joins after block `join`.
+    mask_fusion: the backbone's mask-fusion conv (`HRNetOCR.mask_fusion`); False is the
+      reference's hrnet18s_no_mask_idih ablation.
   """
   width: str = "w18s"
   depth: int = 7
@@ -473,6 +516,7 @@ class IDIHHRNet(nn.Module):
   batchnorm_from: int = 2
   downsize_backbone_input: bool = False
   pyramid_channels: int = 0
+  mask_fusion: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -485,7 +529,8 @@ class IDIHHRNet(nn.Module):
       half = (image.shape[1] // 2, image.shape[2] // 2)
       b_image = resize_bilinear_align_corners(image, half)
       b_mask = resize_bilinear_align_corners(mask, half)
-    features = [HRNetOCR(self.width, name="backbone", **kw)(b_image, b_mask, train)]
+    features = [HRNetOCR(self.width, self.mask_fusion, name="backbone", **kw)(b_image, b_mask,
+                                                                            train)]
     join = 2 if self.downsize_backbone_input else 1
     if self.pyramid_channels > 0:
       levels = min(self.depth - 1 - join, PYRAMID_MAX_LEVELS)

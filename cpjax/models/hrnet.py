@@ -511,10 +511,14 @@ class HRNetOCR(nn.Module):
 
   Attributes:
     width: 'w18s', 'w18' or 'w32' (`SPECS`).
+    mask_fusion: the mask-fusion conv ('mask_conv'); False: the trunk sees the image alone (the
+      reference's mask_fusion='', the paper's "non foreground-aware HRNet"; OCR's object regions
+      still come from the mask).
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
   width: str
+  mask_fusion: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -538,7 +542,7 @@ class HRNetOCR(nn.Module):
                        "an image [B, H, W, 3] and a mask [B, H, W, 1] of the same size.")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     image, mask = image.astype(self.dtype), mask.astype(self.dtype)
-    mask_features = MaskFusion(name="mask_conv", **kw)(mask)
+    mask_features = MaskFusion(name="mask_conv", **kw)(mask) if self.mask_fusion else None
     features = HRNetV2(SPECS[self.width], name=TRUNK, **kw)(image, mask_features, train)
     features = ConvBN(OCR_CHANNELS, 3, use_bias=True, relu=True, name="ocr_conv3x3",
                       **kw)(features, train)

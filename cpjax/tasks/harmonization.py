@@ -9,12 +9,17 @@ image source: a folder, the bundled photos, ADE20K) becomes a synthetic problem 
 random rotated rectangle M (`cpjax.ops.masks`) and T_color (or T_shading) from the copy-paste
 ops applied inside it; the ground truth is the original image:
   composite = I (1 - M) + T(I) M,   target = I   (`make_copy_paste_example`, no homography).
-Training masks are binarised at 0.5 (the reference crops masks with nearest interpolation);
-evaluation keeps the mask as delivered (bilinear resize, as REFERENCE.md's evaluation).
+Real-pair masks are used as delivered, mask / 255 in [0, 1], in training and evaluation alike:
+saic-vul/image_harmonization resizes masks bilinearly (its `HCompose(no_nearest_for_masks=True)`
+treats the mask as an image) and feeds and weights the loss with that soft mask; the iHarmony4
+configs resize with data.resample='linear' to match.
 
-Model edge. The network sees the composite ImageNet-normalised (mean/std of
-`cpjax.ops.color`) concatenated with the mask and predicts in that space; the loss is computed
-there (as in the reference) and the prediction is denormalised for metrics and samples.
+Model edge (config.model.input_space). 'imagenet' (iDIH, iDIH-HRNet; the default): the
+network sees the composite ImageNet-normalised (mean/std of `cpjax.ops.color`) concatenated
+with the mask in [0, 1]. 'caffe_bgr' (DIH): the Caffe deploy net's space, BGR on 0..255 minus
+the ImageNet mean and mask * 255 - 128 (`cpjax.models.dih.caffe_inputs`). The network
+predicts in the image's space; the loss is computed there (as the references do) and the
+prediction is denormalised for metrics and samples.
 
 Loss (config.loss): name 'fn_mse' (foreground-normalised MSE, A_min = min_area) or 'mse';
 DIH adds the parsing cross-entropy on batches with a 'label' field (ADE20K, 26 classes):
@@ -28,7 +33,7 @@ BatchNorm statistics are held fixed (its forward pass still uses batch statistic
 
 Optimiser (config.optim): Adam (lr, b1, b2, eps), learning rate x `decay` at each step in
 `milestones`; for iDIH-HRNet the HRNet trunk at lr x `backbone_lr_mult` (0.1) and the OCR head
-and the mask-fusion conv at 1x (optax.multi_transform; REFERENCE.md).
+and the mask-fusion conv at 1x (optax.multi_transform), as saic-vul's LRMult.
 
 BatchNorm: 'batch_stats' live in the train state; under jit with the batch sharded over devices
 the batch mean and variance are global (synchronised), so 1 and 8 devices agree.
@@ -65,6 +70,7 @@ from cpjax.tasks.base import Batch, Metrics, Task, example_keys
 from data_pipelines import iharmony4
 
 MODELS = ("dih", "idih", "idih_hrnet")
+INPUT_SPACES = ("imagenet", "caffe_bgr")
 SUBSET_NAMES = iharmony4.SUBSETS
 _DROPOUT = 1  # salt of the batch-level dropout key
 BUCKET_NAMES = tuple(f"{round(lo * 100)}-{round(hi * 100)}%"
@@ -128,7 +134,8 @@ def build_model(m: ml_collections.ConfigDict) -> Any:
     return dih_models.IDIHHRNet(width=m.hrnet_width, depth=m.depth, ch=m.ch,
                                 max_channels=m.max_channels, batchnorm_from=m.batchnorm_from,
                                 downsize_backbone_input=m.downsize_backbone_input,
-                                pyramid_channels=m.get("pyramid_channels", 0), dtype=dtype)
+                                pyramid_channels=m.get("pyramid_channels", 0),
+                                mask_fusion=m.get("mask_fusion", True), dtype=dtype)
   if m.name == "dih":
     return dih_models.DIH(depth=m.depth, ch=m.ch, max_channels=m.max_channels,
                           fc_features=m.fc_features, parsing_classes=m.parsing_classes,
@@ -174,26 +181,42 @@ class HarmonizationTask(Task):
     t = dict(config.get("transform", {}))
     t["geometric"] = False   # harmonisation changes appearance only
     self.transform = TransformConfig.from_dict(t)
+    self.input_space = config.model.get("input_space", "imagenet")
+    if self.input_space not in INPUT_SPACES:
+      raise ValueError(f"model.input_space is {self.input_space!r}; use one of "
+                       f"{', '.join(INPUT_SPACES)}")
 
   # --- model edge -------------------------------------------------------------------------
+  def normalize(self, image: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """[..., 3] RGB and [..., 1] mask in [0, 1] -> the network's input space."""
+    if self.input_space == "caffe_bgr":
+      return dih_models.caffe_inputs(image, mask)
+    return color.imagenet_normalize(image), mask
+
+  def denormalize(self, pred: jax.Array) -> jax.Array:
+    """A prediction in the network's space -> RGB on the [0, 1] scale (not clipped)."""
+    if self.input_space == "caffe_bgr":
+      return dih_models.caffe_to_rgb(pred)
+    return color.imagenet_denormalize(pred)
+
   def apply(self, params: Any, batch_stats: Any, composite: jax.Array, mask: jax.Array,
             train: bool, dropout_key: jax.Array | None = None
             ) -> tuple[jax.Array, jax.Array | None, Any]:
-    """Runs the network on [B, H, W, 3] composites in [0, 1] and [B, H, W, 1] masks.
+    """Runs the network on [B, H, W, 3] composites and [B, H, W, 1] masks in [0, 1].
 
     `dropout_key` feeds the 'dropout' rng stream in training (the OCR head's Dropout2d).
 
     Returns:
-      (prediction [B, H, W, 3] in the normalised space, parsing logits or None, new batch_stats).
+      (prediction [B, H, W, 3] in the input space, parsing logits or None, new batch_stats).
     """
     variables = {"params": params, "batch_stats": batch_stats}
-    x = color.imagenet_normalize(composite)
+    x, m = self.normalize(composite, mask)
     if train:
-      out, updates = self.model.apply(variables, x, mask, train=True, mutable=["batch_stats"],
+      out, updates = self.model.apply(variables, x, m, train=True, mutable=["batch_stats"],
                                       rngs={"dropout": dropout_key})
       new_stats = updates["batch_stats"]
     else:
-      out, new_stats = self.model.apply(variables, x, mask, train=False), batch_stats
+      out, new_stats = self.model.apply(variables, x, m, train=False), batch_stats
     pred, logits = out if isinstance(out, tuple) else (out, None)
     return pred, logits, new_stats
 
@@ -201,7 +224,7 @@ class HarmonizationTask(Task):
                 mask: jax.Array) -> jax.Array:
     """Inference: [B, H, W, 3] composite in [0, 1] + [B, H, W, 1] mask -> [B, H, W, 3] in [0, 1]."""
     pred, _, _ = self.apply(state.params, state.batch_stats, composite, mask, train=False)
-    return jnp.clip(color.imagenet_denormalize(pred), 0.0, 1.0)
+    return jnp.clip(self.denormalize(pred), 0.0, 1.0)
 
   def init(self, key: jax.Array) -> HarmonizationState:
     h, w = image_size(self.config)
@@ -214,7 +237,7 @@ class HarmonizationTask(Task):
 
   def warm_start(self, state: HarmonizationState) -> HarmonizationState:
     """Converted released weights for a fresh run: `init_from` (a converted idih256 /
-    hrnet*_idih256 directory: the whole network) or `model.backbone_init` (a converted
+    hrnet*_idih256 / dih512 directory: the whole network) or `model.backbone_init` (a converted
     hrnet_w18s / hrnet_w18 / hrnet_w32: the ImageNet HRNet trunk); see
     `cpjax.convert.harmonization`. Unchanged without either."""
     variables = pretrained.pretrained_variables(
@@ -229,11 +252,11 @@ class HarmonizationTask(Task):
                train: bool) -> dict[str, jax.Array]:
     """{'composite', 'target' [B, H, W, 3], 'mask' [B, H, W, 1]} float32 in [0, 1], plus
     'label' [B, H, W] int32 and 'subset' [B] int32 when the batch has them."""
+    del train   # the same problems in training and evaluation (soft masks included)
     if "real" in batch:
-      mask = batch["mask"].astype(jnp.float32) / 255.0
       ex = {"composite": batch["image"].astype(jnp.float32) / 255.0,
             "target": batch["real"].astype(jnp.float32) / 255.0,
-            "mask": (mask >= 0.5).astype(jnp.float32) if train else mask}
+            "mask": batch["mask"].astype(jnp.float32) / 255.0}
     else:
       images = batch["image"].astype(jnp.float32) / 255.0
       keys = example_keys(key, step, batch["index"])
@@ -248,7 +271,7 @@ class HarmonizationTask(Task):
   def _losses(self, pred: jax.Array, logits: jax.Array | None, ex: dict[str, jax.Array],
               step: jax.Array) -> tuple[jax.Array, Metrics]:
     cfg = self.config.loss
-    target = color.imagenet_normalize(ex["target"])
+    target, _ = self.normalize(ex["target"], ex["mask"])
     if cfg.name == "fn_mse":
       rec = losses.fn_mse(pred, target, ex["mask"], min_area=cfg.min_area)
     elif cfg.name == "mse":

@@ -1,11 +1,13 @@
-"""Convert a released PyTorch checkpoint into a cpjax converted-weights directory.
+"""Convert a released PyTorch checkpoint (or Caffe model) into a cpjax converted-weights directory.
 
   python -m cpjax.tools.convert --from=FILE.pth --model=NAME --out=DIR
+  python -m cpjax.tools.convert --from=harmonize_iter_200000.caffemodel --model=dih512 --out=DIR
 
 NAME is one of `cpjax.convert.CONVERTERS` (the README lists where each file is published). DIR
 (new) receives the flax variables and a `converted.json`; training starts from it with
 `--config.init_from=DIR`. Reading .pth files needs PyTorch (`pip install -e ".[torch]"`); only
-this step does.
+this step does. The models of `cpjax.convert.CAFFE_MODELS` are .caffemodel files, read with the
+protobuf package (`cpjax.convert.caffe`; no Caffe install).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import numpy as np
 from absl import flags
 
 from cpjax import convert
-from cpjax.convert import checkpoint
+from cpjax.convert import caffe, checkpoint
 from cpjax.convert.state_dict import strip_prefix
 from cpjax.tools import common
 from cpjax.tools.common import ToolError
@@ -71,6 +73,14 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
   return tensors_to_numpy(obj, str(p))
 
 
+def read_caffemodel(path: str | pathlib.Path) -> caffe.Net:
+  """Reads a .caffemodel file (`cpjax.convert.caffe`)."""
+  p = pathlib.Path(path).expanduser()
+  if not p.is_file():
+    raise ToolError(f"--from={path}: no such file")
+  return caffe.read_caffemodel(p)
+
+
 def run(from_path: str, model: str, out: str) -> convert.Converted:
   """Reads, converts and writes; returns what was written."""
   if model not in convert.CONVERTERS:
@@ -79,8 +89,9 @@ def run(from_path: str, model: str, out: str) -> convert.Converted:
   if out_dir.exists() and any(out_dir.iterdir()):
     raise ToolError(f"--out={out} exists and is not empty; choose a new directory (nothing was "
                     "overwritten)")
-  arrays = read_state_dict(from_path)
-  converted = convert.convert(model, arrays)
+  source = (read_caffemodel(from_path) if model in convert.CAFFE_MODELS
+            else read_state_dict(from_path))
+  converted = convert.convert(model, source)
   source = {"path": str(pathlib.Path(from_path).expanduser().absolute()),
             "sha256": _sha256(pathlib.Path(from_path).expanduser())}
   checkpoint.save(converted, out_dir, source)
@@ -88,7 +99,8 @@ def run(from_path: str, model: str, out: str) -> convert.Converted:
 
 
 def define_flags() -> None:
-  flags.DEFINE_string("from", None, "The PyTorch checkpoint (.pth) to convert.")
+  flags.DEFINE_string("from", None, "The PyTorch checkpoint (.pth) or Caffe model (.caffemodel) "
+                      "to convert.")
   flags.DEFINE_string("model", None, "What it holds: " + ", ".join(sorted(convert.CONVERTERS)))
   flags.DEFINE_string("out", None, "New directory for the converted weights.")
   flags.mark_flags_as_required(["from", "model", "out"])

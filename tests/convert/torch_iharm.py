@@ -1,6 +1,7 @@
 """PyTorch reference networks for the harmonisation parity tests (not a test module).
 
-Written for these tests from REFERENCE.md and the foreground-aware harmonisation paper, with the
+Written for these tests from the reference code's layer specs and the foreground-aware
+harmonisation paper, with the
 state-dict layout of the released files: saic-vul/image_harmonization's `HRNetIHModel` /
 `DeepImageHarmonization` (keys 'mask_conv.*', 'backbone.hrnet.*', 'model.encoder.*',
 'model.decoder.*') and HRNet-Image-Classification's ImageNet networks (trunk keys plus the

@@ -285,3 +285,39 @@ def test_eval_repeats_give_distinct_indices_of_the_same_image():
   np.testing.assert_array_equal(images[0], images[2])
   assert not np.array_equal(images[2], images[3])
   np.testing.assert_array_equal(images[3], images[4])
+
+
+def _crop_draws(monkeypatch, mask: np.ndarray, examples: int) -> list[int]:
+  """How many random-resized crops `_prepare` draws for each of `examples` training examples
+  (stream positions 0, 1, ...) of a 64x64 item with this mask, keep_foreground='mask'; each
+  example prepared twice gives the same crop."""
+  calls = []
+  box = image_ops.random_resized_crop_box
+  monkeypatch.setattr(image_ops, "random_resized_crop_box",
+                      lambda *args: calls.append(args) or box(*args))
+  settings = pipeline._settings(dict(image_size=32, augment="random_resized_crop",
+                                     keep_foreground="mask", flip=False, resample="linear"))
+  item = {"image": _item_image(0, 64, 64), "mask": mask}
+  fields = {"image": "image", "mask": "mask"}
+  draws = []
+  for position in range(examples):
+    before = len(calls)
+    out = pipeline._prepare(item, fields, settings, np.random.default_rng([0, position]))
+    draws.append(len(calls) - before)
+    again = pipeline._prepare(item, fields, settings, np.random.default_rng([0, position]))
+    np.testing.assert_array_equal(out["image"], again["image"])
+  return draws
+
+
+def test_keep_foreground_counts_soft_mask_values(monkeypatch):
+  """A crop is kept when its mask sums to more than one pixel on the 0..1 scale, soft values
+  included (saic-vul sums its float mask): a mask of 100 / 255 everywhere, no pixel above half,
+  keeps the first crop of every example."""
+  assert _crop_draws(monkeypatch, np.full((64, 64, 1), 100, np.uint8), 40) == [1] * 40
+
+
+def test_keep_foreground_redraws_without_a_limit(monkeypatch):
+  """With no foreground to find, only the 0.05 coin keeps a crop: the draws per example are
+  geometric (mean 20) and not capped, as the reference's while loop."""
+  draws = _crop_draws(monkeypatch, np.zeros((64, 64, 1), np.uint8), 300)
+  assert max(draws) > 30 and 16 < np.mean(draws) < 25

@@ -33,9 +33,9 @@ def _zeros(b, h, w, c):
   return jnp.zeros((b, h, w, c), jnp.float32)
 
 
-# Hand derivation of improved_dih256 (REFERENCE.md): encoder 4 -> 64 -> 64 (no BatchNorm in
-# blocks 0, 1) -> 128 -> 128 -> 256 -> 256 -> 512; decoder 512 -> 256, 256, 128, 128, 64, 64, 32
-# (all with BatchNorm); 1x1 heads 32 -> 3 and 32 -> 1.
+# Hand derivation of improved_dih256 (saic-vul's layer specs): encoder 4 -> 64 -> 64 (no
+# BatchNorm in blocks 0, 1) -> 128 -> 128 -> 256 -> 256 -> 512; decoder 512 -> 256, 256, 128,
+# 128, 64, 64, 32 (all with BatchNorm); 1x1 heads 32 -> 3 and 32 -> 1.
 IDIH256 = (_conv(4, 64) + _conv(64, 64)
            + sum(_conv(a, b) + _bn(b) for a, b in [(64, 128), (128, 128), (128, 256),
                                                    (256, 256), (256, 512)])
@@ -91,9 +91,10 @@ def test_backbone_maps_must_fit_the_encoder(maps, match):
 
 
 def test_dih_parameter_counts():
-  """Caffe deploy net (conv0-6 + BN/scale, fc7 8192 -> 1024, deconv6-0, 'output' deconv to RGB)
-  and the joint net (parsing decoder to 26 classes; its features concatenated into every
-  harmonisation layer after the first)."""
+  """deploy_skip_all_512 (conv0-6 + BN/scale, fc7 8192 -> 1024, deconv6-0, 'output' deconv to
+  RGB) and deploy_512, the released joint net: the parsing decoder's levels, its head
+  (deconv 64 -> 64 + BN/scale, 1x1 conv 64 -> 26), and its level outputs concatenated into the
+  inputs of harmonisation deconv5 ... deconv0 (not into 'output-h', which reads 64 channels)."""
   enc = sum(_conv(a, b) + _bn(b) for a, b in [(4, 64), (64, 64), (64, 128), (128, 128),
                                               (128, 256), (256, 256), (256, 512)])
   fc7 = 4 * 4 * 512 * 1024 + 1024
@@ -103,11 +104,31 @@ def test_dih_parameter_counts():
   assert deploy == 25_051_395
   x, m = _zeros(1, 512, 512, 3), _zeros(1, 512, 512, 1)
   assert _count(_init_shapes(dih.DIH(parsing_classes=0), x, m)["params"]) == deploy
-  concat_extra = sum(16 * a * b for a, b in levels[1:]) + 16 * 64 * 3
-  joint = deploy + (dec + _conv(64, 26)) + concat_extra
-  assert _count(_init_shapes(dih.DIH(), x, m)["params"]) == joint
+  concat_extra = sum(16 * a * b for a, b in levels[1:])
+  parsing = dec + _conv(64, 64) + _bn(64) + _conv(64, 26, k=1)
+  joint = deploy + parsing + concat_extra
+  assert joint == 41_769_181
+  variables = _init_shapes(dih.DIH(), x, m)
+  assert _count(variables["params"]) == joint
+  h, seg = variables["params"]["harmonization_decoder"], variables["params"]["parsing_decoder"]
+  assert h["deconv0"]["deconv"]["kernel"].shape == (4, 4, 128, 64)   # concat-res1
+  assert h["output"]["kernel"].shape == (4, 4, 64, 3)                # skip0-h alone
+  assert seg["head"]["deconv"]["kernel"].shape == (4, 4, 64, 64)
+  assert seg["classifier"]["kernel"].shape == (1, 1, 64, 26)
   pred, logits = jax.eval_shape(lambda: dih.DIH().init_with_output(jax.random.key(0), x, m)[0])
   assert pred.shape == (1, 512, 512, 3) and logits.shape == (1, 512, 512, 26)
+
+
+def test_caffe_input_space_is_the_demos():
+  """caffe_inputs: BGR on 0..255 minus (104.00699, 116.66877, 122.67892) (to 1e-5) and
+  mask * 255 - 128; caffe_to_rgb undoes the image part."""
+  image = np.random.default_rng(0).random((2, 3, 3)).astype(np.float32)
+  mask = np.array([[0.0, 0.5, 1.0]] * 2, np.float32)[..., None]
+  x, m = dih.caffe_inputs(jnp.asarray(image), jnp.asarray(mask))
+  demo = image[..., ::-1] * 255.0 - np.array([104.00699, 116.66877, 122.67892])
+  np.testing.assert_allclose(x, demo, atol=1e-4)
+  np.testing.assert_allclose(m[..., 0], [[-128.0, -0.5, 127.0]] * 2)
+  np.testing.assert_allclose(dih.caffe_to_rgb(x), image, atol=1e-6)
 
 
 def _torch_conv_transpose(x: np.ndarray, w: np.ndarray, stride: int, padding: int) -> np.ndarray:

@@ -68,18 +68,18 @@ def test_synthetic_problems_change_only_the_masked_region():
   np.testing.assert_allclose(ex1["composite"][0], ex["composite"][2], atol=1e-6)
 
 
-def test_real_pairs_binarise_masks_for_training_only():
-  """iHarmony4 batches: composite/real from the fields; a soft mask (bilinear resize) is
-  thresholded at 0.5 for training and kept as is for evaluation."""
+def test_real_pairs_keep_soft_masks_in_training():
+  """iHarmony4 batches: composite/real from the fields; the soft mask of a bilinear resize is
+  mask / 255 in training as in evaluation (saic-vul trains on its bilinearly resized mask)."""
   task = tasks.build(_tiny())
   mask = np.array([0, 100, 128, 200, 255], np.uint8).reshape(1, 1, 5, 1)
   batch = {"image": np.zeros((1, 1, 5, 3), np.uint8), "real": np.full((1, 1, 5, 3), 255, np.uint8),
            "mask": mask, "index": np.zeros(1, np.int32), "subset": np.array([2], np.int32)}
-  train = task.problems(batch, jax.random.key(0), jnp.int32(0), True)
-  ev = task.problems(batch, jax.random.key(0), jnp.int32(0), False)
-  np.testing.assert_array_equal(train["mask"][0, 0, :, 0], [0, 0, 1, 1, 1])
-  np.testing.assert_allclose(ev["mask"][0, 0, :, 0], mask[0, 0, :, 0] / 255.0, atol=1e-6)
-  assert float(ev["target"].min()) == 1.0 and int(ev["subset"][0]) == 2
+  for train in (True, False):
+    ex = task.problems(batch, jax.random.key(0), jnp.int32(0), train)
+    np.testing.assert_allclose(ex["mask"][0, 0, :, 0], [0, 100 / 255, 128 / 255, 200 / 255, 1],
+                               atol=1e-6)
+    assert float(ex["target"].min()) == 1.0 and int(ex["subset"][0]) == 2
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +128,22 @@ def test_pyramid_variant_builds_the_pyramid_model():
   state = jax.eval_shape(task.init, jax.random.key(0))
   assert set(state.params) == {"backbone", "downsize", "model"}
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)) == 18_090_581
+
+
+def test_no_mask_variant_has_no_mask_fusion():
+  """configs/iharmony4_idih_hrnet.py:w18s_no_mask (reference hrnet18s_no_mask_idih): the HRNet
+  trunk gets no mask-fusion conv: w18s minus its 3x3 conv 1 -> 64 with bias and its scale
+  (9 * 64 + 64 + 1 = 641 parameters); the iDIH still reads the mask."""
+  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa: E731
+  params = {}
+  for variant in ("w18s", "w18s_no_mask"):
+    task = tasks.build(load_config("iharmony4_idih_hrnet", variant))
+    params[variant] = jax.eval_shape(task.init, jax.random.key(0)).params
+  assert "mask_conv" in params["w18s"]["backbone"]
+  assert "mask_conv" not in params["w18s_no_mask"]["backbone"]
+  assert count(params["w18s"]) - count(params["w18s_no_mask"]) == 641
+  encoder_in = params["w18s_no_mask"]["model"]["encoder"]["block0"]["conv"]["kernel"].shape[2]
+  assert encoder_in == 4   # image + mask
 
 
 def test_dih_two_stage_schedule():
