@@ -16,7 +16,7 @@ CONFIGS = {"faces": ["", "tiny"], "cityscapes": ["", "tiny"], "demo": ["", "tiny
            "iharmony4_idih_hrnet": ["", "w18s", "w18", "w32", "w18s_v2p", "w18_v2p", "w18s_no_mask",
                                     "tiny"],
            "harmonization_demo": ["", "tiny"],
-           "video_inpainting": ["", "tiny"], "video_demo": ["", "tiny"],
+           "video_inpainting": ["", "davis", "tiny"], "video_demo": ["", "tiny"],
            "fcn_voc": ["", "32s", "16s", "8s", "4s", "tiny"], "fcn_demo": ["", "tiny"]}
 
 
