@@ -68,10 +68,10 @@ def fn_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
   return (err / (pred.shape[1] * torch.clamp_min(mask.sum((1, 2, 3)), min_area))).mean()
 
 
-def _normalize(image_uint8: np.ndarray) -> torch.Tensor:
-  mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-  std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-  return (tt.nchw(image_uint8.astype(np.float32) / 255.0) - mean) / std
+def _normalize(image_uint8: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+  mean = torch.tensor(IMAGENET_MEAN, dtype=dtype).view(1, 3, 1, 1)
+  std = torch.tensor(IMAGENET_STD, dtype=dtype).view(1, 3, 1, 1)
+  return (tt.nchw(image_uint8.astype(np.float32) / 255.0).to(dtype) - mean) / std
 
 
 def lr_groups(model: torch.nn.Module, lr: float, hrnet_mult: float) -> list[dict[str, Any]]:
@@ -84,16 +84,18 @@ def lr_groups(model: torch.nn.Module, lr: float, hrnet_mult: float) -> list[dict
 
 
 def reference_training(model: torch.nn.Module, groups: list[dict[str, Any]],
-                       batches: Sequence[dict[str, np.ndarray]], min_area: float) -> list[float]:
-  """The reference's training steps (module docstring) on `batches`: the loss of each step."""
-  model.train()
+                       batches: Sequence[dict[str, np.ndarray]], min_area: float,
+                       dtype: torch.dtype = torch.float32) -> list[float]:
+  """The reference's training steps (module docstring) on `batches`: the loss of each step.
+  `dtype` float64 gives the exact training the float32 ones approximate (the model is cast)."""
+  model.to(dtype).train()
   optimizer = torch.optim.Adam(groups, betas=(0.9, 0.999), eps=1e-8)
   losses = []
   with tt.one_thread():
     for batch in batches:
-      mask = tt.nchw(batch["mask"].astype(np.float32) / 255.0)
-      loss = fn_mse(model(_normalize(batch["image"]), mask), _normalize(batch["real"]), mask,
-                    min_area)
+      mask = tt.nchw(batch["mask"].astype(np.float32) / 255.0).to(dtype)
+      loss = fn_mse(model(_normalize(batch["image"], dtype), mask),
+                    _normalize(batch["real"], dtype), mask, min_area)
       optimizer.zero_grad()
       loss.backward()
       optimizer.step()

@@ -72,7 +72,7 @@ class Replay(torch.nn.Module):
     self.masks = masks
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
-    return x * nchw(self.masks())
+    return x * nchw(self.masks()).to(x.dtype)
 
 
 def jit_unoptimized(fn: Callable[..., Any]) -> Callable[..., Any]:
