@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from convert.torch_iharm import nchw, nhwc, one_thread
+from convert.torch_iharm import nchw, nhwc, one_thread, state_dict
 
 __all__ = ["Recorder", "Replay", "flat", "jit_unoptimized", "move_errors", "nchw", "nhwc",
-           "one_thread", "record_dropout"]
+           "one_thread", "record_dropout", "state_dict"]
 
 
 class Recorder:
