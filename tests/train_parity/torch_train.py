@@ -24,23 +24,30 @@ __all__ = ["Recorder", "Replay", "flat", "jit_unoptimized", "move_errors", "nchw
 
 
 class Recorder:
-  """Arrays recorded from inside jitted code, in the order their call sites were traced.
+  """Values (pytrees) recorded from inside jitted code, by traced call site.
 
-  Each traced call site gets a slot when traced; its runtime values are appended to that slot,
-  so the order does not depend on the order in which XLA runs the callbacks.
+  Each traced call site gets a slot, named by the caller, when it is traced; its runtime values
+  are appended to that slot, so the order does not depend on the order in which XLA runs the
+  callbacks.
   """
 
   def __init__(self):
-    self.slots: list[list[np.ndarray]] = []
+    self.slots: list[list[Any]] = []
+    self.names: list[str] = []
 
-  def record(self, value: jax.Array) -> None:
-    slot: list[np.ndarray] = []
+  def record(self, value: Any, name: str = "") -> None:
+    slot: list[Any] = []
     self.slots.append(slot)
-    jax.debug.callback(lambda v: slot.append(np.asarray(v)), value)
+    self.names.append(name)
+    jax.debug.callback(lambda v: slot.append(jax.tree.map(np.array, v)), value)
 
-  def take(self, site: int, call: int) -> np.ndarray:
+  def take(self, site: int, call: int) -> Any:
     """The value of the `call`-th run of the `site`-th traced call site."""
     return self.slots[site][call]
+
+  def named(self, name: str) -> list[list[Any]]:
+    """The slots recorded under `name`, in tracing order."""
+    return [slot for slot, n in zip(self.slots, self.names) if n == name]
 
 
 @contextlib.contextmanager
