@@ -16,10 +16,13 @@ The OCR head's Dropout2d draws are cpjax's, replayed in PyTorch (`torch_train.re
 Tolerances. The trunk's gradients are ill-conditioned in float32: the reference's own float32
 trunk gradients differ from its float64 ones by up to 4% of the leaf's largest element (on these
 batches; cpjax's in float64 equal the reference's float64 ones to 1e-5), and Adam turns such
-differences into moves that differ by up to ~60% in some leaves after two steps. So the
-reference also trains in float64 (the exact training), and cpjax's float32 training must be at
-most 3x as far from it as the reference's own float32 training is (plus a small floor), leaf by
-leaf and step by step.
+differences into moves that differ by up to half the move in some leaves after two steps (and
+the step-2 loss by ~1e-3). So the reference also trains in float64 (the exact training), and
+cpjax's float32 training must be no further from it than 3x the reference's own float32
+training is: per step for the loss, and over the leaves (the largest and the median distance)
+for the parameters and the BatchNorm statistics after the steps, whose single-leaf distances
+are chaotic. What is computed from identical weights (the first loss, the running averages
+after the first step) is compared directly with tight tolerances.
 """
 from __future__ import annotations
 
@@ -60,8 +63,9 @@ def _check_dropout(module) -> None:
 
 @pytest.fixture(scope="module")
 def runs():
-  """The trainings: {'config', 'initial' (variables), 'cpjax' (state), 'cpjax_losses', and for
-  the reference in float32 and float64: 'f32', 'f64' (variables), 'f32_losses', 'f64_losses'}."""
+  """The trainings: {'config', 'initial' (variables), 'cpjax' (state after each step),
+  'cpjax_losses', and for the reference in float32 and float64: 'f32', 'f64' (variables after
+  each step), 'f32_losses', 'f64_losses'}."""
   config = load_config("iharmony4_idih_hrnet", "w18s")
   config.data.image_size, config.model.depth = SIZE, DEPTH
   config.loss.min_area = 100.0 * (SIZE / 256) ** 2
@@ -70,7 +74,7 @@ def runs():
   expected = {"params": shapes.params, "batch_stats": shapes.batch_stats}
   name_of = harmonization_convert._idih_hrnet_name  # pylint: disable=protected-access
   reference = _reference(seed=2)
-  out = {"config": config, "initial": th.converted(reference, expected, name_of)}
+  out = {"config": config, "initial": th.converted(ti.state_dict(reference), expected, name_of)}
   batches = th.real_pairs(STEPS, BATCH, SIZE, seed=1)
   recorder = tt.Recorder()
   with tt.record_dropout(recorder, _check_dropout):
@@ -81,24 +85,28 @@ def runs():
     net = copy.deepcopy(reference)
     draws = iter(recorder.slots[0])
     net.backbone.hrnet.ocr_distri_head.conv_bn_dropout[2] = tt.Replay(lambda d=draws: next(d))
-    out[f"{name}_losses"] = th.reference_training(
+    out[f"{name}_losses"], states = th.reference_training(
         net, th.lr_groups(net, o.lr, o.backbone_lr_mult), batches, config.loss.min_area, dtype)
-    out[name] = th.converted(net, expected, name_of)
+    out[name] = [th.converted(state, expected, name_of) for state in states]
   return out
 
 
 def test_loss_matches_the_reference_at_every_step(runs):
-  """Step 1 (same weights): relative error < 1e-5 against the float32 reference (measured 4e-7).
-  Every step: |ours - exact| <= 3 |reference float32 - exact| + 1e-6 |exact|."""
+  """Step 1 (same weights): relative error < 1e-5 against the float32 reference (measured 2e-7).
+  Every step: |ours - exact| <= 3 |reference float32 - exact| + 1e-3 |exact| (at step 2 the
+  reference's float32 loss is 8e-4 from the exact one; ours measured 3e-4 to 1.7e-3 with
+  different BatchNorm implementations)."""
   ours, f32, f64 = (np.asarray(runs[k]) for k in ("cpjax_losses", "f32_losses", "f64_losses"))
   np.testing.assert_allclose(ours[0], f32[0], rtol=1e-5)
-  assert np.all(np.abs(ours - f64) <= AS_FAR * np.abs(f32 - f64) + 1e-6 * np.abs(f64))
+  assert np.all(np.abs(ours - f64) <= AS_FAR * np.abs(f32 - f64) + 1e-3 * np.abs(f64))
 
 
 def _distances(runs, collection: str, skip: set[str] = frozenset()) -> dict[str, tuple]:
-  """Per leaf: (||cpjax - exact||, ||reference float32 - exact||, ||exact - initial||)."""
-  ours = tt.flat(getattr(runs["cpjax"], collection))
-  f32, f64, initial = (tt.flat(runs[k][collection]) for k in ("f32", "f64", "initial"))
+  """Per leaf after the last step: (||cpjax - exact||, ||reference float32 - exact||,
+  ||exact - initial||)."""
+  ours = tt.flat(getattr(runs["cpjax"][-1], collection))
+  f32, f64 = (tt.flat(runs[k][-1][collection]) for k in ("f32", "f64"))
+  initial = tt.flat(runs["initial"][collection])
   assert sorted(ours) == sorted(f64) == sorted(f32) == sorted(initial)
   return {path: (np.linalg.norm(ours[path] - exact), np.linalg.norm(f32[path] - exact),
                  np.linalg.norm(exact - initial[path]))
@@ -106,41 +114,52 @@ def _distances(runs, collection: str, skip: set[str] = frozenset()) -> dict[str,
 
 
 def test_parameters_match_the_reference_after_the_steps(runs):
-  """Leaf by leaf: ||ours - exact|| <= 3 ||reference float32 - exact|| + 0.05 ||exact move||
-  (measured: ours at most 0.45 of the move, median 0.09; the reference's float32 training at
-  most 0.50, median 0.16; the largest ratio of the two 2.4, so the floor keeps a leaf where the
-  reference happens to land close to the exact move from failing by chance). Adam moves each element by about
-  lr x multiplier: every trunk leaf moved less than 0.25 lr (rms per element) and every other
-  leaf more than 0.8 lr, in both trainings (a wrong trunk multiplier gives a factor of 10).
-  Not compared: the conv biases in front of a BatchNorm, whose gradient is zero in exact
-  arithmetic (`torch_harmonization.biases_before_batchnorm`)."""
+  """Distance to the exact training relative to the exact move, per leaf: ours' largest at most
+  3x the reference float32 training's largest, ours' median at most 3x its median (measured:
+  ours at most 0.45-0.59, median 0.09-0.13; the reference's at most 0.50, median 0.16). Adam moves each element by about lr x multiplier: every
+  trunk leaf moved between 0.05 and 0.25 lr (rms per element) and every other leaf more than
+  0.8 lr, in cpjax's and the exact training (the multiplier is 0.1; 1 or 0.01 fail). Not
+  compared: the conv biases in front of a BatchNorm, whose gradient is zero in exact arithmetic
+  (`torch_harmonization.biases_before_batchnorm`)."""
   initial = runs["initial"]
   skip = th.biases_before_batchnorm(initial["params"], initial["batch_stats"])
   assert len(skip) == 2 * DEPTH - 2 + 1   # the iDIH blocks with BatchNorm, the OCR 3x3 conv
   distances = _distances(runs, "params", skip)
-  bad = {path: d for path, d in distances.items() if d[0] > AS_FAR * d[1] + 0.05 * d[2]}
-  assert not bad
+  ours = np.array([d[0] / d[2] for d in distances.values()])
+  f32 = np.array([d[1] / d[2] for d in distances.values()])
+  assert ours.max() <= AS_FAR * f32.max() and np.median(ours) <= AS_FAR * np.median(f32)
   lr = runs["config"].optim.lr
   start = tt.flat(initial["params"])
-  for final in (tt.flat(runs["cpjax"].params), tt.flat(runs["f64"]["params"])):
+  for final in (tt.flat(runs["cpjax"][-1].params), tt.flat(runs["f64"][-1]["params"])):
     rms = {path: np.sqrt(np.mean(np.square(final[path] - start[path]))) for path in distances}
     trunk = [m for path, m in rms.items() if path.startswith("backbone/hrnet/")]
     head = [m for path, m in rms.items() if not path.startswith("backbone/hrnet/")]
-    assert max(trunk) < 0.25 * lr < 0.8 * lr < min(head)
+    assert 0.05 * lr < min(trunk) and max(trunk) < 0.25 * lr < 0.8 * lr < min(head)
 
 
-def test_batchnorm_running_averages_match_the_reference(runs):
-  """Running means and variances after the steps, against the exact training (momentum 0.1;
+def test_batchnorm_running_averages_after_one_step(runs):
+  """Running means and variances after the first step, from the same weights (momentum 0.1;
   PyTorch averages the unbiased batch variance n / (n - 1) s^2, n = examples x pixels: 16 at
-  HRNet's 2x2 branch, 8 for OCR's 2 region vectors): ||ours - exact|| <= 3 ||reference float32
-  - exact|| + 1e-5 ||exact||, plus for the means 0.2 lr x sqrt(channels), the most that the
-  zero-gradient conv biases can add after one step (see test_idih_training)."""
-  lr = runs["config"].optim.lr
-  exact = tt.flat(runs["f64"]["batch_stats"])
-  bad = {}
-  for path, (ours, f32, _) in _distances(runs, "batch_stats").items():
-    bias_noise = 0.2 * lr * (STEPS - 1) * np.sqrt(exact[path].size) if path.endswith(
-        "mean") else 0.0
-    if ours > AS_FAR * f32 + 1e-5 * np.linalg.norm(exact[path]) + bias_noise:
-      bad[path] = (ours, f32)
+  HRNet's 2x2 branch, 8 for OCR's 2 region vectors): error < 1e-4 of the leaf's largest value
+  against the float32 reference (an unbiased update reproduces it to 8e-6; flax's biased one
+  is 2.5e-2 off)."""
+  ours = tt.flat(runs["cpjax"][0].batch_stats)
+  ref = tt.flat(runs["f32"][0]["batch_stats"])
+  assert sorted(ours) == sorted(ref)
+  bad = {path: float(np.max(np.abs(ours[path] - value)) / np.max(np.abs(value)))
+         for path, value in ref.items()
+         if np.max(np.abs(ours[path] - value)) > 1e-4 * np.max(np.abs(value))}
   assert not bad
+
+
+def test_batchnorm_running_averages_after_the_steps(runs):
+  """Running means and variances after the last step, against the exact training: per leaf
+  the distance relative to the leaf's norm; ours' largest at most 3x the reference float32
+  training's largest, ours' median at most 3x its median (the weights of the second step
+  already differ chaotically; measured with an unbiased update: ours 4.6e-3 / 8e-5, the
+  reference's 3.0e-3 / 1.4e-4)."""
+  distances = _distances(runs, "batch_stats")
+  exact = tt.flat(runs["f64"][-1]["batch_stats"])
+  ours = np.array([d[0] / np.linalg.norm(exact[p]) for p, d in distances.items()])
+  f32 = np.array([d[1] / np.linalg.norm(exact[p]) for p, d in distances.items()])
+  assert ours.max() <= AS_FAR * f32.max() and np.median(ours) <= AS_FAR * np.median(f32)

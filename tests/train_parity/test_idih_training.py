@@ -30,27 +30,26 @@ STEPS, BATCH, SIZE = 2, 4, 256
 
 @pytest.fixture(scope="module")
 def runs():
-  """Both trainings: (config, initial variables, cpjax state and losses, reference variables
-  and losses)."""
+  """Both trainings: {'config', 'initial' (variables), 'cpjax' (state after each step),
+  'cpjax_losses', 'reference' (variables after each step), 'reference_losses'}."""
   config = load_config("iharmony4_idih")
   task = harmonization.HarmonizationTask(config)
   reference = ti.build(ti.IDIH, seed=0)
   initial = convert.convert("idih256", ti.state_dict(reference)).variables
   batches = th.real_pairs(STEPS, BATCH, SIZE, seed=0)
-  state, losses = th.cpjax_training(task, initial, batches)
-  o = config.optim
-  ref_losses = th.reference_training(reference, th.lr_groups(reference, o.lr, 1.0), batches,
-                                     config.loss.min_area)
-  final = convert.convert("idih256", ti.state_dict(reference)).variables
-  return config, initial, state, losses, final, ref_losses
+  states, losses = th.cpjax_training(task, initial, batches)
+  ref_losses, ref_states = th.reference_training(
+      reference, th.lr_groups(reference, config.optim.lr, 1.0), batches, config.loss.min_area)
+  return {"config": config, "initial": initial, "cpjax": states, "cpjax_losses": losses,
+          "reference": [convert.convert("idih256", s).variables for s in ref_states],
+          "reference_losses": ref_losses}
 
 
 def test_loss_matches_the_reference_at_every_step(runs):
   """Relative error < 1e-5 per step. Step 1 starts from the same weights (only the order of
   float32 reductions differs; measured 1e-7); step 2 from weights that agree to 3e-3 of
   Adam's move (test below), measured 2e-7."""
-  *_, losses, _, ref_losses = runs
-  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  np.testing.assert_allclose(runs["cpjax_losses"], runs["reference_losses"], rtol=1e-5)
 
 
 def test_parameters_match_the_reference_after_the_steps(runs):
@@ -62,29 +61,32 @@ def test_parameters_match_the_reference_after_the_steps(runs):
   any two float32 programs; the norm over a leaf stays close. Not compared: the conv biases in
   front of a BatchNorm, whose gradient is zero in exact arithmetic
   (`torch_harmonization.biases_before_batchnorm`)."""
-  _, initial, state, _, final, _ = runs
+  initial = runs["initial"]
   skip = th.biases_before_batchnorm(initial["params"], initial["batch_stats"])
-  errors = tt.move_errors(state.params, final["params"], initial["params"])
   assert len(skip) == 12   # encoder blocks 2-6, decoder blocks 0-6
+  errors = tt.move_errors(runs["cpjax"][-1].params, runs["reference"][-1]["params"],
+                          initial["params"])
   bad = {path: e for path, e in errors.items()
          if path not in skip and (e[0] > 1e-2 or abs(e[1] - 1) > 1e-3)}
   assert not bad
 
 
-def test_batchnorm_running_averages_match_the_reference(runs):
-  """Running means and variances after the steps (momentum 0.1; PyTorch averages the unbiased
-  batch variance n / (n - 1) s^2, n = examples x pixels, 4 at the 1x1 bottleneck).
-
-  var: error < 2e-4 of the leaf's largest value (an unbiased update reproduces the reference's
-  to 7e-5). mean: the same plus 0.2 lr, the most that the zero-gradient conv biases (previous
-  test) can add: after one step they differ by at most 2 lr, and the running mean takes 0.1 of
-  the batch mean."""
-  config, initial, state, _, final, _ = runs
-  ours, ref = tt.flat(state.batch_stats), tt.flat(final["batch_stats"])
+@pytest.mark.parametrize("step", range(STEPS))
+def test_batchnorm_running_averages_match_the_reference(runs, step):
+  """Running means and variances after each step (momentum 0.1; PyTorch averages the unbiased
+  batch variance n / (n - 1) s^2, n = examples x pixels, 4 at the 1x1 bottleneck). After step 1
+  (statistics of the same weights): error < 1e-5 of the leaf's largest value (an unbiased
+  update reproduces the reference's to 4e-7; the biased one is up to 6e-2 off). After step 2:
+  < 5e-4 (measured 2e-4), plus 0.2 lr for the means: the zero-gradient conv biases in front of
+  the BatchNorms (previous test) differ by up to 2 lr after one step, and the running mean
+  takes 0.1 of the batch mean."""
+  ours = tt.flat(runs["cpjax"][step].batch_stats)
+  ref = tt.flat(runs["reference"][step]["batch_stats"])
   assert sorted(ours) == sorted(ref) and len(ref) == 2 * 12
-  atol = {"mean": 0.2 * config.optim.lr * (STEPS - 1), "var": 0.0}
-  bad = {path: float(np.max(np.abs(ours[path] - value)))
+  rtol = 1e-5 if step == 0 else 5e-4
+  atol = {"mean": 0.2 * runs["config"].optim.lr * step, "var": 0.0}
+  bad = {path: float(np.max(np.abs(ours[path] - value)) / np.max(np.abs(value)))
          for path, value in ref.items()
-         if np.max(np.abs(ours[path] - value)) > 2e-4 * np.max(np.abs(value))
+         if np.max(np.abs(ours[path] - value)) > rtol * np.max(np.abs(value))
          + atol[path.rsplit("/", 1)[1]]}
   assert not bad

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
-import skimage.data
 import torch
 
 from cpjax.convert.hrnet import module_variables
@@ -32,21 +30,17 @@ from cpjax.tasks import harmonization
 from convert import torch_iharm as ti
 from train_parity import torch_train as tt
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
 HRNET_OCR = ("backbone.hrnet.conv3x3_ocr.", "backbone.hrnet.ocr_distri_head.")
 
 
 def real_pairs(steps: int, batch: int, size: int, seed: int) -> list[dict[str, np.ndarray]]:
-  """iHarmony4-like batches: 'real' = bundled photos resized to size x size, 'mask' = a
+  """iHarmony4-like batches: 'real' = bundled photos (`torch_train.photos`), 'mask' = a
   rectangle per image (uint8 0 / 255; the last image's is 2 x 3 pixels, below any min_area),
   'image' = the real photo with a random per-channel gain and offset inside the mask."""
   r = np.random.default_rng(seed)
   out = []
   for step in range(steps):
-    names = [PHOTOS[(step * batch + i) % len(PHOTOS)] for i in range(batch)]
-    real = np.stack([cv2.resize(getattr(skimage.data, n)()[:300, :300], (size, size),
-                                interpolation=cv2.INTER_AREA) for n in names])
-    real = real.astype(np.float32) / 255.0
+    real = tt.photos(batch, size, step * batch).astype(np.float32) / 255.0
     mask = np.zeros((batch, size, size, 1), np.float32)
     for i in range(batch):
       h, w = r.integers(size // 16, size // 2, 2) if i < batch - 1 else (2, 3)
@@ -85,12 +79,14 @@ def lr_groups(model: torch.nn.Module, lr: float, hrnet_mult: float) -> list[dict
 
 def reference_training(model: torch.nn.Module, groups: list[dict[str, Any]],
                        batches: Sequence[dict[str, np.ndarray]], min_area: float,
-                       dtype: torch.dtype = torch.float32) -> list[float]:
-  """The reference's training steps (module docstring) on `batches`: the loss of each step.
-  `dtype` float64 gives the exact training the float32 ones approximate (the model is cast)."""
+                       dtype: torch.dtype = torch.float32
+                       ) -> tuple[list[float], list[dict[str, np.ndarray]]]:
+  """The reference's training steps (module docstring) on `batches`: the loss of each step and
+  the state dict after it. `dtype` float64 gives the exact training the float32 ones
+  approximate (the model is cast)."""
   model.to(dtype).train()
   optimizer = torch.optim.Adam(groups, betas=(0.9, 0.999), eps=1e-8)
-  losses = []
+  losses, states = [], []
   with tt.one_thread():
     for batch in batches:
       mask = tt.nchw(batch["mask"].astype(np.float32) / 255.0).to(dtype)
@@ -100,32 +96,34 @@ def reference_training(model: torch.nn.Module, groups: list[dict[str, Any]],
       loss.backward()
       optimizer.step()
       losses.append(loss.item())
-  return losses
+      states.append({k: v.copy() for k, v in ti.state_dict(model).items()})
+  return losses, states
 
 
-def converted(model: torch.nn.Module, expected: Any, torch_name) -> dict[str, Any]:
-  """The model's state dict in cpjax's layout, by the released-checkpoint rules of
+def converted(arrays: dict[str, np.ndarray], expected: Any, torch_name) -> dict[str, Any]:
+  """A state dict in cpjax's layout, by the released-checkpoint rules of
   `cpjax.convert.harmonization` (`torch_name`: its flax-path -> state-dict-prefix rule)."""
-  return module_variables(StateDict(ti.state_dict(model)), expected, torch_name,
+  return module_variables(StateDict(arrays), expected, torch_name,
                           lambda path: path[-1] == "deconv")
 
 
 def cpjax_training(task: harmonization.HarmonizationTask, variables: dict[str, Any],
                    batches: Sequence[dict[str, np.ndarray]]
-                   ) -> tuple[harmonization.HarmonizationState, list[float]]:
-  """cpjax's `train_step` (jitted, one compilation) from `variables` on `batches`: the final
-  state and the loss of each step."""
+                   ) -> tuple[list[harmonization.HarmonizationState], list[float]]:
+  """cpjax's `train_step` (jitted, one compilation) from `variables` on `batches`: the state
+  after each step and the loss of each step."""
   params = jax.tree.map(jnp.asarray, variables["params"])
   state = harmonization.HarmonizationState(
       step=jnp.zeros((), jnp.int32), params=params,
       batch_stats=jax.tree.map(jnp.asarray, variables["batch_stats"]),
       opt_state=task.tx.init(params))
   step = tt.jit_unoptimized(task.train_step).lower(state, batches[0], jax.random.key(0)).compile()
-  losses = []
+  states, losses = [], []
   for batch in batches:
     state, metrics = step(state, batch, jax.random.key(0))
+    states.append(state)
     losses.append(float(metrics["loss"]))
-  return state, losses
+  return states, losses
 
 
 def biases_before_batchnorm(params: Any, batch_stats: Any) -> set[str]:

@@ -11,16 +11,28 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Iterator
 
+import cv2
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import skimage.data
 import torch
 
 from convert.torch_iharm import nchw, nhwc, one_thread, state_dict
 
 __all__ = ["Recorder", "Replay", "flat", "jit_unoptimized", "move_errors", "nchw", "nhwc",
-           "one_thread", "record_dropout", "state_dict"]
+           "one_thread", "photos", "record_dropout", "state_dict"]
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
+
+
+def photos(count: int, size: int, first: int = 0) -> np.ndarray:
+  """[count, size, size, 3] uint8: the top-left 300 x 300 of photos bundled with scikit-image
+  (`PHOTOS`, cycled from index `first`), resized by area averaging."""
+  return np.stack([cv2.resize(getattr(skimage.data, PHOTOS[(first + i) % len(PHOTOS)])()
+                              [:300, :300], (size, size), interpolation=cv2.INTER_AREA)
+                   for i in range(count)])
 
 
 class Recorder:
