@@ -2,7 +2,7 @@ r"""Seamless cloning: cut an object from one photo and blend it into another (th
 
   python -m cpjax.tools.clone --source=S.png --target=T.png \
       (--mask=M.png | --segment=WORKDIR --class=NAME [--dilation=3] [--save_mask=M.png]) \
-      [--offset=DX,DY] [--mode=normal|mixed|monochrome] [--domain=box|mask] \
+      [--offset=DX,DY] [--mode=normal|mixed|monochrome] [--domain=box|mask|opencv] \
       [--harmonize=WORKDIR] --out=OUT.png [--verbose]
 
 1. The region: the white pixels of --mask (the size of the source), or, with --segment, the
@@ -10,11 +10,14 @@ r"""Seamless cloning: cut an object from one photo and blend it into another (th
    cleaned up: only the largest connected component (8-neighbourhood) is kept, then dilated by
    a disk of radius --dilation pixels (default 3), so that the Poisson boundary lies just
    outside the object, on background, rather than on its outline. --save_mask writes it.
-2. Poisson image editing (`cpjax.ops.poisson.seamless_clone`, OpenCV's problem on the region's
-   bounding box, solved exactly): the region moves DX pixels right and DY down (--offset) into
-   the target; inside it the result keeps the source's gradients (--mode=normal), the larger of
-   source and target gradients (mixed) or the source's luminance gradients (monochrome), and
-   meets the target at the region's border. --domain=mask solves on the region itself (Perez).
+2. Poisson image editing (`cpjax.ops.poisson.seamless_clone`): the region moves DX pixels
+   right and DY down (--offset) into the target; inside it the result keeps the source's
+   gradients (--mode=normal), the larger of source and target gradients (mixed) or the source's
+   luminance gradients (monochrome), and meets the target at the region's border. --domain
+   picks the problem: 'mask' is Perez et al.'s (the region's pixels unknown, all others the
+   target's); 'opencv' is cv2.seamlessClone's, reproduced within 1/255 (the region eroded by
+   3 px, its bounding box solved, OpenCV's own mixed-gradient test); 'box' (default) is Perez's
+   guidance with the whole bounding box unknown, the fastest, neither reference exactly.
 3. --harmonize=WORKDIR (optional): a trained harmonisation model (`configs/harmonization_*.py`,
    `cpjax.tools.harmonize`) then adjusts the cloned region's colours to the target.
 
@@ -133,7 +136,8 @@ def clone(source: np.ndarray, target: np.ndarray, mask: np.ndarray,
     mask: [Hs, Ws, 1] in {0, 1}, in source coordinates.
     offset: (DX, DY): source pixel (y, x) lands on target pixel (y + DY, x + DX).
     mode: 'normal', 'mixed' or 'monochrome' (`cpjax.ops.poisson`).
-    domain: 'box' (OpenCV's) or 'mask' (Perez's).
+    domain: 'box', 'mask' (Perez et al.'s) or 'opencv' (cv2.seamlessClone's); see
+      `cpjax.ops.poisson`.
     names: what messages call source, target and mask.
 
   Returns:
@@ -141,14 +145,18 @@ def clone(source: np.ndarray, target: np.ndarray, mask: np.ndarray,
 
   Raises:
     ToolError: bad mode/domain, size mismatch, empty mask, region outside the target or on its
-      border.
+      border, a region under 3x3 px with --domain=opencv.
   """
   _check_mode(mode, domain)
   mask = (np.asarray(mask, np.float32).reshape(*np.shape(mask)[:2], 1) >= 0.5).astype(np.float32)
   check_placement(source.shape, target.shape, mask, offset, names)
   check_interior(mask, target.shape, offset, names)
-  out = poisson.seamless_clone(np.asarray(source, np.float32), np.asarray(target, np.float32),
-                               mask, offset=offset, mode=mode, domain=domain)
+  try:
+    out = poisson.seamless_clone(np.asarray(source, np.float32),
+                                 np.asarray(target, np.float32), mask, offset=offset, mode=mode,
+                                 domain=domain)
+  except ValueError as e:  # e.g. --domain=opencv with a region under 3x3 px
+    raise ToolError(str(e)) from None
   return np.clip(np.asarray(jax.device_get(out), np.float32), 0.0, 1.0)
 
 
@@ -224,9 +232,14 @@ def define_flags() -> None:
   flags.DEFINE_string("save_mask", None, "Also write the mask used (PNG).")
   flags.DEFINE_string("offset", "0,0",
                       "DX,DY: move the region DX px right and DY px down in the target.")
-  flags.DEFINE_enum("mode", "normal", list(poisson.MODES), "Guidance field (as cv2).")
+  flags.DEFINE_enum("mode", "normal", list(poisson.MODES),
+                    "Gradients kept inside the region: the source's (normal), the larger of "
+                    "source's and target's (mixed), the source's luminance (monochrome); the "
+                    "names of cv2's NORMAL_CLONE, MIXED_CLONE, MONOCHROME_TRANSFER.")
   flags.DEFINE_enum("domain", "box", list(poisson.DOMAINS),
-                    "Solve on the region's bounding box (OpenCV) or the region itself (Perez).")
+                    "mask: Perez et al.'s problem on the region itself; opencv: "
+                    "cv2.seamlessClone's (within 1/255); box: Perez's guidance with the region's "
+                    "bounding box unknown (fastest, matches neither exactly).")
   flags.DEFINE_string("harmonize", None, "Harmonisation run (workdir) applied to the result.")
   flags.mark_flags_as_required(["source", "target", "out"])
 
