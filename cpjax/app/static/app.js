@@ -750,7 +750,7 @@ const VIDEO = {
     const c = this.clip;
     $(this.section, ".clip-info").textContent = `${c.name}: ${c.frames} frames, ${c.height}x${c.width}`;
     $(this.section, ".frames").max = c.frames;
-    $(this.section, ".frames").value = Math.min(30, c.frames);
+    $(this.section, ".frames").value = c.default_frames;
     $(this.section, ".size").value = c.size;
     this.setMasks(0);
     await this.boxes.setFrame(c.first);
