@@ -90,7 +90,7 @@ def test_the_page_shows_the_four_tools_offline(page):
                                     "Inpaint video"]
   paste = page.locator("#paste")
   assert paste.locator("canvas.editor").is_visible() and paste.locator("canvas.placer").is_visible()
-  assert "learned copy-paste: start the app with --copy_paste=DIR" in paste.locator(".hint").inner_text()
+  assert "learned copy-paste is off: start the app with --copy_paste=DIR" in paste.locator(".hint").inner_text()
   assert paste.locator("input[value=copy_paste]").is_disabled()
   assert paste.locator(".harmonize").is_enabled()          # the harmoniser is loaded
   page.click("#tab-segment")

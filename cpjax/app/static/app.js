@@ -452,11 +452,26 @@ function maskTools(section) {
   return tools;
 }
 
+// Fills a hint box with lines "name: text", `quoted` parts of the text shown as code.
+function showHints(box, lines) {
+  box.hidden = !lines.length;
+  box.replaceChildren(...lines.map(([name, text], i) => {
+    const line = document.createElement("span");
+    const strong = document.createElement("strong");
+    strong.textContent = `${name}: `;
+    line.append(...(i ? [document.createElement("br")] : []), strong);
+    text.split("`").forEach((part, k) => {
+      const node = k % 2 ? document.createElement("code") : document.createTextNode(part);
+      if (k % 2) node.textContent = part;
+      line.append(node);
+    });
+    return line;
+  }));
+}
+
 function setHint(section, kind) {
-  const hint = $(section, ".hint");
   const model = INFO.models[kind];
-  hint.hidden = model.enabled;
-  hint.textContent = model.enabled ? "" : `${section.dataset.tool || "This tool"} is off: ${model.hint}`;
+  showHints($(section, ".hint"), model.enabled ? [] : [[`${section.dataset.tool} is off`, model.hint]]);
   return model.enabled;
 }
 
@@ -498,8 +513,8 @@ async function compositor(section, {segment}) {
     label.classList.add("disabled");
     label.title = harmonizer.hint;
   }
-  const hints = INFO.methods.filter((m) => !m.enabled).map((m) => `${m.label}: ${m.hint}`);
-  if (!harmonizer.enabled) hints.push(`harmonize on top: ${harmonizer.hint}`);
+  const hints = INFO.methods.filter((m) => !m.enabled).map((m) => [`${m.label} is off`, m.hint]);
+  if (!harmonizer.enabled) hints.push(["harmonize on top is off", harmonizer.hint]);
 
   // Segmentation.
   if (segment) {
@@ -511,10 +526,8 @@ async function compositor(section, {segment}) {
     for (const control of segmentTools.querySelectorAll("input, select, button")) control.disabled = !enabled;
     $(section, ".use-class").addEventListener("click", () => runSegment({class: $(section, ".class").value}));
     $(section, ".largest").addEventListener("click", () => runSegment({}));
-  } else if (hints.length) {
-    const hint = $(section, ".hint");
-    hint.hidden = false;
-    hint.textContent = `Off until a model is given: ${hints.join(" ")}`;
+  } else {
+    showHints($(section, ".hint"), hints);
   }
 
   async function runSegment(request) {
@@ -555,6 +568,7 @@ async function compositor(section, {segment}) {
   function showResults(out) {
     const results = $(section, ".results");
     results.replaceChildren(...out.results.map((r) => {
+      if (!harmonizer.enabled) return resultFigure(r);
       const send = document.createElement("button");
       send.textContent = "harmonize this";
       send.title = "open this result and its region in Harmonize";
