@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cpjax.layers import conv_general_dilated
 from cpjax.ops.geometry import crop_and_resize
 from cpjax.ops.masks import bounding_box
 
@@ -76,7 +77,8 @@ class CriticBranch(nn.Module):
     """[B, H, W, C] -> [B, dense_width]."""
     for i, features in enumerate(self.widths):
       x = nn.Conv(features, (5, 5), strides=2, padding=((2, 2), (2, 2)), dtype=self.dtype,
-                  param_dtype=self.param_dtype, name=f"conv_{i}")(x)
+                  param_dtype=self.param_dtype, conv_general_dilated=conv_general_dilated,
+                  name=f"conv_{i}")(x)
       x = nn.leaky_relu(x, negative_slope=self.negative_slope)
     x = x.reshape(x.shape[0], -1)
     x = nn.Dense(self.dense_width, dtype=self.dtype, param_dtype=self.param_dtype,

@@ -28,8 +28,8 @@ in/out swapped (flax stores `ConvTranspose` kernels [kh, kw, in, out], not trans
 converter flips and swaps.
 
 Initialisation follows saic-vul's (`XavierGluon(rnd_type='gaussian', magnitude=2)`): weights
-N(0, 2 / fan_avg), zero biases; BatchNorm scale 1, bias 0, momentum 0.1 (PyTorch) = 0.9 here,
-epsilon 1e-5 (Caffe's BatchNorm default too).
+N(0, 2 / fan_avg), zero biases; BatchNorm (`cpjax.layers.BatchNorm`, PyTorch's running averages)
+scale 1, bias 0, momentum 0.1 (PyTorch) = 0.9 here, epsilon 1e-5 (Caffe's BatchNorm default too).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cpjax.layers import ConvTranspose
+from cpjax.layers import BatchNorm, ConvTranspose, conv_general_dilated
 from cpjax.models import vgg
 from cpjax.models.hrnet import HRNetOCR
 from cpjax.ops.geometry import resize_bilinear_align_corners
@@ -50,10 +50,10 @@ KERNEL_INIT = nn.initializers.variance_scaling(2.0, "fan_avg", "normal")
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
 
 
-def _batch_norm(dtype: Dtype, param_dtype: Dtype, train: bool, name: str = "bn") -> nn.BatchNorm:
+def _batch_norm(dtype: Dtype, param_dtype: Dtype, train: bool, name: str = "bn") -> BatchNorm:
   """BatchNorm with PyTorch's defaults; under jit with a sharded batch the batch statistics are
   means over the whole global batch (synchronised BatchNorm for free)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+  return BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                       dtype=dtype, param_dtype=param_dtype, name=name)
 
 
@@ -82,7 +82,7 @@ class ConvBlock(nn.Module):
     p, k, s = self.padding, self.kernel, self.strides
     x = nn.Conv(self.features, (k, k), strides=(s, s), padding=((p, p), (p, p)),
                 kernel_init=KERNEL_INIT, dtype=self.dtype, param_dtype=self.param_dtype,
-                name="conv")(x)
+                conv_general_dilated=conv_general_dilated, name="conv")(x)
     if self.norm:
       x = _batch_norm(self.dtype, self.param_dtype, train)(x)
     return nn.elu(x)

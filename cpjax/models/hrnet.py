@@ -40,10 +40,9 @@ OCR head ('ocr_*') AND the mask-fusion conv ('mask_conv', outside the reference'
 
 Initialisation as the reference's `XavierGluon(rnd_type='gaussian', magnitude=2)`: conv kernels
 ~ N(0, 2 / fan_avg) (untruncated), biases 0, BN scale 1 / bias 0; the mask-fusion scale 0.1.
-BatchNorm as PyTorch's defaults (eps 1e-5, momentum 0.1 = flax momentum 0.9); statistics in the
-'batch_stats' collection, over the whole (global) batch under jit. One difference: PyTorch
-updates running_var with the unbiased batch variance, flax with the biased one (a factor
-n / (n - 1), n = examples x pixels).
+BatchNorm as PyTorch's (`cpjax.layers.BatchNorm`: eps 1e-5, momentum 0.1 = 0.9 here, running
+variance of the unbiased batch variance); statistics in the 'batch_stats' collection, over the
+whole (global) batch under jit.
 """
 from __future__ import annotations
 
@@ -54,6 +53,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cpjax.layers import BatchNorm, conv_general_dilated
 from cpjax.ops.geometry import resize_bilinear_align_corners
 
 Dtype = Any
@@ -96,12 +96,12 @@ def _conv(features: int, kernel: int, strides: int, use_bias: bool, dtype: Dtype
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=strides, padding=((pad, pad), (pad, pad)),
                  use_bias=use_bias, kernel_init=KERNEL_INIT, dtype=dtype,
-                 param_dtype=param_dtype, name=name)
+                 param_dtype=param_dtype, conv_general_dilated=conv_general_dilated, name=name)
 
 
-def _bn(train: bool, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.BatchNorm:
+def _bn(train: bool, dtype: Dtype, param_dtype: Dtype, name: str) -> BatchNorm:
   """PyTorch BatchNorm2d defaults: eps 1e-5, momentum 0.1 (flax: 0.9 of the old value kept)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
                       param_dtype=param_dtype, name=name)
 
 

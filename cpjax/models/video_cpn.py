@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cpjax.layers import conv_general_dilated
 from cpjax.ops import geometry
 from cpjax.ops.color import imagenet_denormalize, imagenet_normalize
 
@@ -42,7 +43,8 @@ def _conv(features: int, kernel: int, stride: int = 1, dilation: int = 1, *, nam
   pad = dilation * (kernel // 2)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), kernel_dilation=(dilation, dilation),
-                 kernel_init=_HE_FAN_OUT, dtype=dtype, param_dtype=param_dtype, name=name)
+                 kernel_init=_HE_FAN_OUT, dtype=dtype, param_dtype=param_dtype,
+                 conv_general_dilated=conv_general_dilated, name=name)
 
 
 def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:

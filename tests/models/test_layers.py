@@ -218,3 +218,78 @@ def test_conv_transpose_module_is_flax_conv_transpose(transpose_kernel):
     assert jax.tree.map(jnp.shape, jax.eval_shape(module.init, jax.random.key(0), x)) == \
         jax.tree.map(jnp.shape, params)
     np.testing.assert_allclose(module.apply(params, x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding", [
+    ((8, 10), 4, 2, ((1, 1), (1, 1))),       # DIH / iDIH encoder blocks
+    ((7, 9), 4, 2, ((0, 0), (0, 0))),        # the unpadded last encoder block
+    ((9, 8), 3, 2, ((1, 1), (1, 1))),        # copy-paste 'down', HRNet stride-2 convs
+    ((11, 12), 5, 2, ((2, 2), (2, 2))),      # critic, CPN encoders
+    ((9, 10), 3, (2, 1), ((1, 1), (0, 2))),  # unequal strides, asymmetric padding
+])
+def test_strided_conv_gradients_equal_xla(size, kernel, stride, padding):
+  """strided_conv's forward and first and second derivatives (a gradient penalty differentiates
+  the input gradient again) equal lax.conv_general_dilated's to float rounding."""
+  strides = stride if isinstance(stride, tuple) else (stride, stride)
+  rng = np.random.default_rng(9)
+  x = jnp.asarray(rng.normal(size=(2, *size, 3)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 4)), jnp.float32)
+  lax_conv = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
+      x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ours = lambda x, k: layers.strided_conv(x, k, strides, padding)  # noqa: E731
+
+  def penalty(conv):   # WGAN-GP style: norm of the input gradient, differentiated by k
+    def critic(x, k):
+      return jnp.sum(jnp.tanh(conv(x, k)))
+    return lambda x, k: jnp.sum(jnp.square(jax.grad(critic)(x, k)))
+
+  def close(got, expected):
+    scale = float(jnp.max(jnp.abs(expected)))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * scale)
+
+  close(ours(x, k), lax_conv(x, k))
+  for a, b in zip(jax.grad(lambda x, k: jnp.sum(jnp.sin(ours(x, k))), (0, 1))(x, k),
+                  jax.grad(lambda x, k: jnp.sum(jnp.sin(lax_conv(x, k))), (0, 1))(x, k)):
+    close(a, b)
+  for a, b in zip(jax.grad(penalty(ours), (0, 1))(x, k), jax.grad(penalty(lax_conv), (0, 1))(x, k)):
+    close(a, b)
+
+
+def test_conv_hook_routes_only_plain_strided_convs():
+  """nn.Conv(conv_general_dilated=layers.conv_general_dilated) keeps flax's parameters and
+  outputs, for strided, stride-1 and dilated convs alike."""
+  x = jnp.asarray(np.random.default_rng(10).normal(size=(2, 9, 8, 3)), jnp.float32)
+  for kw in (dict(strides=2, padding=((1, 1), (1, 1))), dict(strides=2, padding="SAME"),
+             dict(strides=1, padding="SAME"), dict(kernel_dilation=2, padding="SAME")):
+    plain = nn.Conv(5, (3, 3), **kw)
+    params = numpy_params(jax.eval_shape(plain.init, jax.random.key(0), x))
+    hooked = nn.Conv(5, (3, 3), conv_general_dilated=layers.conv_general_dilated, **kw)
+    np.testing.assert_allclose(hooked.apply(params, x), plain.apply(params, x), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_batch_norm_matches_torch_batchnorm2d():
+  """layers.BatchNorm in training mode = torch.nn.BatchNorm2d: outputs and running averages
+  (the running variance averages the unbiased batch variance, n = 2 x 3 x 2 = 12 values per
+  channel here); in evaluation mode both normalise with the running averages."""
+  torch = pytest.importorskip("torch")
+  x = np.random.default_rng(11).normal(2.0, 3.0, size=(2, 3, 2, 5)).astype(np.float32)
+  reference = torch.nn.BatchNorm2d(5, eps=1e-5, momentum=0.1)
+  with torch.no_grad():
+    reference.weight.uniform_(0.5, 1.5)
+    reference.bias.uniform_(-0.5, 0.5)
+  variables = {"params": {"scale": reference.weight.detach().numpy(),
+                          "bias": reference.bias.detach().numpy()},
+               "batch_stats": {"mean": np.zeros(5, np.float32), "var": np.ones(5, np.float32)}}
+  expected = reference.train()(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
+  out, updated = layers.BatchNorm(momentum=0.9).apply(variables, jnp.asarray(x),
+                                                      mutable=["batch_stats"])
+  np.testing.assert_allclose(out, expected.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(updated["batch_stats"]["mean"], reference.running_mean.numpy(),
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(updated["batch_stats"]["var"], reference.running_var.numpy(),
+                             rtol=1e-6, atol=1e-6)
+  variables["batch_stats"] = updated["batch_stats"]
+  evaluated = layers.BatchNorm(use_running_average=True).apply(variables, jnp.asarray(x))
+  expected = reference.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
+  np.testing.assert_allclose(evaluated, expected.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
