@@ -253,7 +253,6 @@ class App:
   def info(self) -> dict[str, Any]:
     """Samples, limits, and for every tool whether it is on and how to turn it on."""
     segment = self.models.get("segment")
-    harmonizer = self.models.get("harmonize")
     return {
         "samples": list(SAMPLES),
         "videos": list(self.videos.BUNDLED),
@@ -265,14 +264,14 @@ class App:
                           "hint": "" if kind in self.models else models.how_to_enable(kind)}
                    for kind in models.KINDS},
         "classes": [c for c in segment.task.classes if c != "background"] if segment else [],
-        "harmonizer": harmonizer.config.model.name if harmonizer else "",
     }
 
   # Paste / clone.
 
   def _model(self, kind: str) -> models.Model:
     if kind not in self.models:
-      raise ToolError(f"this needs a {models.KINDS[kind].task} model; " + models.how_to_enable(kind))
+      raise ToolError(f"this needs a {models.KINDS[kind].task} model; "
+                      + models.how_to_enable(kind))
     return self.models[kind]
 
   def place(self, source_id: str | None, target_id: str | None, mask_id: str | None,

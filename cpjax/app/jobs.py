@@ -146,7 +146,8 @@ class Videos:
     first = self.app.hold(frames[0].astype(np.float32) / 255.0,
                           f"{pathlib.PurePath(name).stem}-frame0.png")
     return {"video": clip_id, "name": name, "frames": n, "height": h, "width": w,
-            "default_frames": min(DEFAULT_FRAMES, n), "first": first, "size": "x".join(map(str, self.suggested_size(h, w, released))),
+            "default_frames": min(DEFAULT_FRAMES, n), "first": first,
+            "size": "x".join(map(str, self.suggested_size(h, w, released))),
             "released": released}
 
   def _check_decoded_size(self, path: str, name: str) -> None:
@@ -184,9 +185,9 @@ class Videos:
     (masks / handlers.safe_name(name, "mask.png")).write_bytes(data)
     return {"masks": len(list(masks.iterdir()))}
 
-  def start(self, video: str | None = None, box: Any = None, end: Any = None, use_masks: bool = False,
-            frames: int | None = None, size: str = "", dilate: int = 4, fps: float = 10.0
-            ) -> dict[str, Any]:
+  def start(self, video: str | None = None, box: Any = None, end: Any = None,
+            use_masks: bool = False, frames: int | None = None, size: str = "", dilate: int = 4,
+            fps: float = 10.0) -> dict[str, Any]:
     """Checks the request, writes the job's frames and masks, and queues it; returns its id.
 
     frames: how many of the clip's first frames to inpaint (None: up to DEFAULT_FRAMES).
@@ -210,7 +211,8 @@ class Videos:
     if working_size and working_size[0] * working_size[1] > self.app.max_pixels:
       raise ToolError(f"size {size} is over {self.app.max_pixels / 1e6:.0f} megapixels; give a "
                       "smaller size.")
-    uploaded = video_io.image_files(clip.folder / "masks") if (clip.folder / "masks").is_dir() else []
+    masks = clip.folder / "masks"
+    uploaded = video_io.image_files(masks) if masks.is_dir() else []
     if use_masks and len(uploaded) < count:
       raise ToolError(f"{len(uploaded)} masks uploaded for {count} frames; upload one mask per "
                       "frame (or draw a box).")
@@ -253,7 +255,8 @@ class Videos:
       result = inpaint_video.inpaint(model.task, model.state.params, frames, holes, progress=tick)
       frames_out = inpaint_video.to_uint8(result, model.converted)
       shown = frames * (1.0 - 0.5 * holes) + 0.5 * holes * np.asarray([1.0, 0.0, 0.0], np.float32)
-      for folder, stack in (("result", frames_out), ("input", inpaint_video.to_uint8(shown, False))):
+      previews = (("result", frames_out), ("input", inpaint_video.to_uint8(shown, False)))
+      for folder, stack in previews:
         (job.folder / folder).mkdir()
         for i, frame in enumerate(stack):
           Image.fromarray(frame).save(job.folder / folder / f"{i:05d}.png", compress_level=1)
@@ -263,8 +266,7 @@ class Videos:
       job.error, job.state = _readable(" ".join(str(e).split()), paths), "error"
     except Exception as e:  # pylint: disable=broad-except
       traceback.print_exc()
-      job.error = (f"internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''});"
-                   " the server's log has the details.")
+      job.error = (f"internal error ({type(e).__name__}); the server's log has the details.")
       job.state = "error"
     finally:
       job.seconds = time.perf_counter() - job.started if job.started else 0.0

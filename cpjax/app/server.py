@@ -69,6 +69,7 @@ class _Request(http.server.BaseHTTPRequestHandler):
     self._send(status, json.dumps(value).encode(), "application/json")
 
   def _error(self, status: int, message: str) -> None:
+    self.close_connection = True     # the request's body may be unread: start afresh
     self._json({"error": message}, status)
 
   # Request bodies.
@@ -143,7 +144,6 @@ class _Request(http.server.BaseHTTPRequestHandler):
           return
       self._error(404, f"no page {url.path}; open / for the app.")
     except handlers.TooLarge as e:
-      self.close_connection = True
       self._error(413, str(e))
     except handlers.NotFound as e:
       self._error(404, str(e))

@@ -90,7 +90,8 @@ def test_the_page_shows_the_four_tools_offline(page):
                                     "Inpaint video"]
   paste = page.locator("#paste")
   assert paste.locator("canvas.editor").is_visible() and paste.locator("canvas.placer").is_visible()
-  assert "learned copy-paste is off: start the app with --copy_paste=DIR" in paste.locator(".hint").inner_text()
+  hint = paste.locator(".hint").inner_text()
+  assert "learned copy-paste is off: start the app with --copy_paste=DIR" in hint
   assert paste.locator("input[value=copy_paste]").is_disabled()
   assert paste.locator(".harmonize").is_enabled()          # the harmoniser is loaded
   page.click("#tab-segment")
@@ -139,7 +140,8 @@ def test_poisson_clone_of_a_drawn_mask(page, served):
   assert abs(xs.min() - (a[0] - radius)) <= 2 and abs(xs.max() - (b[0] + radius)) <= 2
   assert abs(ys.min() - (a[1] - radius)) <= 2 and abs(ys.max() - (b[1] + radius)) <= 2
   py, px = np.nonzero(placed)
-  assert abs((px.min() + px.max()) / 2 - click[0]) <= 2 and abs((py.min() + py.max()) / 2 - click[1]) <= 2
+  assert abs((px.min() + px.max()) / 2 - click[0]) <= 2
+  assert abs((py.min() + py.max()) / 2 - click[1]) <= 2
   dy, dx = py.min() - ys.min(), px.min() - xs.min()
   np.testing.assert_array_equal(placed[ys + dy, xs + dx], True)
   assert placed.sum() == mask.sum()
@@ -177,7 +179,8 @@ def test_harmonize_a_polygon(page, served):
     section.locator(".run").click()
   page.wait_for_selector("#harmonize .result[data-method=harmonized] img")
   mask = _png(served + f"api/image/{drawn.value.json()['id']}.png") > 0
-  before, after = (_png(served + f"api/image/{r['id']}.png") for r in harmonized.value.json()["results"])
+  before, after = (_png(served + f"api/image/{r['id']}.png")
+                   for r in harmonized.value.json()["results"])
   composite = skimage.data.coffee()
   np.testing.assert_array_equal(before, composite)
   assert 0.05 < mask.mean() < 0.2                            # the polygon's area, roughly

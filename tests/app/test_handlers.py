@@ -112,9 +112,9 @@ def test_bad_placements_and_requests_get_one_line_messages(app, scene):
   cases = [
       (dict(ids, mask=None, x=5, y=5), "no region drawn on the source"),
       (dict(ids, x=None, y=None), "click or drag on the target"),
-      (dict(ids, x=60, y=5), rf"region \({h}x{w}\) at x=60, y=5 falls off the target \(60x70\) "
-                             rf"or onto its 1-px border; drag it inside: x in \[1, {69 - w}\], y in "
-                             rf"\[1, {59 - h}\]"),
+      (dict(ids, x=60, y=5), rf"region \({h}x{w}\) at x=60, y=5 falls off the target "
+                             rf"\(60x70\) or onto its 1-px border; drag it inside: x in "
+                             rf"\[1, {69 - w}\], y in \[1, {59 - h}\]"),
       (dict(ids, x=0, y=5), "onto its 1-px border"),
       (dict(ids, x=5, y=5, scale=3.0), r"region is \d+x\d+ at scale 3 but the target is only "
                                        "60x70"),
@@ -192,8 +192,9 @@ def test_segment_picks_the_clicked_object_a_class_or_the_largest_region(tmp_path
   def dilated(region, radius):
     return ndimage.binary_dilation(region, structure=skimage.morphology.disk(radius))
 
-  for request, name, region in [({"x": 42, "y": 32}, "cat", small), ({"class_name": "cup"}, "cup", cup),
-                                ({}, "cat", big), ({"x": 10, "y": 10, "dilation": 0}, "cat", big)]:
+  for request, name, region in [({"x": 42, "y": 32}, "cat", small),
+                                ({"class_name": "cup"}, "cup", cup), ({}, "cat", big),
+                                ({"x": 10, "y": 10, "dilation": 0}, "cat", big)]:
     out = app.segment(held, **{"dilation": 2, **request})
     assert out["class"] == name
     got = app.held(out["id"]).pixels[..., 0] > 0

@@ -116,6 +116,6 @@ def test_command_line_serves_and_rejects_a_wrong_directory(tmp_path):
   run = subprocess.run([sys.executable, "-m", "cpjax.app", f"--harmonize={tmp_path}", "--port=0"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   assert run.returncode == 1 and run.stdout == ""
-  assert run.stderr.strip() == (f"cpjax.app: --harmonize: no checkpoint in {tmp_path}/checkpoints; train one "
-                                f"with python -m cpjax.main --config=configs/demo.py "
+  assert run.stderr.strip() == (f"cpjax.app: --harmonize: no checkpoint in {tmp_path}/checkpoints; "
+                                f"train one with python -m cpjax.main --config=configs/demo.py "
                                 f"--workdir={tmp_path}")
