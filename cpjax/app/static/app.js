@@ -762,7 +762,8 @@ const VIDEO = {
       this.clip = file ? await postFile(path, file, name) : await api(path, {});
     } finally { status.textContent = ""; }
     const c = this.clip;
-    $(this.section, ".clip-info").textContent = `${c.name}: ${c.frames} frames, ${c.height}x${c.width}`;
+    $(this.section, ".clip-info").textContent = `${c.name}: ${c.frames} frames, ${c.height}x${c.width}` +
+        (c.released ? " (prepared as the released test code does)" : "");
     $(this.section, ".frames").max = c.frames;
     $(this.section, ".frames").value = c.default_frames;
     $(this.section, ".size").value = c.size;
