@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cpjax import compile_cache
+from cpjax import compilation
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with a variant: configs/demo.py:tiny.",
@@ -28,7 +28,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the full traceback on errors.")
 flags.mark_flags_as_required(["config", "workdir"])
-compile_cache.define_flag()
+compilation.define_flag()
 
 
 class _OwnInfoOnly(logging_lib.Filter):
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
 
   if not _VERBOSE.value:
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
-  compile_cache.setup()
+  compilation.setup()
   partitioning.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config, workdir = _CONFIG.value, _WORKDIR.value
   try:

@@ -7,6 +7,9 @@ import os
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# XLA:CPU's optimisation level of cpjax's entry points (`cpjax.compilation`): tests compile what
+# users compile.
+__import__("cpjax.compilation").compilation.set_cpu_flags()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One compilation cache for the session and the subprocesses it starts: runs of the same config
 # on the same devices compile once.

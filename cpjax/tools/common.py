@@ -295,11 +295,11 @@ def run_tool(main_fn: Callable[[list[str]], int | None], name: str | None = None
   """
   from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
-  from cpjax import compile_cache  # pylint: disable=g-import-not-at-top
+  from cpjax import compilation  # pylint: disable=g-import-not-at-top
 
   if "verbose" not in flags.FLAGS:
     flags.DEFINE_bool("verbose", False, "Show the full traceback and library logs on errors.")
-  compile_cache.define_flag()
+  compilation.define_flag()
   name = name or _tool_name(main_fn)
 
   def wrapped(argv: list[str]) -> int | None:
@@ -307,7 +307,7 @@ def run_tool(main_fn: Callable[[list[str]], int | None], name: str | None = None
     if not verbose:
       logging.set_verbosity(logging.WARNING)
       logging.get_absl_handler().addFilter(_LibraryErrorsOnly())
-    compile_cache.setup()
+    compilation.setup()
     try:
       return main_fn(argv)
     except (ToolError, ValueError, OSError) as e:

@@ -13,6 +13,10 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
+from cpjax import compilation
+
+compilation.set_cpu_flags()   # before JAX's backend starts: benchmarks compile as cpjax.main
+
 
 class TaskBench(NamedTuple):
   """A task ready to benchmark: its mesh, fresh-state builder and jitted donated train step."""
