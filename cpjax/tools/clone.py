@@ -23,8 +23,9 @@ r"""Seamless cloning: cut an object from one photo and blend it into another (th
 
 The result is written as an 8-bit PNG. Bad input gets one line naming the file and the fix:
 sizes that do not match, a region that falls outside the target (or onto its 1-px border, which
-the Poisson problem needs as boundary), an empty mask or an FCN that finds no such object, an
-unknown class (the valid ones are listed), an output that exists already or is an input.
+the Poisson problem needs as boundary), an empty mask or an FCN that finds no such object, a
+region under 3x3 px with --domain=opencv, an unknown class (the valid ones are listed), an output
+that exists already or is an input.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ import numpy as np
 from absl import flags
 from scipy import ndimage
 
+from cpjax import system
 from cpjax.ops import poisson
 from cpjax.tools import common
 from cpjax.tools.common import ToolError
@@ -76,7 +78,7 @@ def segment(task: Any, state: Any, source: np.ndarray, class_name: str, dilation
   """The cleaned mask of `class_name` predicted by an FCN task on `source`.
 
   Args:
-    task: a `SegmentationTask` (from `common.restore_task`), state its train state.
+    task: a `SegmentationTask` (`cpjax.system.load(...).task`), state its train state.
     source: [H, W, 3] in [0, 1].
     class_name: one of `task.classes`.
     dilation: see `clean_mask`.
@@ -160,12 +162,12 @@ def clone(source: np.ndarray, target: np.ndarray, mask: np.ndarray,
   return np.clip(np.asarray(jax.device_get(out), np.float32), 0.0, 1.0)
 
 
-def _restore(workdir: str, task_name: str, flag: str, config_hint: str) -> tuple[Any, Any]:
-  config, task, state = common.restore_task(workdir)
-  if config.get("task") != task_name:
-    raise ToolError(f"{flag}={workdir} holds a {config.get('task')!r} run; it needs a "
-                    f"{task_name!r} run (e.g. one trained with --config={config_hint}).")
-  return task, state
+def _restore(workdir: str, task_name: str, flag: str) -> tuple[Any, Any]:
+  try:
+    loaded = system.load(workdir, task=task_name)
+  except (ValueError, FileNotFoundError) as e:
+    raise ToolError(f"{flag}: {e}") from None
+  return loaded.task, loaded.state
 
 
 def run(source: str, target: str, out: str, mask: str | None = None,
@@ -203,15 +205,14 @@ def run(source: str, target: str, out: str, mask: str | None = None,
   if mask is not None:
     region = common.read_mask(mask, like=source)
   else:
-    task, state = _restore(segment_workdir, "fcn", "--segment", "configs/fcn_demo.py")
+    task, state = _restore(segment_workdir, "fcn", "--segment")
     region = segment(task, state, source_image, class_name, dilation, workdir=segment_workdir,
                      source_name=source)
   result = clone(source_image, target_image, region, dx_dy, mode, domain, names=names)
   if harmonize_workdir is not None:
     from cpjax.tools import harmonize  # pylint: disable=import-outside-toplevel
 
-    task, state = _restore(harmonize_workdir, "harmonization", "--harmonize",
-                           "configs/harmonization_demo.py")
+    task, state = _restore(harmonize_workdir, "harmonization", "--harmonize")
     placed = place(region, target_image.shape[:2], dx_dy)
     result = harmonize.harmonize(task, state, result, placed)
   if save_mask is not None:
