@@ -149,7 +149,7 @@ def _laplacian_zero(u: jax.Array) -> jax.Array:
 
 
 # Multigrid preconditioner of the masked system (`masked_poisson_solve`). Its arrays are
-# channels-first, [C, n, m]: XLA's CPU stencils are several times faster so than with C last.
+# channels-first, [C, n, m]: XLA's CPU stencils are several times faster than with C last.
 _JACOBI_WEIGHT = 0.8   # damped Jacobi, the usual weight for the 5-point Laplacian in 2-D
 _SMOOTHING = 2         # sweeps before and after each coarse-grid correction
 _COARSEST = 8          # coarsen while both sides of the grid are at least this long
@@ -158,8 +158,8 @@ _COARSE_SWEEPS = 8     # Jacobi sweeps from zero on the coarsest grid
 
 def _prolong_axis(c: jax.Array, axis: int, size: int) -> jax.Array:
   """Linear interpolation along `axis` to length `size`: coarse i lies on fine 2 i + 1, fine 2 i
-  halfway between coarse i - 1 and i (zero beyond either end). Written with pads and shifts
-  only (no interleaving reshape), so that XLA fuses it and its transpose into single loops."""
+  halfway between coarse i - 1 and i (zero beyond either end). Written with a pad and shifts
+  only (no interleaving reshape), so that XLA fuses it into one loop."""
   pad = [(0, 0, 0)] * c.ndim
   pad[axis] = (2, size + 1 - 2 * c.shape[axis], 1)       # c[i] at 2 i + 2, zeros between
   z = jax.lax.pad(c, jnp.zeros((), c.dtype), pad)           # length size + 2

@@ -330,6 +330,20 @@ def test_mask_domain_multigrid_matches_scipy_on_a_larger_ragged_mask():
   assert np.abs(np.asarray(fn(source, target, mask)) - ref).max() < 1e-3
 
 
+def test_multigrid_preconditioner_is_symmetric_positive_definite():
+  """CG needs an SPD preconditioner: on a ragged 45x70 mask (4 grids, odd and even sizes) one
+  V-cycle M satisfies <M a, b> = <a, M b> and <M a, a> > 0 for random a, b (float64)."""
+  r = np.random.default_rng(7)
+  mask = (ndi.gaussian_filter(r.random((45, 70)), 3) > 0.48)[None].astype(np.float64)
+  masks = poisson._coarse_masks(jnp.asarray(mask))
+  assert len(masks) >= 3
+  with jax.enable_x64(True):
+    a, b = (jnp.asarray(mask * r.normal(size=(2, 45, 70))) for _ in range(2))
+    ma, mb = poisson._v_cycle(a, masks), poisson._v_cycle(b, masks)
+    np.testing.assert_allclose(float(jnp.vdot(ma, b)), float(jnp.vdot(a, mb)), rtol=1e-10)
+    assert float(jnp.vdot(ma, a)) > 0
+
+
 def test_offset_outside_target_raises():
   """A mask that would land on the target's border raises a ValueError naming the offsets."""
   source, target, mask = _images()
