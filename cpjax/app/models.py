@@ -68,14 +68,6 @@ def load(kind: str, directory: str) -> Model:
   Raises:
     ToolError: no checkpoint in `directory`, or a run of another task (one line, with the fix).
   """
-  from cpjax.convert import checkpoint  # pylint: disable=g-import-not-at-top
-
-  expected = KINDS[kind].task
-  try:
-    config, task, state = common.restore_task(directory)
-  except ToolError as e:
-    raise ToolError(f"--{kind}: {e}") from None
-  if config.get("task") != expected:
-    raise ToolError(f"--{kind}={directory} holds a {config.get('task')!r} run; it needs a "
-                    f"{expected!r} run, e.g. `{KINDS[kind].example}`.")
-  return Model(kind, str(directory), config, task, state, checkpoint.is_converted(directory))
+  loaded = common.load_system(directory, None, KINDS[kind].task, f"--{kind}")
+  return Model(kind, str(directory), loaded.config, loaded.task, loaded.state,
+               loaded.step is None)

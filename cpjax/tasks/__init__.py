@@ -13,6 +13,13 @@ _TASKS = {
     "harmonization": "cpjax.tasks.harmonization:HarmonizationTask",
     "fcn": "cpjax.tasks.segmentation:SegmentationTask",
 }
+# The config that trains each task on the bundled photos in CPU minutes (named in messages).
+DEMO_CONFIGS = {
+    "copy_paste": "configs/demo.py",
+    "video_inpainting": "configs/video_demo.py",
+    "harmonization": "configs/harmonization_demo.py",
+    "fcn": "configs/fcn_demo.py",
+}
 
 
 def build(config: ml_collections.ConfigDict) -> Task:

@@ -148,25 +148,12 @@ def load_npz_params(path: str, params: Any) -> Any:
 
 def restore_params(workdir: str) -> Any:
   """The parameters of the latest checkpoint of a segmentation run, on the host."""
-  from cpjax import tasks  # pylint: disable=import-outside-toplevel  (tasks imports this module)
-  from cpjax.train import checkpointing  # pylint: disable=import-outside-toplevel
-
-  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  from cpjax import system  # pylint: disable=import-outside-toplevel  (system imports tasks)
   try:
-    steps = checkpointer.all_steps()
-    if not steps:
-      raise FileNotFoundError(f"init_from: no checkpoint in {checkpointer.directory}; train the "
-                              "earlier stage first (e.g. configs/fcn_voc.py:32s)")
-    config = ml_collections.ConfigDict(checkpointer.restore_config(steps[-1]))
-    if config.get("task") != "fcn":
-      raise ValueError(f"init_from: {workdir} holds a {config.get('task')!r} run, not an FCN")
-    shapes = jax.eval_shape(tasks.build(config).init, jax.random.key(0))
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                            shapes)
-    return jax.device_get(checkpointer.restore_state(steps[-1], abstract).params)
-  finally:
-    checkpointer.close()
+    return jax.device_get(system.load(workdir, task="fcn").state.params)
+  except (FileNotFoundError, ValueError) as e:
+    raise type(e)(f"init_from: {e} (init_from names the workdir of an earlier stage, e.g. one "
+                  "trained with configs/fcn_voc.py:32s)") from None
 
 
 def colorize(labels: jax.Array) -> jax.Array:

@@ -38,7 +38,6 @@ import numpy as np
 from absl import flags
 from scipy import ndimage
 
-from cpjax import system
 from cpjax.ops import poisson
 from cpjax.tools import common
 from cpjax.tools.common import ToolError
@@ -78,7 +77,7 @@ def segment(task: Any, state: Any, source: np.ndarray, class_name: str, dilation
   """The cleaned mask of `class_name` predicted by an FCN task on `source`.
 
   Args:
-    task: a `SegmentationTask` (`cpjax.system.load(...).task`), state its train state.
+    task: a `SegmentationTask` (`common.load_system(...).task`), state its train state.
     source: [H, W, 3] in [0, 1].
     class_name: one of `task.classes`.
     dilation: see `clean_mask`.
@@ -162,14 +161,6 @@ def clone(source: np.ndarray, target: np.ndarray, mask: np.ndarray,
   return np.clip(np.asarray(jax.device_get(out), np.float32), 0.0, 1.0)
 
 
-def _restore(workdir: str, task_name: str, flag: str) -> tuple[Any, Any]:
-  try:
-    loaded = system.load(workdir, task=task_name)
-  except (ValueError, FileNotFoundError) as e:
-    raise ToolError(f"{flag}: {e}") from None
-  return loaded.task, loaded.state
-
-
 def run(source: str, target: str, out: str, mask: str | None = None,
         segment_workdir: str | None = None, class_name: str | None = None,
         offset: str = "0,0", mode: str = "normal", domain: str = "box", dilation: int = 3,
@@ -205,14 +196,16 @@ def run(source: str, target: str, out: str, mask: str | None = None,
   if mask is not None:
     region = common.read_mask(mask, like=source)
   else:
-    task, state = _restore(segment_workdir, "fcn", "--segment")
+    segmenter = common.load_system(segment_workdir, None, "fcn", "--segment")
+    task, state = segmenter.task, segmenter.state
     region = segment(task, state, source_image, class_name, dilation, workdir=segment_workdir,
                      source_name=source)
   result = clone(source_image, target_image, region, dx_dy, mode, domain, names=names)
   if harmonize_workdir is not None:
     from cpjax.tools import harmonize  # pylint: disable=import-outside-toplevel
 
-    task, state = _restore(harmonize_workdir, "harmonization", "--harmonize")
+    harmonizer = common.load_system(harmonize_workdir, None, "harmonization", "--harmonize")
+    task, state = harmonizer.task, harmonizer.state
     placed = place(region, target_image.shape[:2], dx_dy)
     result = harmonize.harmonize(task, state, result, placed)
   if save_mask is not None:

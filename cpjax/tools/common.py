@@ -1,4 +1,4 @@
-"""What the command-line tools share: image and mask files, checkpoints, error reporting.
+"""What the command-line tools share: image and mask files, error reporting.
 
 Images are float32 NHWC without the batch axis: `read_image` gives [H, W, 3] in [0, 1],
 `read_mask` [H, W, 1] in {0, 1}, and `write_image` writes [H, W, 3] as an 8-bit PNG. Sizes in
@@ -13,7 +13,6 @@ only with --verbose).
 """
 from __future__ import annotations
 
-import json
 import logging as logging_lib
 import os
 import pathlib
@@ -183,92 +182,18 @@ def write_image(path: PathLike, image: Any) -> None:
                     "path.") from e
 
 
-def _restore_converted(directory: pathlib.Path) -> tuple[Any, Any, Any]:
-  """(config, task, state) of released weights converted by `cpjax.tools.convert`.
-
-  The system is built from the config that `cpjax.convert.RUNNABLE` names for the model, with
-  `init_from` pointing at the directory; the task's `warm_start` loads (and checks) the weights.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from cpjax import convert, tasks  # pylint: disable=g-import-not-at-top
-  from cpjax.convert import checkpoint  # pylint: disable=g-import-not-at-top
-  from cpjax.train import defaults, partitioning  # pylint: disable=g-import-not-at-top
-
-  model = json.loads((directory / checkpoint.METADATA).read_text())["model"]
-  if model not in convert.RUNNABLE:
-    raise ToolError(f"{directory} holds converted {model} weights, a part of a system (they "
-                    "initialise training, e.g. --config.model.backbone_init=DIR); give a training "
-                    "workdir or converted weights of a whole system: "
-                    f"{', '.join(sorted(convert.RUNNABLE))}.")
-  config_file, _, variant = convert.RUNNABLE[model].partition(":")
-  configs_dir = pathlib.Path(__file__).resolve().parents[2] / "configs"
-  config = defaults.load_sibling(str(configs_dir / config_file), config_file[:-3]).get_config(
-      variant)
-  config.init_from = str(directory)
-  task = tasks.build(config)
-  mesh = partitioning.make_mesh(jax.local_devices()[:1])
-  replicated = partitioning.replicated(mesh)
-  with jax.threefry_partitionable(False):
-    state = jax.jit(task.init, out_shardings=replicated)(jax.random.key(config.seed))
-  state = jax.device_put(task.warm_start(state), replicated)
-  return config, task, state
-
-
-def restore_task(workdir: PathLike, step: int | None = None) -> tuple[Any, Any, Any]:
-  """Rebuilds a trained system from its checkpoint, on the first local device.
-
-  The config is the one saved in the checkpoint (not a config file), so the network matches
-  the weights. A directory of converted released weights (`cpjax.tools.convert`) works too:
-  the system is built from the config `cpjax.convert.RUNNABLE` names for it.
-
-  Args:
-    workdir: a training run's --workdir (checkpoints under `workdir/checkpoints`), or a
-      converted-weights directory.
-    step: the checkpoint to restore; None: the latest (ignored for converted weights).
+def load_system(workdir: PathLike, step: int | None, task: str, flag: str = "--workdir") -> Any:
+  """`cpjax.system.load` for a tool: a missing checkpoint or a run of another task is a
+  ToolError that names the flag.
 
   Returns:
-    (config, task, state): the run's `ml_collections.ConfigDict`, the `cpjax.tasks` task it
-    names and the train state, replicated on a 1-device mesh.
-
-  Raises:
-    ToolError: no checkpoint (of that step) in the workdir.
+    The `cpjax.system.Loaded` system (.config, .task, .state, .step).
   """
-  # Imported here so that a tool reports file errors before JAX starts.
-  import jax  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-
-  from cpjax import tasks  # pylint: disable=g-import-not-at-top
-  from cpjax.train import checkpointing, partitioning  # pylint: disable=g-import-not-at-top
-
-  from cpjax.convert import checkpoint as converted  # pylint: disable=g-import-not-at-top
-  if converted.is_converted(workdir):
-    return _restore_converted(pathlib.Path(workdir).expanduser())
-  directory = pathlib.Path(workdir).expanduser() / "checkpoints"
-  no_checkpoint = (f"no checkpoint in {directory}; train one with python -m cpjax.main "
-                   f"--config=configs/demo.py --workdir={workdir}")
-  if not directory.is_dir():
-    raise ToolError(no_checkpoint)
-  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  from cpjax import system  # pylint: disable=g-import-not-at-top  (imports JAX)
   try:
-    steps = checkpointer.all_steps()
-    if not steps:
-      raise ToolError(no_checkpoint)
-    if step is None:
-      step = steps[-1]
-    elif step not in steps:
-      raise ToolError(f"no checkpoint of step {step} in {directory}; available steps: "
-                      f"{', '.join(map(str, steps))} (omit --step for the latest).")
-    config = ml_collections.ConfigDict(checkpointer.restore_config(step))
-    task = tasks.build(config)
-    mesh = partitioning.make_mesh(jax.local_devices()[:1])
-    shapes = jax.eval_shape(task.init, jax.random.key(config.get("seed", 0)))
-    shardings = jax.tree.map(lambda _: partitioning.replicated(mesh), shapes)
-    state = checkpointer.restore_state(
-        step, checkpointing.abstract_with_shardings(shapes, shardings))
-  finally:
-    checkpointer.close()
-  return config, task, state
+    return system.load(workdir, step, task=task)
+  except (ValueError, FileNotFoundError) as e:
+    raise ToolError(f"{flag}: {e}") from None
 
 
 class _LibraryErrorsOnly(logging_lib.Filter):

@@ -57,7 +57,7 @@ def harmonize(task: Any, state: Any, composite: np.ndarray, mask: np.ndarray) ->
   """Harmonises a composite of any size.
 
   Args:
-    task: a `HarmonizationTask` (from `common.restore_task`).
+    task: a `HarmonizationTask` (`common.load_system(...).task`).
     state: its train state.
     composite: [H, W, 3] in [0, 1].
     mask: [H, W, 1] (or [H, W]) in [0, 1]; >= 0.5 is the foreground.
@@ -91,12 +91,8 @@ def run(workdir: str, image: str, mask: str, out: str, step: int | None = None) 
   composite = common.read_image(image)
   mask_image = common.read_mask(mask, like=image)
   common.check_output(out)
-  config, task, state = common.restore_task(workdir, step)
-  if config.get("task") != "harmonization":
-    raise ToolError(f"{workdir} holds a {config.get('task')!r} run; harmonize needs a "
-                    "harmonization run (e.g. one trained with "
-                    "--config=configs/harmonization_demo.py).")
-  result = harmonize(task, state, composite, mask_image)
+  loaded = common.load_system(workdir, step, "harmonization")
+  result = harmonize(loaded.task, loaded.state, composite, mask_image)
   common.write_image(out, result)
   return result
 

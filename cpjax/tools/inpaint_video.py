@@ -375,10 +375,8 @@ def run(workdir: str, frames: str, out: str, masks: str | None = None,
     released = converted_weights.is_converted(workdir)
   out_dir = _check_out_dir(out)
   video_frames, holes = load_inputs(frames, masks, exposure, parse_size(size), dilate, released)
-  config, task, state = common.restore_task(workdir, step)
-  if config.get("task") != "video_inpainting":
-    raise ToolError(f"{workdir} holds a {config.get('task')!r} run; inpaint_video needs a "
-                    "video_inpainting run (e.g. --config=configs/video_demo.py).")
+  loaded = common.load_system(workdir, step, "video_inpainting")
+  task, state = loaded.task, loaded.state
   n = video_frames.shape[0]
   bar = Progress(2 * n)
   start = time.perf_counter()

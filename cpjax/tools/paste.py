@@ -133,7 +133,7 @@ def paste(task: Any, state: Any, source: np.ndarray, target: np.ndarray, mask: n
   """Pastes the masked region of `source` into `target` with the task's generator.
 
   Args:
-    task: a `CopyPasteTask` (from `common.restore_task`).
+    task: a `CopyPasteTask` (`common.load_system(...).task`).
     state: its train state (the generator's parameters are `state.generator`).
     source: [Hs, Ws, 3] in [0, 1].
     target: [Ht, Wt, 3] in [0, 1]; any size (no multiple of anything needed).
@@ -187,11 +187,9 @@ def run(workdir: str, source: str, target: str, mask: str, out: str, offset: str
   names = (source, target, mask)
   check_placement(source_image.shape, target_image.shape, mask_image, dx_dy, names)
   common.check_output(out)
-  config, task, state = common.restore_task(workdir, step)
-  if config.get("task") != "copy_paste":
-    raise ToolError(f"{workdir} holds a {config.get('task')!r} run; paste needs a copy_paste "
-                    "run (e.g. one trained with --config=configs/demo.py).")
-  result = paste(task, state, source_image, target_image, mask_image, dx_dy, seed, names=names)
+  loaded = common.load_system(workdir, step, "copy_paste")
+  result = paste(loaded.task, loaded.state, source_image, target_image, mask_image, dx_dy, seed,
+                 names=names)
   common.write_image(out, result)
   return result
 

@@ -117,5 +117,5 @@ def test_command_line_serves_and_rejects_a_wrong_directory(tmp_path):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   assert run.returncode == 1 and run.stdout == ""
   assert run.stderr.strip() == (f"cpjax.app: --harmonize: no checkpoint in {tmp_path}/checkpoints; "
-                                f"train one with python -m cpjax.main --config=configs/demo.py "
+                                f"train one with python -m cpjax.main --config=configs/harmonization_demo.py "
                                 f"--workdir={tmp_path}")

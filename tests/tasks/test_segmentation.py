@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_config, numpy_params
-from cpjax import tasks
+from cpjax import system, tasks
 from cpjax.models import fcn
 from cpjax.tasks import segmentation
 from cpjax.tools import common
@@ -55,8 +55,8 @@ def one_device_state(tmp_path_factory):
 
 
 def _params_at(workdir, step):
-  config, task, state = common.restore_task(workdir, step)
-  return config, task, jax.device_get(state.params)
+  loaded = system.load(workdir, step)
+  return loaded.config, loaded.task, jax.device_get(loaded.state.params)
 
 
 def test_cli_writes_eval_with_the_four_scores(cli_run):

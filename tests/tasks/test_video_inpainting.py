@@ -289,10 +289,10 @@ def test_eight_devices_match_the_command_line_run(video_demo_tiny_run):
   run = trainer._Run(config, ref_dir, jax.devices())  # pylint: disable=protected-access
   try:
     assert run.mesh.size == 8
-    state = run.checkpointer.restore_state(1, run.abstract_state)
-    want = _params(run.checkpointer.restore_state(2, run.abstract_state))
+    state = run.system.restore(run.checkpointer, 1)
+    want = _params(run.system.restore(run.checkpointer, 2))
   finally:
-    run.checkpointer.close()
+    run.close()
   data = pipeline.train_iterator(config.data, global_batch_size=config.batch_size,
                                  seed=config.seed)
   next(data)

@@ -263,8 +263,9 @@ def test_bad_segmentation_requests(photos, fcn_workdir, dark_source, tmp_path):
     _run(photos, tmp_path, class_name="rocket", **kw)
   with pytest.raises(ToolError, match=r"no checkpoint in"):
     _run(photos, tmp_path, class_name="cat", **dict(kw, segment_workdir=str(tmp_path)))
-  with pytest.raises(ToolError, match=r"--harmonize=.* holds a 'fcn' run; it needs a "
-                                      r"'harmonization' run"):
+  with pytest.raises(ToolError, match=r"--harmonize: .* holds a 'fcn' run, but this needs a "
+                                      r"'harmonization' one \(e.g. trained with "
+                                      r"--config=configs/harmonization_demo.py\)"):
     _run(photos, tmp_path, harmonize_workdir=fcn_workdir)
 
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, load_config
+from cpjax import system
 from cpjax.tools import common, harmonize
 from cpjax.tools.common import ToolError
 from cpjax.train import trainer
@@ -29,7 +30,8 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def restored(run_dir):
-  return common.restore_task(run_dir)
+  loaded = system.load(run_dir)
+  return loaded.config, loaded.task, loaded.state
 
 
 def _write_inputs(tmp_path, h: int, w: int):

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, load_config
+from cpjax import system
 from cpjax.tools import common, paste
 from cpjax.tools.common import ToolError
 from cpjax.train import trainer
@@ -32,7 +33,8 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def restored(workdir):
-  return common.restore_task(workdir)
+  loaded = system.load(workdir)
+  return loaded.config, loaded.task, loaded.state
 
 
 def _rgb(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -56,7 +58,7 @@ def _placed_mask(mask: np.ndarray, shape: tuple[int, int], offset: tuple[int, in
   return out
 
 
-def test_restore_task_reads_the_config_saved_in_the_checkpoint(restored):
+def test_load_reads_the_config_saved_in_the_checkpoint(restored):
   """The network is rebuilt from the checkpoint's own config, on one device."""
   config, task, state = restored
   widths = load_config("demo", "tiny").model.generator_widths
@@ -219,13 +221,13 @@ def test_write_image_refuses_inputs_and_creates_folders(tmp_path):
 def test_no_checkpoint(tmp_path, workdir):
   message = (f"no checkpoint in {tmp_path}/checkpoints; train one with python -m cpjax.main "
              f"--config=configs/demo.py --workdir={tmp_path}")
-  with pytest.raises(ToolError, match=f"^{re.escape(message)}$"):
-    common.restore_task(tmp_path)
+  with pytest.raises(FileNotFoundError, match=f"^{re.escape(message)}$"):
+    system.load(tmp_path, task="copy_paste")
   (tmp_path / "checkpoints").mkdir()
-  with pytest.raises(ToolError, match="^no checkpoint in"):
-    common.restore_task(tmp_path)
-  with pytest.raises(ToolError, match=r"no checkpoint of step 7 .*available steps: 1"):
-    common.restore_task(workdir, step=7)
+  with pytest.raises(FileNotFoundError, match="^no checkpoint in"):
+    system.load(tmp_path)
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 7 .*available steps: 1"):
+    system.load(workdir, step=7)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

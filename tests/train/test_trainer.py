@@ -42,8 +42,7 @@ def _assert_same_params(a, b, atol=1e-5):
 def _restore(config, workdir, step=None):
   run = trainer._Run(config, workdir, jax.devices()[:1])  # pylint: disable=protected-access
   try:
-    return run.checkpointer.restore_state(step or run.checkpointer.latest_step(),
-                                          run.abstract_state)
+    return run.system.restore(run.checkpointer, step or run.checkpointer.latest_step())
   finally:
     run.checkpointer.close()
 
@@ -256,3 +255,15 @@ def test_bad_profile_steps_are_refused_before_training(spec, tmp_path):
   with pytest.raises(ValueError, match="give 'A,B'"):
     trainer.train(_tiny(profile_steps=spec), tmp_path, devices=jax.devices()[:1])
   assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_evaluations_share_one_event_writer_and_close_it(tmp_path):
+  """Evaluating at every step (and then eval / eval_sweep on the same workdir) writes one
+  TensorBoard event file per process run, and every writer thread is gone afterwards."""
+  import threading  # pylint: disable=import-outside-toplevel
+  before = threading.active_count()
+  config = _tiny(total_steps=3, **{"eval.every_steps": 1})
+  trainer.train(config, tmp_path, devices=jax.devices()[:1])
+  trainer.evaluate(config, tmp_path, devices=jax.devices()[:1])
+  assert len(list((tmp_path / "tensorboard" / "eval").glob("events.out.tfevents.*"))) == 2
+  assert threading.active_count() <= before

@@ -1,0 +1,158 @@
+"""A system: the task a config names, laid out on a mesh, with fresh or restored train states.
+
+The one code path by which the trainer, the tools, the app and the benchmarks build a system:
+
+  system = System(config)                      # task, mesh, state shapes and shardings
+  state = system.init_state()                  # fresh: Task.init, then Task.warm_start
+  state = system.restore(checkpointer, step)   # a checkpoint, in this mesh's shardings
+  loaded = load(path, step)                    # a training workdir or converted weights
+
+Random initialisation draws with the non-partitionable threefry: on XLA:CPU it compiles a
+model's init about 4x faster, it runs once, and its values do not depend on the device layout
+in either mode. Warm starts (converted released weights, an earlier stage's run, pretrained
+trunks) happen on the host and are then laid out in the state's shardings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+
+from cpjax import tasks
+from cpjax.train import checkpointing, partitioning
+
+PathLike = str | pathlib.Path
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+class System:
+  """The task `config.task`, its mesh and the layout of its train state.
+
+  Attributes:
+    config: the run's config.
+    task: the `cpjax.tasks.Task`.
+    mesh: 1-D mesh over `devices` (all global devices by default).
+    root_key: the run's root PRNG key, `jax.random.key(config.seed)`.
+    state_shardings: NamedSharding per train-state leaf (replicated, or FSDP with config.fsdp).
+    abstract_state: the train state's ShapeDtypeStructs with those shardings (restore target).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               devices: Sequence[jax.Device] | None = None):
+    self.config = config
+    self.task = tasks.build(config)
+    self.mesh = partitioning.make_mesh(devices)
+    self.root_key = jax.random.key(config.seed)
+    shapes = jax.eval_shape(self.task.init, self.root_key)
+    self.state_shardings = partitioning.state_shardings(shapes, self.mesh,
+                                                        fsdp=config.get("fsdp", False))
+    self.abstract_state = checkpointing.abstract_with_shardings(shapes, self.state_shardings)
+
+  def init_state(self) -> Any:
+    """A fresh train state (`Task.init`, then `Task.warm_start`) in the state shardings."""
+    with jax.threefry_partitionable(False):
+      state = jax.jit(self.task.init, out_shardings=self.state_shardings)(self.root_key)
+    warm = self.task.warm_start(state)   # pretrained weights, an earlier stage (host side)
+    return state if warm is state else jax.device_put(warm, self.state_shardings)
+
+  def restore(self, checkpointer: checkpointing.Checkpointer, step: int) -> Any:
+    """The train state of checkpoint `step`, in this mesh's shardings."""
+    return checkpointer.restore_state(step, self.abstract_state)
+
+
+@dataclasses.dataclass
+class Loaded:
+  """A trained system: `system`, its train `state`, and the checkpoint `step` it came from
+  (None for converted released weights)."""
+  system: System
+  state: Any
+  step: int | None
+
+  @property
+  def config(self) -> ml_collections.ConfigDict:
+    return self.system.config
+
+  @property
+  def task(self) -> Any:
+    return self.system.task
+
+
+def config_file(spec: str) -> ml_collections.ConfigDict:
+  """'file.py[:variant]' of the project's configs/ folder -> its config."""
+  from cpjax.train import defaults  # pylint: disable=g-import-not-at-top
+  name, _, variant = spec.partition(":")
+  return defaults.load_sibling(str(CONFIGS_DIR / name), name[:-3]).get_config(variant)
+
+
+def _train_hint(task: str | None, directory: pathlib.Path) -> str:
+  demo = tasks.DEMO_CONFIGS.get(task or "", "configs/demo.py")
+  return f"train one with python -m cpjax.main --config={demo} --workdir={directory}"
+
+
+def load(path: PathLike, step: int | None = None, *, task: str | None = None,
+         devices: Sequence[jax.Device] | None = None) -> Loaded:
+  """A trained system from a training workdir or a directory of converted released weights.
+
+  A workdir is rebuilt from the config saved in its checkpoint (not a config file), so the
+  network matches the weights. Converted weights (`cpjax.tools.convert`) are built from the
+  config `cpjax.convert.RUNNABLE` names for their model, with `init_from` pointing at them.
+
+  Args:
+    path: a training run's --workdir, or a converted-weights directory.
+    step: the checkpoint to restore; None: the latest (ignored for converted weights).
+    task: the task the caller needs (its name in `cpjax.tasks`), or None for any: another
+      task is an error naming both; messages suggest this task's demo config.
+    devices: the mesh's devices; default: the first local device.
+
+  Raises:
+    FileNotFoundError: no checkpoint (of that step) under the workdir.
+    ValueError: converted weights of a part (not a whole system), or a run of another task.
+  """
+  from cpjax import convert  # pylint: disable=g-import-not-at-top
+  from cpjax.convert import checkpoint as converted  # pylint: disable=g-import-not-at-top
+
+  directory = pathlib.Path(path).expanduser()
+  devices = jax.local_devices()[:1] if devices is None else devices
+  if converted.is_converted(directory):
+    model = json.loads((directory / converted.METADATA).read_text())["model"]
+    if model not in convert.RUNNABLE:
+      raise ValueError(
+          f"{directory} holds converted {model} weights, a part of a system (they initialise "
+          "training, e.g. --config.model.backbone_init=DIR); give a training workdir or "
+          f"converted weights of a whole system: {', '.join(sorted(convert.RUNNABLE))}.")
+    config = config_file(convert.RUNNABLE[model])
+    config.init_from = str(directory.absolute())
+    _check_task(config, task, directory)
+    system = System(config, devices)
+    return Loaded(system, system.init_state(), None)
+  checkpoints = directory / "checkpoints"
+  if not checkpoints.is_dir():
+    raise FileNotFoundError(f"no checkpoint in {checkpoints}; {_train_hint(task, directory)}")
+  checkpointer = checkpointing.Checkpointer(directory, read_only=True)
+  try:
+    steps = checkpointer.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {checkpoints}; {_train_hint(task, directory)}")
+    if step is None:
+      step = steps[-1]
+    elif step not in steps:
+      raise FileNotFoundError(f"no checkpoint of step {step} in {checkpoints}; available "
+                              f"steps: {', '.join(map(str, steps))} (omit the step for the "
+                              "latest).")
+    config = ml_collections.ConfigDict(checkpointer.restore_config(step))
+    _check_task(config, task, directory)
+    system = System(config, devices)
+    return Loaded(system, system.restore(checkpointer, step), step)
+  finally:
+    checkpointer.close()
+
+
+def _check_task(config: ml_collections.ConfigDict, task: str | None,
+                directory: pathlib.Path) -> None:
+  if task is not None and config.get("task") != task:
+    raise ValueError(f"{directory} holds a {config.get('task')!r} run, but this needs a {task!r} "
+                     f"one (e.g. trained with --config={tasks.DEMO_CONFIGS[task]}).")

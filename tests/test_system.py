@@ -1,0 +1,75 @@
+"""cpjax.system: one way to build a system, make a fresh state and restore one (a training
+workdir's checkpoint or converted released weights), with errors that name the fix."""
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import load_config
+from cpjax import convert, system
+from cpjax.convert import checkpoint
+from cpjax.convert import harmonization as harmonization_convert
+from cpjax.train import checkpointing, trainer
+
+
+def _random_like(tree, seed=0):
+  r = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: r.normal(size=s.shape).astype(np.float32) * 0.05, tree)
+
+
+def test_converted_weights_load_as_the_released_system(tmp_path):
+  """A converted idih256 directory loads as the iHarmony4 iDIH system holding exactly the
+  converted weights (parameters and BatchNorm statistics), with no checkpoint step."""
+  variables = _random_like(harmonization_convert.model_expected("idih256"))
+  saved = checkpoint.save(convert.Converted("idih256", variables, {}), tmp_path / "idih256",
+                          {"path": "idih256.pth", "sha256": "0"})
+  loaded = system.load(saved, task="harmonization")
+  assert loaded.config.model.name == "idih" and loaded.config.init_from == str(saved)
+  assert loaded.step is None
+  restored = {"params": loaded.state.params, "batch_stats": loaded.state.batch_stats}
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), restored, variables)
+  with pytest.raises(ValueError, match="holds a 'harmonization' run, but this needs a "
+                     r"'copy_paste' one \(e.g. trained with --config=configs/demo.py\)"):
+    system.load(saved, task="copy_paste")
+
+
+def test_part_of_a_system_is_not_loadable(tmp_path):
+  """An ImageNet trunk alone is not a system: the error says how to use it."""
+  saved = checkpoint.save(convert.Converted("hrnet_w18s", {"params": {}}, {}), tmp_path / "w18s",
+                          {"path": "w18s.pth", "sha256": "0"})
+  with pytest.raises(ValueError, match="hrnet_w18s weights, a part of a system .* idih256"):
+    system.load(saved)
+
+
+@pytest.mark.parametrize("task,demo", [("harmonization", "configs/harmonization_demo.py"),
+                                       ("video_inpainting", "configs/video_demo.py"),
+                                       ("fcn", "configs/fcn_demo.py"),
+                                       ("copy_paste", "configs/demo.py")])
+def test_missing_workdir_names_the_tasks_own_demo(tmp_path, task, demo):
+  with pytest.raises(FileNotFoundError, match=f"--config={demo} --workdir={tmp_path}$"):
+    system.load(tmp_path, task=task)
+
+
+def test_workdir_loads_the_run_it_holds(tmp_path):
+  """The state of a checkpoint, in the config saved with it, equal to what training returned;
+  a fresh System of the same config restores it into its own (8-device) shardings too."""
+  config = load_config("demo", "tiny")
+  config.total_steps, config.checkpoint.async_save = 1, False
+  trained = trainer.train(config, tmp_path, devices=jax.devices()[:1])
+  loaded = system.load(tmp_path)
+  assert loaded.step == 1
+  assert json.loads(loaded.config.to_json()) == json.loads(config.to_json())
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded.state),
+               jax.device_get(trained))
+  eight = system.System(config)
+  checkpointer = checkpointing.Checkpointer(tmp_path, read_only=True)
+  try:
+    state = eight.restore(checkpointer, 1)
+  finally:
+    checkpointer.close()
+  leaf = jax.tree.leaves(state.generator)[0]
+  assert len(leaf.sharding.device_set) == 8
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), jax.device_get(trained))
