@@ -26,6 +26,9 @@ class Task(abc.ABC):
 
   # Left-to-right order of the sample-grid columns (jit returns dicts with sorted keys).
   sample_columns: tuple[str, ...] = ()
+  # Panels of `eval/curves.png`: (title, result path, {baseline label: path}), paths
+  # '/'-separated into `summarize_eval`'s result. Empty: one panel per top-level number.
+  curves: tuple[tuple[str, str, dict[str, str]], ...] = ()
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config

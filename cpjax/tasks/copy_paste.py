@@ -54,6 +54,8 @@ class CopyPasteTask(Task):
   """The copy-paste system as a task of the shared training loop."""
 
   sample_columns = ("original", "cut_paste", "mask", "poisson", "result")
+  curves = tuple((title, key, {"cut-and-paste": f"cut_paste_{key}", "Poisson": f"poisson_{key}"})
+                 for title, key in (("PSNR (dB)", "psnr"), ("SSIM", "ssim"), ("L1", "l1")))
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)

@@ -167,6 +167,9 @@ class HarmonizationTask(Task):
   """DIH / iDIH / iDIH-HRNet trained with FN-MSE or MSE (and DIH's parsing CE)."""
 
   sample_columns = ("composite", "mask", "result", "target")
+  curves = tuple((title, key, {"composite": f"composite/All/{column}"})
+                 for title, key, column in (("fMSE", "fmse", "fMSE"), ("MSE", "mse", "MSE"),
+                                            ("PSNR (dB)", "psnr", "PSNR")))
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)

@@ -165,6 +165,8 @@ class SegmentationTask(Task):
   """FCN-32s / 16s / 8s / 4s as a task of the shared training loop."""
 
   sample_columns = ("image", "label", "prediction")
+  curves = tuple((title, key, {}) for title, key in (("mean IU", "mean_iu"),
+                                                     ("pixel accuracy", "pixel_acc")))
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)

@@ -173,6 +173,10 @@ class VideoInpaintingTask(Task):
   """Copy-and-Paste Networks trained on synthetic sequences (module docstring)."""
 
   sample_columns = ("ground_truth", "input", "aligned_reference", "result")
+  curves = tuple((title, key, {"previous frame": f"prev_frame_{key}",
+                               "mean fill": f"mean_fill_{key}"})
+                 for title, key in (("PSNR (dB)", "psnr"), ("SSIM", "ssim"),
+                                    ("hole L1", "hole_l1")))
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)

@@ -183,6 +183,9 @@ class _Run:
       path = self.workdir / "eval" / f"step_{step:08d}.json"
       path.parent.mkdir(parents=True, exist_ok=True)
       path.write_text(json.dumps({"step": step, "source": eval_cfg.source, **results}, indent=2))
+      writers.plot_curves(self.workdir, self.task.curves or [
+          (k, k, {}) for k, v in results.items()
+          if isinstance(v, (int, float)) and not isinstance(v, bool)])
       logging.info("eval at step %d: %s (written to %s)", step,
                    ", ".join(f"{k}={v:.4g}" for k, v in _numeric_leaves(results).items()), path)
     return results
@@ -288,6 +291,8 @@ def _flush(pending: list[tuple[int, dict[str, jax.Array]]], last_saved: int | No
   history = [(s, {k: float(v) for k, v in m.items()}) for s, m in jax.device_get(pending)]
   _check_finite(history, last_saved, run.checkpointer.directory)
   means = _mean_metrics(history)
+  if run.is_chief:
+    writers.append_train_metrics(run.workdir, step, means)
   rates = progress.report(step)
   writer.scalars(step, {**{f"train/{k}": v for k, v in means.items()},
                         "perf/steps_per_sec": rates["steps_per_sec"],

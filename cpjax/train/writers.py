@@ -5,8 +5,10 @@ method is a no-op. TensorBoard files are written by tensorboardX, which needs no
 """
 from __future__ import annotations
 
+import json
 import pathlib
 import time
+from typing import Any, Sequence
 
 import numpy as np
 from absl import logging
@@ -144,3 +146,69 @@ class Profiler:
     logging.info("wrote a profile of steps %d-%d under %s (TensorBoard's profile tab, or "
                  "perfetto_trace.json.gz in ui.perfetto.dev)", *self.steps,
                  self.directory / "plugins" / "profile")
+
+
+TRAIN_HISTORY = "train_metrics.jsonl"   # under the workdir: one line per logged interval
+
+
+def append_train_metrics(workdir: str | pathlib.Path, step: int, means: dict[str, float]) -> None:
+  """Appends {'step', metric means} as one JSON line to `workdir/train_metrics.jsonl`."""
+  path = pathlib.Path(workdir) / TRAIN_HISTORY
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with path.open("a", encoding="utf-8") as f:
+    f.write(json.dumps({"step": step, **means}) + "\n")
+
+
+def _lookup(result: dict, path: str) -> float | None:
+  """The number at a '/'-separated path of an eval result (None where it is missing)."""
+  value: Any = result
+  for key in path.split("/"):
+    if not isinstance(value, dict) or key not in value:
+      return None
+    value = value[key]
+  return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def plot_curves(workdir: str | pathlib.Path,
+                panels: Sequence[tuple[str, str, dict[str, str]]]) -> pathlib.Path | None:
+  """Writes `workdir/eval/curves.png`: the training loss, and each evaluation metric against
+  the step with its baselines as dashed lines.
+
+  Args:
+    workdir: the run's directory (reads `train_metrics.jsonl` and `eval/step_*.json`).
+    panels: (title, result path, {baseline label: path}) per panel, paths '/'-separated into
+      the eval JSON (`Task.curves`).
+
+  Returns:
+    The PNG's path, or None before the first evaluation.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  workdir = pathlib.Path(workdir)
+  evals = sorted((json.loads(p.read_text()) for p in (workdir / "eval").glob("step_*.json")),
+                 key=lambda r: r["step"])
+  if not evals:
+    return None
+  history = []
+  if (workdir / TRAIN_HISTORY).exists():
+    history = [json.loads(line) for line in (workdir / TRAIN_HISTORY).read_text().splitlines()
+               if line.strip()]
+  figure, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * (len(panels) + 1), 3.2),
+                              squeeze=False)
+  axes = axes[0]
+  axes[0].plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
+  axes[0].set(title="training loss", xlabel="step")
+  steps = [r["step"] for r in evals]
+  for ax, (title, path, baselines) in zip(axes[1:], panels):
+    ax.plot(steps, [_lookup(r, path) for r in evals], "o-", label="result")
+    for (label, baseline), style in zip(baselines.items(), ("--", ":", "-.")):
+      ax.plot(steps, [_lookup(r, baseline) for r in evals], style, label=label)
+    ax.set(title=title, xlabel="step")
+    ax.legend(fontsize="small")
+  figure.tight_layout()
+  out = workdir / "eval" / "curves.png"
+  figure.savefig(out, dpi=80)
+  plt.close(figure)
+  return out

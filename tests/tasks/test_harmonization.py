@@ -15,7 +15,8 @@ import pytest
 
 from conftest import REPO, load_config
 from cpjax import tasks
-from cpjax.train import trainer
+from cpjax.tasks import harmonization
+from cpjax.train import trainer, writers
 from data.test_iharmony4 import make_tree
 
 
@@ -102,6 +103,9 @@ def test_eight_devices_match_one_device(one_device_run, tmp_path):
   got_eval = json.loads((tmp_path / "eval" / "step_00000002.json").read_text())
   for key in ("result", "composite"):
     assert got_eval[key]["All"] == pytest.approx(ref_eval[key]["All"], rel=1e-4)
+  for _, path, baselines in harmonization.HarmonizationTask.curves:   # eval/curves.png's paths
+    for p in [path, *baselines.values()]:
+      assert writers._lookup(got_eval, p) is not None, p  # pylint: disable=protected-access
 
 
 def test_hrnet_trunk_trains_at_a_tenth_of_the_learning_rate():

@@ -67,6 +67,7 @@ def test_cli_writes_eval_with_the_four_scores(cli_run):
   assert result["num_examples"] == 8
   for name in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu"):
     assert 0.0 <= result[name] <= 1.0, name
+  assert all(name in result for _, name, _ in segmentation.SegmentationTask.curves)
   assert "mean_iu=" in run.stderr and (workdir / "checkpoints" / "2").is_dir()
 
 

@@ -19,7 +19,7 @@ from conftest import REPO, load_config
 from cpjax import tasks
 from cpjax.ops import masks
 from cpjax.tasks import video_inpainting
-from cpjax.train import partitioning, trainer
+from cpjax.train import partitioning, trainer, writers
 from data_pipelines import pipeline, video_clips
 from data_pipelines.voc import PALETTE
 
@@ -279,6 +279,10 @@ def test_command_line_trains_and_evaluates(video_demo_tiny_run):
     assert 0 < result[f"{prefix}ssim"] <= 1 and result[f"{prefix}psnr"] > 5
   # The aligned previous frame sees most of the hole: a far better guess than the mean colour.
   assert result["prev_frame_psnr"] > result["mean_fill_psnr"]
+  assert (workdir / "eval" / "curves.png").exists()
+  for _, path, baselines in video_inpainting.VideoInpaintingTask.curves:
+    for p in [path, *baselines.values()]:
+      assert writers._lookup(result, p) is not None, p  # pylint: disable=protected-access
 
 
 def test_eight_devices_match_the_command_line_run(video_demo_tiny_run):

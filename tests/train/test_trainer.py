@@ -267,3 +267,22 @@ def test_evaluations_share_one_event_writer_and_close_it(tmp_path):
   trainer.evaluate(config, tmp_path, devices=jax.devices()[:1])
   assert len(list((tmp_path / "tensorboard" / "eval").glob("events.out.tfevents.*"))) == 2
   assert threading.active_count() <= before
+
+
+def test_curves_plot_loss_and_eval_metrics_with_baselines(tmp_path):
+  """Each evaluation writes eval/curves.png from the logged training losses
+  (train_metrics.jsonl, one line per log interval) and the eval JSONs; the task's panels name
+  result and baseline paths that exist in the JSON."""
+  from cpjax.train import writers  # pylint: disable=import-outside-toplevel
+  config = _tiny(total_steps=4, **{"eval.every_steps": 2, "log_every_steps": 1})
+  trainer.train(config, tmp_path, devices=jax.devices()[:1])
+  lines = (tmp_path / writers.TRAIN_HISTORY).read_text().splitlines()
+  assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  with Image.open(tmp_path / "eval" / "curves.png") as image:
+    assert image.width > 300 and image.height > 100
+  from cpjax import tasks  # pylint: disable=import-outside-toplevel
+  result = json.loads((tmp_path / "eval" / "step_00000004.json").read_text())
+  for _, path, baselines in tasks.build(config).curves:
+    for p in [path, *baselines.values()]:
+      assert writers._lookup(result, p) is not None, p  # pylint: disable=protected-access
