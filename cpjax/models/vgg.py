@@ -16,17 +16,23 @@ The names are those of pytorch-fcn (`conv1_1.weight`) and of the Caffe models; t
 (`TORCHVISION_FEATURE_INDEX`). A PyTorch weight [C_out, C_in, 3, 3] becomes a flax kernel by
 `transpose(2, 3, 1, 0)`.
 
+On XLA:CPU the convs' kernel gradients are per-tap matrix products
+(`cpjax.layers.conv_general_dilated_taps`; the FCN-8s train step at 500x375 is 1.6x faster
+than with XLA's own); parameters and outputs are nn.Conv's.
+
 Input normalisation is the caller's: `caffe_preprocess` for the Caffe / pytorch-fcn weights,
 `cpjax.ops.color.imagenet_normalize` for torchvision's.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+from cpjax.layers import conv_general_dilated_taps
 
 Dtype = Any
 
@@ -55,11 +61,47 @@ def caffe_preprocess(image: jax.Array) -> jax.Array:
   return bgr - jnp.asarray(CAFFE_MEAN_BGR, image.dtype)
 
 
+@jax.custom_vjp
+def _pool_windows(x: jax.Array) -> jax.Array:
+  """Max over the disjoint 2x2 windows of [B, 2h, 2w, C] -> [B, h, w, C]."""
+  b, h, w, c = x.shape
+  return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+def _pool_windows_fwd(x):
+  y = _pool_windows(x)
+  return y, (x, y)
+
+
+def _pool_windows_bwd(residuals, g):
+  """The gradient to the first maximum of each window in row-major order, as XLA's
+  select-and-scatter and PyTorch give it; elementwise ops only."""
+  x, y = residuals
+  b, h, w, c = x.shape
+  windows = x.reshape(b, h // 2, 2, w // 2, 2, c)
+  taken = jnp.zeros(y.shape, bool)
+  rows = []
+  for i in range(2):
+    row = []
+    for j in range(2):
+      first = (windows[:, :, i, :, j] == y) & ~taken
+      taken = taken | first
+      row.append(jnp.where(first, g, jnp.zeros((), g.dtype)))
+    rows.append(jnp.stack(row, axis=3))
+  return (jnp.stack(rows, axis=2).reshape(b, h, w, c),)
+
+
+_pool_windows.defvjp(_pool_windows_fwd, _pool_windows_bwd)
+
+
 def max_pool_2x2(x: jax.Array, ceil_mode: bool) -> jax.Array:
   """2x2 stride-2 max-pool, PyTorch `MaxPool2d(2, 2, ceil_mode=...)` (no padding).
 
   Floor mode drops an odd last row/column; ceil mode keeps it as a window of its own (pooled
-  over its valid pixels only, i.e. padded with -inf), as Caffe's pooling does.
+  over its valid pixels only, i.e. padded with -inf), as Caffe's pooling does. The gradient
+  goes to the first maximum of each window (row-major), as PyTorch's and XLA's max-pool
+  gradients; it is computed with elementwise ops, 2x faster on XLA:CPU than its
+  select-and-scatter (rewritten there into index reductions and broadcasts).
 
   Args:
     x: [B, H, W, C] with H, W >= 2.
@@ -70,10 +112,11 @@ def max_pool_2x2(x: jax.Array, ceil_mode: bool) -> jax.Array:
   """
   height, width = x.shape[1:3]
   if ceil_mode:
-    pad = ((0, 2 * math.ceil(height / 2) - height), (0, 2 * math.ceil(width / 2) - width))
+    x = lax.pad(x, jnp.asarray(-jnp.inf, x.dtype),
+                ((0, 0, 0), (0, height % 2, 0), (0, width % 2, 0), (0, 0, 0)))
   else:
-    pad = "VALID"
-  return nn.max_pool(x, (2, 2), strides=(2, 2), padding=pad)
+    x = x[:, :height - height % 2, :width - width % 2]
+  return _pool_windows(x)
 
 
 class VGG16(nn.Module):
@@ -111,7 +154,8 @@ class VGG16(nn.Module):
         name = f"conv{block}_{i}"
         pad = self.first_padding if name == "conv1_1" else 1
         x = nn.Conv(width, (3, 3), padding=((pad, pad), (pad, pad)), dtype=self.dtype,
-                    param_dtype=self.param_dtype, name=name)(x)
+                    param_dtype=self.param_dtype, conv_general_dilated=conv_general_dilated_taps,
+                    name=name)(x)
         x = nn.relu(x)
         out[name] = x
       x = max_pool_2x2(x, self.ceil_mode)

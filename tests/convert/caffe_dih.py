@@ -204,11 +204,12 @@ def dih_train_net(seed: int = 0) -> list[Layer]:
   return _insert_splits(b.layers)
 
 
-def caffe_forward(layers: list[Layer], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Runs the layers in order as Caffe does (float64, NCHW); data and loss layers are skipped
+def caffe_forward(layers: list[Layer], inputs: dict[str, np.ndarray],
+                  dtype: type = np.float64) -> dict[str, np.ndarray]:
+  """Runs the layers in order as Caffe does (in `dtype`, NCHW); data and loss layers are skipped
   (`inputs` gives the data layer's blobs). Returns every blob."""
-  blobs = {k: torch.from_numpy(np.asarray(v, np.float64)) for k, v in inputs.items()}
-  t = lambda a: torch.from_numpy(np.asarray(a, np.float64))  # noqa: E731
+  blobs = {k: torch.from_numpy(np.asarray(v, dtype)) for k, v in inputs.items()}
+  t = lambda a: torch.from_numpy(np.asarray(a, dtype))  # noqa: E731
   for l in layers:
     if l.type in ("Python", "EuclideanLoss", "SoftmaxWithLoss"):   # data layer, losses
       continue

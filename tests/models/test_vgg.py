@@ -93,3 +93,22 @@ def test_caffe_preprocess_hand_values():
   expected = np.asarray([[0.0 - 104.00698793, 127.5 - 116.66876762, 255.0 - 122.67891434],
                          [255.0 - 104.00698793, 0.0 - 116.66876762, 0.0 - 122.67891434]])
   np.testing.assert_allclose(np.asarray(vgg.caffe_preprocess(rgb)), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("ceil_mode", [True, False])
+@pytest.mark.parametrize("size", [(6, 8), (5, 7)])
+def test_max_pool_gradient_matches_torch(ceil_mode, size):
+  """The gradient of max_pool_2x2 equals torch.nn.functional.max_pool2d's, ties included: the
+  input is rounded to a few values, so most windows hold several equal maxima, and both give
+  the whole gradient to the first of them (row-major)."""
+  torch = pytest.importorskip("torch")
+  r = np.random.default_rng(2)
+  x = np.round(r.uniform(0, 2, size=(2, *size, 3))).astype(np.float32)   # values 0, 1, 2
+  x[0, :2, :2] = 1.0                                                     # an all-equal window
+  g = r.normal(size=(2, *[-(-s // 2) if ceil_mode else s // 2 for s in size], 3))
+  g = g.astype(np.float32)
+  ours = jax.grad(lambda x: jnp.sum(vgg.max_pool_2x2(x, ceil_mode) * g))(jnp.asarray(x))
+  xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+  y = torch.nn.functional.max_pool2d(xt, 2, 2, ceil_mode=ceil_mode)
+  (y * torch.from_numpy(g.transpose(0, 3, 1, 2).copy())).sum().backward()
+  np.testing.assert_array_equal(np.asarray(ours), xt.grad.numpy().transpose(0, 2, 3, 1))
