@@ -57,6 +57,13 @@ class Task(abc.ABC):
     every host) and hands the sums to `summarize_eval`.
     """
 
+  def baseline_step(self, batch: Batch, key: jax.Array) -> Metrics:
+    """Per-example metrics of the classical baselines, as `eval_step`'s: they do not depend on
+    the train state, so the trainer computes them once per evaluation set and process and adds
+    their sums to every evaluation's. Names must differ from `eval_step`'s. Default: none."""
+    del batch, key
+    return {}
+
   def summarize_eval(self, sums: dict[str, np.ndarray], count: int) -> dict[str, Any]:
     """Evaluation results from the summed per-example metrics of the whole evaluation set.
 

@@ -152,16 +152,17 @@ class CopyPasteTask(Task):
     return ex, jnp.clip(y, 0.0, 1.0)
 
   def eval_step(self, state: GanState, batch: Batch, key: jax.Array) -> Metrics:
-    """L1, PSNR, SSIM of Y vs I, beside the same for plain cut-and-paste (the composite) and
-    for Poisson blending (`poisson_blend`)."""
+    """L1, PSNR, SSIM of Y vs I."""
     ex, y = self._fixed_problems(state, batch, key)
-    out = {}
-    for name, pred in (("", y), ("cut_paste_", ex["composite"]),
-                       ("poisson_", poisson_blend(ex))):
-      out[f"{name}l1"] = metrics.l1_per_example(pred, ex["image"])
-      out[f"{name}psnr"] = metrics.psnr(pred, ex["image"])
-      out[f"{name}ssim"] = metrics.ssim(pred, ex["image"])
-    return out
+    return _scores(y, ex["image"])
+
+  def baseline_step(self, batch: Batch, key: jax.Array) -> Metrics:
+    """The same scores for plain cut-and-paste (the composite, 'cut_paste_*') and Poisson
+    blending (`poisson_blend`, 'poisson_*') of the same problems."""
+    ex = self.problems(batch, key, jnp.zeros((), jnp.int32))
+    return {f"{name}{k}": v for name, pred in (("cut_paste_", ex["composite"]),
+                                                ("poisson_", poisson_blend(ex)))
+            for k, v in _scores(pred, ex["image"]).items()}
 
   def samples(self, state: GanState, batch: Batch, key: jax.Array) -> dict[str, jax.Array]:
     """The same problems at every step, so successive grids show progress."""
@@ -169,6 +170,12 @@ class CopyPasteTask(Task):
     return {"original": ex["image"], "cut_paste": ex["composite"],
             "mask": jnp.broadcast_to(ex["mask"], ex["image"].shape),
             "poisson": poisson_blend(ex), "result": y}
+
+
+def _scores(pred: jax.Array, image: jax.Array) -> Metrics:
+  """Per-example L1, PSNR and SSIM of [B, H, W, 3] predictions against the originals."""
+  return {"l1": metrics.l1_per_example(pred, image), "psnr": metrics.psnr(pred, image),
+          "ssim": metrics.ssim(pred, image)}
 
 
 def poisson_blend(ex: dict[str, jax.Array]) -> jax.Array:

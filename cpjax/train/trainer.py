@@ -106,6 +106,8 @@ class _Run:
     self.train_fn = jax.jit(self.task.train_step,
                             out_shardings=(self.system.state_shardings, repl), donate_argnums=0)
     self.eval_fn = jax.jit(self._eval_sums, out_shardings=repl)
+    self.baseline_fn = jax.jit(self._baseline_sums, out_shardings=repl)
+    self._baseline_totals: dict[str, np.ndarray] | None = None
     self._samples_fn = jax.jit(self.task.samples, out_shardings=repl)
     self.is_chief = jax.process_index() == 0
     self._eval_writer: writers.Writer | None = None
@@ -130,18 +132,15 @@ class _Run:
     return {name: images[name] for name in order}
 
   def _eval_sums(self, state: Any, batch: dict[str, jax.Array], key: jax.Array):
-    """Sums over the valid examples of one global batch of each per-example metric [B, ...]."""
+    """Sums over the valid examples of one global batch of each per-example metric [B, ...],
+    and the number of valid examples."""
     valid = batch["valid"]
-    per_example = self.task.eval_step(state, batch, key)
+    return (_valid_sums(self.task.eval_step(state, batch, key), valid),
+            jnp.sum(valid.astype(jnp.float32)))
 
-    def total(v: jax.Array) -> jax.Array:
-      # where, not a product: a padding example's metric may be inf or NaN (e.g. PSNR of a zero
-      # target), and inf * 0 is NaN.
-      keep = valid.reshape(valid.shape + (1,) * (v.ndim - 1))
-      return jnp.sum(jnp.where(keep, v.astype(jnp.float32), 0.0), axis=0)
-
-    sums = {k: total(v) for k, v in per_example.items()}
-    return sums, jnp.sum(valid.astype(jnp.float32))
+  def _baseline_sums(self, batch: dict[str, jax.Array], key: jax.Array):
+    """`_eval_sums` of the task's baselines (`Task.baseline_step`)."""
+    return _valid_sums(self.task.baseline_step(batch, key), batch["valid"])
 
   def eval_data_config(self) -> ml_collections.ConfigDict:
     data = ml_collections.ConfigDict(self.config.data.to_dict())
@@ -161,6 +160,7 @@ class _Run:
     partitioning.check_batch_size(eval_cfg.batch_size, self.mesh)
     eval_key = jax.random.key(eval_cfg.seed)  # the same problems at every checkpoint
     totals: dict[str, np.ndarray] = {}
+    baselines: dict[str, np.ndarray] = {}
     count = 0.0
     first = True
     for local in pipeline.eval_batches(self.eval_data_config(), batch_size=eval_cfg.batch_size,
@@ -168,15 +168,18 @@ class _Run:
                                        process_count=jax.process_count()):
       batch = partitioning.global_batch(local, self.mesh)
       sums, n = jax.device_get(self.eval_fn(state, batch, eval_key))
-      for k, v in sums.items():
-        totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64)
+      _accumulate(totals, sums)
+      if self._baseline_totals is None:   # the first evaluation of this process
+        _accumulate(baselines, jax.device_get(self.baseline_fn(batch, eval_key)))
       count += float(n)
       if first:
         writer.grid(step, "eval", self.samples(state, batch, eval_key))
         first = False
     if count == 0:
       raise ValueError(f"the evaluation set {eval_cfg.source!r} is empty.")
-    results = _to_json(self.task.summarize_eval(totals, int(count)))
+    if self._baseline_totals is None:
+      self._baseline_totals = baselines
+    results = _to_json(self.task.summarize_eval({**totals, **self._baseline_totals}, int(count)))
     results["num_examples"] = int(count)
     writer.scalars(step, {f"eval/{k}": v for k, v in _numeric_leaves(results).items()})
     if self.is_chief:
@@ -189,6 +192,21 @@ class _Run:
       logging.info("eval at step %d: %s (written to %s)", step,
                    ", ".join(f"{k}={v:.4g}" for k, v in _numeric_leaves(results).items()), path)
     return results
+
+
+def _valid_sums(per_example: dict[str, jax.Array], valid: jax.Array) -> dict[str, jax.Array]:
+  """Each per-example metric [B, ...] summed over the valid examples -> [...]."""
+  def total(v: jax.Array) -> jax.Array:
+    # where, not a product: a padding example's metric may be inf or NaN (e.g. PSNR of a zero
+    # target), and inf * 0 is NaN.
+    keep = valid.reshape(valid.shape + (1,) * (v.ndim - 1))
+    return jnp.sum(jnp.where(keep, v.astype(jnp.float32), 0.0), axis=0)
+  return {k: total(v) for k, v in per_example.items()}
+
+
+def _accumulate(totals: dict[str, np.ndarray], sums: dict[str, Any]) -> None:
+  for k, v in sums.items():
+    totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64)
 
 
 def _require_source(spec: str, config: ml_collections.ConfigDict, what: str) -> None:
