@@ -61,7 +61,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       dilate=4,                          # 3x3-cross dilations of holes that come with the data
                                          # (davis:), as the released test code dilates masks
   )
-  c.model = dict(                        # the released network (REFERENCE.md)
+  c.model = dict(                        # the released network (CPNet_test.py's layers)
       align_widths=(64, 64, 128, 128, 256, 256, 256),
       align_size=224,
       regressor_width=512,

@@ -41,7 +41,7 @@ FOREGROUND_RATIO_BUCKETS = ((0.0, 0.05), (0.05, 0.15), (0.15, 1.0))
 
 def harmonization_scores(pred: jax.Array, target: jax.Array, mask: jax.Array,
                          valid: jax.Array | None = None) -> dict[str, jax.Array]:
-  """MSE, fMSE and PSNR per image, computed as the harmonisation reference does (REFERENCE.md).
+  """MSE, fMSE and PSNR per image, computed as saic-vul/image_harmonization evaluates.
 
   On the 0-255 scale, with the prediction clamped to [0, 255] (not rounded):
     MSE  = mean over H, W, C of (pred - target)^2;
@@ -195,7 +195,7 @@ def confusion_matrix(labels: jax.Array, pred: jax.Array, num_classes: int,
 
 
 def segmentation_scores(hist: np.ndarray) -> dict[str, float]:
-  """The FCN paper's four scores from one confusion matrix over a whole split (REFERENCE.md).
+  """The FCN paper's four scores from one confusion matrix over a whole split (as pytorch-fcn).
 
   With n_ij the pixels of class i predicted as j, t_i = sum_j n_ij and K' the classes present:
     pixel_acc = sum_i n_ii / sum_i t_i;   mean_acc = nanmean_i n_ii / t_i;

@@ -1,7 +1,7 @@
 """Copy-and-Paste Networks for video inpainting (Lee et al. 2019): alignment, copy, paste.
 
 Layer specs follow the released test code (shleecs/Copy-and-Paste-Networks-for-Deep-Video-
-Inpainting, REFERENCE.md) so that its weights can be loaded: plain convs with ReLU, no
+Inpainting, CPNet_test.py) so that its weights can be loaded: plain convs with ReLU, no
 normalisation, He init (fan_out, as its `init_He`). Frames are [B, H, W, 3] in [0, 1] (ImageNet
 normalisation happens inside, as in the reference); H and W must be multiples of 8
 (`pad_to_multiple`). Maps are [B, H, W, 1]: `hole` 1 = missing pixel, `visible` = 1 - hole.

@@ -8,7 +8,7 @@ One train step, on the sharded global batch:
   3. one generator update: L_G = L1(Y, I) - alpha E[D(Y)], with Y = (G(X) + T(I)) M + I (1 - M).
 Eq. 7 writes the objective as L = L_rec + alpha L_WGAN-GP + gamma E[D(I)^2]; as in every WGAN-GP
 implementation the generator takes the E[D(Y)] part with the sign that raises the critic's score,
-and the critic minimises the rest (the authors' public GAN code does the same, REFERENCE.md).
+and the critic minimises the rest (the authors' public GAN code does the same).
 
 Config fields: model.generator_widths, model.dilations, model.noise, model.critic_global_widths,
 model.critic_local_widths, model.critic_local_size, model.critic_dense, model.dtype;

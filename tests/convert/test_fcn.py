@@ -1,6 +1,6 @@
 """pytorch-fcn FCN-32s / 16s / 8s checkpoints load into cpjax's FCN with numerical parity.
 
-The PyTorch FCN below is written from the reference's facts (REFERENCE.md, "FCN"): conv1_1
+The PyTorch FCN below is written from pytorch-fcn's published layer specs: conv1_1
 padded by 100, 2x2 max-pools in ceil mode, fc6 a 7x7 valid conv, transposed-conv upsampling
 without bias, skip scores cropped at 5 (pool4) and 9 (pool3), final crops 19 / 27 / 31, and
 pytorch-fcn's layer names. It is filled with random weights (random transposed-conv kernels

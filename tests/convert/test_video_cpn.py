@@ -2,7 +2,7 @@
 
 The PyTorch CPNet below has the reference's state-dict layout (`<module>.<name>.conv.0`, the
 unused `A_Regressor.conv6a/conv6b`, the normalisation buffers) and its forward semantics
-(REFERENCE.md, "Video inpainting", and the released test code): alignment features of the
+(the released test code): alignment features of the
 frame + hole map resized bilinearly (half-pixel) to 224x224; a regressor that reuses conv5a /
 conv5b after conv56; `affine_grid` + `grid_sample` with align_corners=True (the PyTorch < 1.3
 behaviour the released code ran with) and zero padding; visibility thresholded at 0.5; one

@@ -50,7 +50,7 @@ def tree(tmp_path_factory) -> pathlib.Path:
 
 
 def test_name_mapping_is_the_reference_rule():
-  """REFERENCE.md's example: c360951_1097742_1.jpg -> c360951.jpg and c360951_1097742.png."""
+  """The dataset's naming rule: c360951_1097742_1.jpg -> c360951.jpg and c360951_1097742.png."""
   assert iharmony4.real_name("c360951_1097742_1.jpg") == "c360951.jpg"
   assert iharmony4.mask_name("c360951_1097742_1.jpg") == "c360951_1097742.png"
 

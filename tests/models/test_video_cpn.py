@@ -95,7 +95,7 @@ def test_pad_to_multiple_is_centred_and_cropped_back():
   np.testing.assert_array_equal(np.asarray(video_cpn.crop_padding(padded, pads)), np.asarray(x))
 
 
-# Parameter shapes of the released state dict (REFERENCE.md), as flax [kh, kw, in, out].
+# Parameter shapes of the released state dict (weight.pth), as flax [kh, kw, in, out].
 _RELEASED = {
     "align_encoder/conv12": (5, 5, 4, 64), "align_encoder/conv4b": (3, 3, 256, 256),
     "align_regressor/conv45": (3, 3, 512, 512), "align_regressor/conv5b": (3, 3, 512, 512),
