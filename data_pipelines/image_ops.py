@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -306,20 +306,27 @@ def resize_field(array: np.ndarray, size: Size, kind: str, resample: str = "anti
 
 
 def pad_field(array: np.ndarray, size: Size, kind: str, path: str = "<array>",
-              setting: str = "data.image_size") -> np.ndarray:
+              setting: str = "data.image_size", otherwise: str = "use eval.mode='resize'",
+              fill: Any = None) -> np.ndarray:
   """Pad a field at the bottom and right up to `size` with its kind's fill (labels: 255).
 
+  Args:
+    fill: the padding value instead of the kind's: a scalar, or one value per channel (e.g. an
+      RGB colour for an image).
+
   Raises:
-    ValueError: the field is larger than `size` (names `path` and the config `setting` to raise).
+    ValueError: the field is larger than `size` (names `path`, the config `setting` to raise,
+      and the `otherwise` alternative).
   """
   h, w = pair(size)
   height, width = array.shape[:2]
   if height > h or width > w:
-    raise ValueError(f"{path} is {height}x{width}, larger than the padded evaluation size "
-                     f"{h}x{w}; raise {setting} to at least ({height}, {width}) or "
-                     "use eval.mode='resize'")
-  pad = [(0, h - height), (0, w - width)] + [(0, 0)] * (array.ndim - 2)
-  return np.pad(array, pad, constant_values=_FIELD_FILL[kind])
+    raise ValueError(f"{path} is {height}x{width}, larger than the padded size {h}x{w}; raise "
+                     f"{setting} to at least ({height}, {width}) or {otherwise}")
+  out = np.empty((h, w) + array.shape[2:], array.dtype)
+  out[...] = np.asarray(_FIELD_FILL[kind] if fill is None else fill, array.dtype)
+  out[:height, :width] = array
+  return out
 
 
 def random_resized_crop_box(height: int, width: int, scale: tuple[float, float],

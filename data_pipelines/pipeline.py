@@ -25,8 +25,12 @@ None is accepted too:
   repeats       evaluation only: each item yields this many consecutive examples with distinct
                 'index' (tasks that draw random problems per example, like copy-paste, then
                 evaluate several problems per held-out image).             default 1
-  augment       training geometry: 'crop' (below) or 'random_resized_crop' (torchvision's
-                RandomResizedCrop to image_size, then flip).               default 'crop'
+  augment       training geometry: 'crop' (below), 'random_resized_crop' (torchvision's
+                RandomResizedCrop to image_size, then flip) or 'pad' (the whole image: resize,
+                flip, then pad bottom/right up to image_size as eval_mode 'pad' does; images
+                of any size up to image_size train at one shape, e.g. FCN on whole VOC images
+                at 500x500 with the labels' padding ignored; a larger item is an error).
+                                                                           default 'crop'
   scale, ratio  area-fraction and aspect (w/h) ranges of 'random_resized_crop'.
                                                           default (0.5, 1.0), (3/4, 4/3)
   keep_foreground  '' (off), or the name of a 'mask' field: a random-resized crop whose mask
@@ -40,12 +44,16 @@ None is accepted too:
   eval_mode     evaluation geometry: 'center' (resize -> cover -> center crop), 'resize' (every
                 field resized exactly to image_size, as the iHarmony4 reference evaluates) or
                 'pad' (resize, then pad bottom/right up to image_size with each field kind's
-                fill; a larger item is an error) or 'full' ('resize', and beside it every
-                field at its own resolution padded bottom/right to full_size as
-                '<field>_full', with 'full_extent' int32 [2] = its (h, w): metrics at full
+                fill, images `pad_color`; a larger item is an error) or 'full' ('resize', and
+                beside it every field at its own resolution padded bottom/right to full_size
+                as '<field>_full', with 'full_extent' int32 [2] = its (h, w): metrics at full
                 resolution). The trainer sets it from eval.mode.           default 'center'
   full_size     the padded canvas of eval_mode 'full': int or (h, w); an item larger than it is
                 an error. The trainer sets it from eval.full_size.         default 0
+  pad_color     RGB 0..255 of the image padding of 'pad' (training and evaluation); masks pad
+                with 0 and labels with 255 (ignored). E.g. the network's mean input colour, so
+                that the padding reads as the zeros of the network's own padding.
+                                                                           default (0, 0, 0)
   resample      'antialias' (PIL: antialiased bicubic images, bilinear masks) or 'linear'
                 (OpenCV-style bilinear without antialiasing for images and masks, as the
                 iHarmony4 reference resizes); labels are always nearest.   default 'antialias'
@@ -120,10 +128,10 @@ DataConfig = Union[ml_collections.ConfigDict, Mapping[str, Any]]
 _DEFAULTS = dict(source="samples", image_size=256, resize=0, crop="random", flip=True,
                  workers=0, prefetch=2, image_key="image", max_examples=0, repeats=1,
                  augment="crop", scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), keep_foreground="",
-                 eval_mode="center", full_size=0, resample="antialias",
+                 eval_mode="center", full_size=0, pad_color=(0, 0, 0), resample="antialias",
                  mask_source="", mask_size=(0.2, 0.5))
 _CROPS = ("random", "center")
-_AUGMENTS = ("crop", "random_resized_crop")
+_AUGMENTS = ("crop", "random_resized_crop", "pad")
 _EVAL_MODES = ("center", "resize", "pad", "full")
 _KEEP_PROBABILITY = 0.05   # a random-resized crop without foreground is kept this often
 
@@ -155,6 +163,7 @@ class _Settings:
   keep_foreground: str | None
   eval_mode: str
   full_size: tuple[int, int] | None
+  pad_color: tuple[int, int, int]
   resample: str
   mask_source: str
   mask_size: tuple[float, float]
@@ -191,6 +200,9 @@ def _settings(cfg: DataConfig) -> _Settings:
   if eval_mode == "full" and full_size is None:
     raise ValueError("eval mode 'full' needs the padded full-resolution canvas: set "
                      "eval.full_size (data.full_size) to the largest image's (h, w) or more")
+  pad_color = tuple(int(v) for v in get("pad_color"))
+  if len(pad_color) != 3 or not all(0 <= v <= 255 for v in pad_color):
+    raise ValueError(f"data.pad_color is {pad_color}; use an RGB colour (r, g, b) in 0..255")
   scale, ratio = tuple(map(float, get("scale"))), tuple(map(float, get("ratio")))
   if not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
     raise ValueError(f"data.scale is {scale}; use (low, high) with 0 < low <= high <= 1")
@@ -203,7 +215,7 @@ def _settings(cfg: DataConfig) -> _Settings:
                    repeats=repeats, augment=augment, scale=scale, ratio=ratio,
                    keep_foreground=get("keep_foreground") or None, eval_mode=eval_mode,
                    full_size=None if full_size is None else image_ops.pair(full_size),
-                   resample=resample, mask_source=get("mask_source") or "",
+                   pad_color=pad_color, resample=resample, mask_source=get("mask_source") or "",
                    mask_size=tuple(get("mask_size")))
 
 
@@ -280,14 +292,34 @@ def _random_resized_crop(example: dict[str, Any], fields: Fields, settings: _Set
       return out
 
 
+def _pad_geometry(example: dict[str, Any], fields: Fields, settings: _Settings, path: str,
+                  flip: bool = False, otherwise: str = "use eval.mode='resize'"
+                  ) -> dict[str, np.ndarray]:
+  """resize -> flip (if `flip`) -> pad bottom/right up to image_size: each field with its kind's
+  fill (labels 255), images with pad_color; `otherwise` is the error's alternative fix."""
+  out = _resize_all(example, fields, image_ops.resized_shape(
+      *example["image"].shape[:2], settings.resize), settings.resample)
+  if flip:
+    out = {k: image_ops.flip_left_right(v) for k, v in out.items()}
+  return {k: image_ops.pad_field(v, settings.image_size, fields[k], path, otherwise=otherwise,
+                                 fill=settings.pad_color if fields[k] == "image" else None)
+          for k, v in out.items()}
+
+
 def _prepare(example: dict[str, Any], fields: Fields, settings: _Settings,
              rng: np.random.Generator | None) -> dict[str, np.ndarray]:
   """The geometry of one example, the same for all its aligned fields.
 
-  Training (rng given): 'crop' or 'random_resized_crop', then a flip with probability 1/2.
+  Training (rng given): 'crop' or 'random_resized_crop', then a flip with probability 1/2; or
+  'pad', which flips before padding (the padding stays bottom/right).
   Evaluation (rng None): settings.eval_mode.
   """
   path = str(example.get("path", "<item>"))
+  if rng is not None and settings.augment == "pad":
+    out = _pad_geometry(example, fields, settings, path,
+                        flip=settings.flip and rng.random() < 0.5,
+                        otherwise="shrink the images with data.resize")
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
   if rng is None and settings.eval_mode in ("resize", "full"):
     out = _resize_all(example, fields, settings.image_size, settings.resample)
     if settings.eval_mode == "full":
@@ -296,9 +328,7 @@ def _prepare(example: dict[str, Any], fields: Fields, settings: _Settings,
                   for k, kind in fields.items()})
       out["full_extent"] = np.asarray(example["image"].shape[:2], np.int32)
   elif rng is None and settings.eval_mode == "pad":
-    out = _resize_all(example, fields, image_ops.resized_shape(
-        *example["image"].shape[:2], settings.resize), settings.resample)
-    out = {k: image_ops.pad_field(v, settings.image_size, fields[k], path) for k, v in out.items()}
+    out = _pad_geometry(example, fields, settings, path)
   elif rng is not None and settings.augment == "random_resized_crop":
     out = _random_resized_crop(example, fields, settings, rng)
   else:

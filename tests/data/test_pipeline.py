@@ -67,7 +67,7 @@ def test_default_config_has_documented_fields():
   assert set(cfg.keys()) == {"source", "image_size", "resize", "crop", "flip", "workers",
                              "prefetch", "image_key", "max_examples", "repeats", "augment",
                              "scale", "ratio", "keep_foreground", "eval_mode", "full_size",
-                             "resample", "mask_source", "mask_size"}
+                             "pad_color", "resample", "mask_source", "mask_size"}
   cfg.image_size, cfg.resize = (512, 1024), (512, 1024)
   assert cfg.crop == "random" and cfg.workers == 0
 
