@@ -1,5 +1,7 @@
-"""Every config loads in every variant, unknown variants are refused, and the tiny variants of
-the copy-paste configs train end to end (demo's is exercised by tests/train)."""
+"""Every config loads in every variant, unknown variants are refused, the tiny variants of the
+copy-paste configs train end to end (demo's is exercised by tests/train), FCN's default is the
+reference schedule, and the configs that fine-tune a pretrained trunk refuse to start without it
+(unless random weights are asked for)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +10,7 @@ import jax
 import pytest
 
 from conftest import REPO, load_config
+from cpjax import tasks
 from cpjax.train import trainer
 
 CONFIGS = {"faces": ["", "tiny"], "cityscapes": ["", "tiny"], "demo": ["", "tiny"],
@@ -17,7 +20,9 @@ CONFIGS = {"faces": ["", "tiny"], "cityscapes": ["", "tiny"], "demo": ["", "tiny
                                     "tiny"],
            "harmonization_demo": ["", "tiny"],
            "video_inpainting": ["", "davis", "tiny"], "video_demo": ["", "tiny"],
-           "fcn_voc": ["", "32s", "16s", "8s", "4s", "tiny"], "fcn_demo": ["", "tiny"]}
+           "fcn_voc": ["", "32s", "16s", "8s", "4s", "224", "32s_224", "16s_224", "8s_224",
+                       "4s_224", "tiny"],
+           "fcn_demo": ["", "tiny"]}
 
 
 def test_every_config_file_is_listed():
@@ -88,3 +93,68 @@ def test_tiny_variant_trains(name, tmp_path):
   assert int(state.step) == 2
   result = json.loads((tmp_path / "eval" / "step_00000002.json").read_text())
   assert result["num_examples"] == c.eval.num_examples
+
+
+@pytest.mark.parametrize("variant,lr", [("", 1e-10), ("32s", 1e-10), ("16s", 1e-12),
+                                        ("8s", 1e-14), ("4s", 1e-14)])
+def test_fcn_voc_default_is_the_reference_schedule(variant, lr):
+  """pytorch-fcn's train_fcn{32,16,8}s.py (the FCN authors' solver): whole images at batch 1,
+  100,000 iterations, SGD momentum 0.99, weight decay 5e-4, biases at 2x lr without decay, the
+  pixel-summed loss, validation every 4,000; whole images padded to 500x500 (labels 255, the
+  image with the Caffe mean colour), in training and evaluation."""
+  c = load_config("fcn_voc", variant)
+  assert (c.batch_size, c.total_steps) == (1, 100_000)
+  assert (c.optim.name, c.optim.lr, c.optim.momentum) == ("sgd", lr, 0.99)
+  assert (c.optim.weight_decay, c.optim.bias_lr_mult, c.loss.reduction) == (5e-4, 2.0, "sum")
+  assert (c.data.augment, c.data.image_size, c.data.resize, c.data.flip) == ("pad", 500, 0, False)
+  assert tuple(c.data.pad_color) == (123, 117, 104)     # round(Caffe mean BGR) as RGB
+  assert (c.eval.mode, c.eval.every_steps, c.checkpoint.every_steps) == ("pad", 4000, 4000)
+  assert c.model.widths == (64, 128, 256, 512, 512) and c.model.vgg_init == ""
+
+
+@pytest.mark.parametrize("variant,stage", [("224", "32s"), ("32s_224", "32s"), ("8s_224", "8s")])
+def test_fcn_voc_224_is_the_quick_variant(variant, stage):
+  """The report's 224 px geometry and 30 epochs of VOC train at batch 8, with the reference's lr
+  times the batch size."""
+  c, reference = load_config("fcn_voc", variant), load_config("fcn_voc", stage)
+  assert (c.batch_size, c.total_steps, c.data.image_size) == (8, 30 * 1464 // 8, 224)
+  assert tuple(c.data.resize) == (224, 224) and c.data.augment == "crop"
+  assert c.optim.lr == pytest.approx(8 * reference.optim.lr, rel=1e-12)
+  assert c.model.variant == stage and c.eval.mode == "resize"
+
+
+_MISSING = [("fcn_voc", v, "vgg_init", "vgg16_from_caffe.pth", "vgg16_caffe")
+            for v in ("", "16s", "4s", "224", "8s_224")] + [
+    ("iharmony4_idih_hrnet", v, "backbone_init", file, model)
+    for v, file, model in (("", "hrnet_w18_small_model_v2.pth", "hrnet_w18s"),
+                           ("w18", "hrnetv2_w18_imagenet_pretrained.pth", "hrnet_w18"),
+                           ("w32", "hrnetv2_w32_imagenet_pretrained.pth", "hrnet_w32"),
+                           ("w18_v2p", "hrnetv2_w18_imagenet_pretrained.pth", "hrnet_w18"),
+                           ("w18s_no_mask", "hrnet_w18_small_model_v2.pth", "hrnet_w18s"))]
+
+
+@pytest.mark.parametrize("name,variant,field,file,model", _MISSING)
+def test_missing_pretrained_weights_are_refused(name, variant, field, file, model):
+  """Without the trunk's weights the task is not built: one line naming the flag, the file and
+  the exact convert command. `=random` (asked for explicitly) or init_from builds it."""
+  c = load_config(name, variant)
+  with pytest.raises(ValueError) as error:
+    tasks.build(c)
+  message = str(error.value)
+  assert "\n" not in message and message.startswith(f"model.{field} is not set")
+  assert (f"python -m cpjax.tools.convert --from={file} --model={model} --out=weights/{model} "
+          f"and pass --config.model.{field}=weights/{model}") in message
+  assert f"--config.model.{field}=random" in message
+  c.model[field] = "random"
+  tasks.build(c)
+  c.model[field], c.init_from = "", "/some/converted/network"
+  tasks.build(c)
+
+
+@pytest.mark.parametrize("name,variant", [("fcn_voc", "tiny"), ("fcn_demo", ""),
+                                          ("fcn_demo", "tiny"), ("iharmony4_idih_hrnet", "tiny")])
+def test_tiny_and_demo_configs_need_no_weights(name, variant):
+  """The variants tests, CI and the demos train (narrow networks from scratch) say 'random'."""
+  c = load_config(name, variant)
+  assert c.model.get("vgg_init", c.model.get("backbone_init")) == "random"
+  tasks.build(c)

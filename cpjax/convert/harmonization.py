@@ -32,6 +32,10 @@ Use (`HarmonizationTask.warm_start` calls `pretrained_variables`):
   model.backbone_init=DIR  a converted hrnet_w18s / hrnet_w18 / hrnet_w32 (ImageNet): the HRNet
                            trunk of an 'idih_hrnet' model of the same width; the OCR head, the
                            mask fusion and the iDIH keep their fresh initialisation.
+  model.backbone_init=random  the trunk from random weights, asked for explicitly.
+iDIH-HRNet fine-tunes an ImageNet trunk: `check_initialisation` (called when the task is built,
+before anything is compiled) refuses an 'idih_hrnet' config with neither init_from nor
+model.backbone_init, naming the file to download and the command that converts it.
 """
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ from cpjax.convert.state_dict import StateDict, Tree, check_tree
 from cpjax.models import dih, hrnet
 
 SIZE = 256   # the fixed256 models: depth 7 needs 2**(7 + 1) px
+RANDOM_INIT = "random"   # model.backbone_init asking for a randomly initialised HRNet trunk
 SIZES = {"dih512": 512}   # other sizes: the Caffe DIH's fc7 takes conv6's 4x4 map of 512 px
 # The reference's improved_dih256 (depth 7, BatchNorm from block 2, image fusion), as
 # config.model fields of the harmonisation task.
@@ -155,6 +160,32 @@ def _metadata(directory: str, option: str, models: tuple[str, ...]) -> dict[str,
   return meta
 
 
+def check_initialisation(config: ml_collections.ConfigDict) -> None:
+  """Refuses an iDIH-HRNet config that names no pretrained weights (module docstring).
+
+  Raises:
+    ValueError: an 'idih_hrnet' model with init_from and model.backbone_init unset (one line
+      naming the file, where it is published, the convert command and the flags), or an
+      unknown model.hrnet_width.
+  """
+  m = config.model
+  if m.get("name") != "idih_hrnet" or m.get("backbone_init") or config.get("init_from"):
+    return
+  trunks = {width: model for model, width in hrnet_convert.WIDTHS.items()}
+  if m.hrnet_width not in trunks:
+    raise ValueError(f"model.hrnet_width is {m.hrnet_width!r}; use one of {', '.join(trunks)}")
+  model = trunks[m.hrnet_width]
+  file = hrnet_convert.FILES[model]
+  raise ValueError(
+      f"model.backbone_init is not set, and iDIH-HRNet fine-tunes an ImageNet HRNetV2-"
+      f"{m.hrnet_width} trunk: download {file} (the ImageNet models of the "
+      "HRNet/HRNet-Image-Classification README), convert it with python -m cpjax.tools.convert "
+      f"--from={file} --model={model} --out=weights/{model} and pass "
+      f"--config.model.backbone_init=weights/{model} (or --config.init_from=DIR: a converted "
+      f"whole network); --config.model.backbone_init={RANDOM_INIT} starts the trunk from "
+      "random weights")
+
+
 def pretrained_variables(config: ml_collections.ConfigDict, variables: Tree) -> Tree | None:
   """The harmonisation model's variables with the pretrained weights of the config put in.
 
@@ -171,6 +202,7 @@ def pretrained_variables(config: ml_collections.ConfigDict, variables: Tree) -> 
   """
   init_from = config.get("init_from", "")
   backbone_init = config.model.get("backbone_init", "")
+  backbone_init = "" if backbone_init == RANDOM_INIT else backbone_init
   if init_from and backbone_init:
     raise ValueError("init_from (the whole network) and model.backbone_init (its HRNet trunk) "
                      "both set; give one")

@@ -35,6 +35,11 @@ Optimiser (config.optim): Adam (lr, b1, b2, eps), learning rate x `decay` at eac
 `milestones`; for iDIH-HRNet the HRNet trunk at lr x `backbone_lr_mult` (0.1) and the OCR head
 and the mask-fusion conv at 1x (optax.multi_transform), as saic-vul's LRMult.
 
+Initialisation (`warm_start`): init_from (a converted released network) or, for iDIH-HRNet,
+model.backbone_init (the converted ImageNet trunk). iDIH-HRNet without either is refused when the
+task is built, before anything is compiled, unless model.backbone_init='random' asks for a
+random trunk (`cpjax.convert.harmonization.check_initialisation`).
+
 BatchNorm: 'batch_stats' live in the train state; under jit with the batch sharded over devices
 the batch mean and variance are global (synchronised), so 1 and 8 devices agree.
 
@@ -173,6 +178,7 @@ class HarmonizationTask(Task):
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
+    pretrained.check_initialisation(config)
     self.model = build_model(config.model)
     o = config.optim
 
@@ -241,7 +247,7 @@ class HarmonizationTask(Task):
   def warm_start(self, state: HarmonizationState) -> HarmonizationState:
     """Converted released weights for a fresh run: `init_from` (a converted idih256 /
     hrnet*_idih256 / dih512 directory: the whole network) or `model.backbone_init` (a converted
-    hrnet_w18s / hrnet_w18 / hrnet_w32: the ImageNet HRNet trunk); see
+    hrnet_w18s / hrnet_w18 / hrnet_w32: the ImageNet HRNet trunk; 'random': none); see
     `cpjax.convert.harmonization`. Unchanged without either."""
     variables = pretrained.pretrained_variables(
         self.config, {"params": state.params, "batch_stats": state.batch_stats})

@@ -17,13 +17,16 @@ kept by pytorch-fcn); the bilinear upscore layers frozen (`optax.set_to_zero` un
 Dropout draws from per-example keys (`example_keys`): the model runs under `jax.vmap` over the
 examples, so the masks do not depend on how the batch is split over devices.
 
-Initialisation (`warm_start`, applied by the trainer to a fresh run):
-  model.vgg_init  '' or an .npz of pretrained arrays in flax layout, keyed 'vgg/conv1_1/kernel',
-                  ..., 'fc6/kernel' (7x7 conv), 'fc7/bias' (see `cpjax.models.fcn` for the names
-                  and the PyTorch -> flax transposes); every key must name a parameter of the
-                  same shape. Or a directory of `python -m cpjax.tools.convert
-                  --model=vgg16_caffe` (vgg, fc6, fc7; torchvision's weights are refused: they
-                  expect ImageNet-normalised RGB, the FCN feeds Caffe BGR).
+Initialisation. FCN fine-tunes ImageNet VGG16, so a task is built only with pretrained weights
+named (`check_initialisation`, at construction, before anything is compiled): model.vgg_init, or
+init_from, or model.vgg_init='random' asked for explicitly (the tiny and demo configs, which
+train narrow networks from scratch). `warm_start`, applied by the trainer to a fresh run, reads:
+  model.vgg_init  a directory of `python -m cpjax.tools.convert --model=vgg16_caffe` (vgg, fc6,
+                  fc7; torchvision's weights are refused: they expect ImageNet-normalised RGB,
+                  the FCN feeds Caffe BGR); or an .npz of pretrained arrays in flax layout,
+                  keyed 'vgg/conv1_1/kernel', ..., 'fc6/kernel' (7x7 conv), 'fc7/bias' (see
+                  `cpjax.models.fcn` for the names and the PyTorch -> flax transposes), every
+                  key naming a parameter of the same shape; or 'random' (nothing read).
   init_from       '' or the workdir of an earlier stage (staged training 32s -> 16s -> 8s -> 4s):
                   its latest checkpoint's parameters are copied for every top-level module the
                   two networks share (vgg, fc6, fc7, score_fr, and the skip layers of the earlier
@@ -61,6 +64,8 @@ from data_pipelines.voc import PALETTE
 
 # Parameter shapes of the FCN do not depend on the image size: init traces this one.
 _INIT_SHAPE = (1, 32, 32, 3)
+# model.vgg_init asking for random VGG16 weights (the default is to require pretrained ones).
+RANDOM_INIT = "random"
 
 
 @flax.struct.dataclass
@@ -121,6 +126,27 @@ def copy_shared_params(source: Any, target: Any) -> tuple[Any, list[str]]:
   return out, copied
 
 
+def check_initialisation(config: ml_collections.ConfigDict) -> None:
+  """Refuses an FCN config that names no pretrained weights (module docstring).
+
+  Raises:
+    ValueError: model.vgg_init and init_from both unset; one line naming the file, where it is
+      published, the convert command and the flags.
+  """
+  if config.model.get("vgg_init") or config.get("init_from"):
+    return
+  model = "vgg16_caffe"
+  file = convert_vgg.FILES[model]
+  raise ValueError(
+      f"model.vgg_init is not set, and FCN fine-tunes ImageNet VGG16: download {file} "
+      "(pytorch-fcn's torchfcn.models.VGG16(pretrained=True) fetches it to "
+      "~/data/models/pytorch/), "
+      f"convert it with python -m cpjax.tools.convert --from={file} --model={model} "
+      f"--out=weights/{model} and pass --config.model.vgg_init=weights/{model} (or "
+      "--config.init_from=DIR: an earlier stage's workdir or a converted fcn32s/16s/8s); "
+      f"--config.model.vgg_init={RANDOM_INIT} starts from random weights")
+
+
 def load_npz_params(path: str, params: Any) -> Any:
   """`params` with the arrays of an .npz ('scope/.../name' keys, flax layout) put in.
 
@@ -128,8 +154,8 @@ def load_npz_params(path: str, params: Any) -> Any:
     FileNotFoundError / ValueError: a missing file, an unknown key or a shape mismatch (named).
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"model.vgg_init: {path} does not exist; give an .npz of converted "
-                            "VGG16 weights or '' to start from random weights")
+    raise FileNotFoundError(f"model.vgg_init: {path} does not exist; give converted VGG16 "
+                            f"weights or '{RANDOM_INIT}' to start from random weights")
   flat = {"/".join(k.key for k in p): v
           for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
   with np.load(path) as arrays:
@@ -176,6 +202,7 @@ class SegmentationTask(Task):
                      fc_width=m.fc_width, dropout_rate=m.dropout, dtype=jnp.dtype(m.dtype))
     if config.loss.reduction not in ("sum", "mean"):
       raise ValueError(f"loss.reduction is {config.loss.reduction!r}; use 'sum' or 'mean'")
+    check_initialisation(config)
     self.tx = make_optimizer(config.optim)
 
   def init(self, key: jax.Array) -> SegmentationState:
@@ -186,11 +213,11 @@ class SegmentationTask(Task):
   def warm_start(self, state: SegmentationState) -> SegmentationState:
     """Pretrained values for a fresh run (module docstring); unchanged without any."""
     params = state.params
-    vgg_init = self.config.model.get("vgg_init")
-    if vgg_init and converted_weights.is_converted(vgg_init):
+    vgg_init = self.config.model.get("vgg_init", "")
+    if vgg_init not in ("", RANDOM_INIT) and converted_weights.is_converted(vgg_init):
       params, _ = copy_shared_params(convert_vgg.load_params(vgg_init, "caffe", "model.vgg_init"),
                                      jax.device_get(params))
-    elif vgg_init:
+    elif vgg_init not in ("", RANDOM_INIT):
       params = load_npz_params(vgg_init, jax.device_get(params))
     init_from = self.config.get("init_from")
     if init_from:

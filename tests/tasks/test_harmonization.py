@@ -27,6 +27,12 @@ def _tiny(name: str = "iharmony4_idih", **overrides):
   return c
 
 
+def _random_trunk(c):
+  """An iDIH-HRNet config asking for a random HRNet trunk (no converted ImageNet weights)."""
+  c.model.backbone_init = "random"
+  return c
+
+
 def _smooth_images(n: int, size: int, seed: int = 0) -> np.ndarray:
   rng = np.random.default_rng(seed)
   yy, xx = np.mgrid[0:size, 0:size] / size
@@ -128,7 +134,7 @@ def test_hrnet_trunk_trains_at_a_tenth_of_the_learning_rate():
 def test_pyramid_variant_builds_the_pyramid_model():
   """configs/iharmony4_idih_hrnet.py:w18s_v2p reaches the model: the task's parameters hold the
   feature pyramid ('downsize', at the full learning rate) and number 18,090,581 (tests/models/test_dih.py derives it)."""
-  task = tasks.build(load_config("iharmony4_idih_hrnet", "w18s_v2p"))
+  task = tasks.build(_random_trunk(load_config("iharmony4_idih_hrnet", "w18s_v2p")))
   state = jax.eval_shape(task.init, jax.random.key(0))
   assert set(state.params) == {"backbone", "downsize", "model"}
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)) == 18_090_581
@@ -141,7 +147,7 @@ def test_no_mask_variant_has_no_mask_fusion():
   count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa: E731
   params = {}
   for variant in ("w18s", "w18s_no_mask"):
-    task = tasks.build(load_config("iharmony4_idih_hrnet", variant))
+    task = tasks.build(_random_trunk(load_config("iharmony4_idih_hrnet", variant)))
     params[variant] = jax.eval_shape(task.init, jax.random.key(0)).params
   assert "mask_conv" in params["w18s"]["backbone"]
   assert "mask_conv" not in params["w18s_no_mask"]["backbone"]
@@ -262,3 +268,35 @@ def test_missing_dataset_message(tmp_path):
   assert run.returncode == 1
   assert "--config.data.source=iharmony4:" in run.stderr
   assert "harmonization_demo.py" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_missing_hrnet_weights_stop_before_anything_is_built(tmp_path):
+  """configs/iharmony4_idih_hrnet.py without model.backbone_init stops with one line naming the
+  flag, the released file and its convert command, before any compilation or checkpoint."""
+  run = subprocess.run(_main(tmp_path / "w", "configs/iharmony4_idih_hrnet.py",
+                             "--config.data.source=samples:train",
+                             "--config.eval.source=samples:eval"),
+                       cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
+  assert run.returncode == 1 and "Traceback" not in run.stderr
+  message = [line for line in run.stderr.splitlines() if line.startswith("cpjax.main:")]
+  assert len(message) == 1, run.stderr[-3000:]
+  assert "--config.model.backbone_init=weights/hrnet_w18s" in message[0]
+  assert ("python -m cpjax.tools.convert --from=hrnet_w18_small_model_v2.pth --model=hrnet_w18s"
+          in message[0])
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_random_or_converted_trunk_is_accepted(tmp_path):
+  """backbone_init='random' (as the tiny variant sets it) builds the task and its warm start
+  reads nothing; init_from (a whole converted network) satisfies the requirement too, and
+  an unknown width is named."""
+  task = tasks.build(_tiny("iharmony4_idih_hrnet"))
+  state = jax.eval_shape(task.init, jax.random.key(0))
+  assert task.warm_start(state) is state
+  c = load_config("iharmony4_idih_hrnet", "w18")
+  c.init_from = str(tmp_path)
+  tasks.build(c)
+  c.init_from, c.model.hrnet_width = "", "w48"
+  with pytest.raises(ValueError, match="model.hrnet_width is 'w48'; use one of w18s, w18, w32"):
+    tasks.build(c)

@@ -1,6 +1,7 @@
 """The FCN task through the shared loop: the tiny config on the command line (train, eval,
 eval_sweep) on 8 devices equals one device, frozen upscore layers, the eval scores of the whole
-split, staged initialisation (32s -> 16s -> 8s) and converted VGG weights."""
+split, staged initialisation (32s -> 16s -> 8s), converted VGG weights and their requirement,
+and the reference's full-resolution batch-1 geometry (whole images padded to one shape)."""
 from __future__ import annotations
 
 import json
@@ -14,12 +15,13 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_config, numpy_params
+from data.test_voc import _IDS, _SIZES, _labels_for, voc_root  # noqa: F401  (a fixture)
 from cpjax import system, tasks
 from cpjax.models import fcn
 from cpjax.tasks import segmentation
 from cpjax.tools import common
 from cpjax.train import checkpointing, trainer
-from data_pipelines import pipeline
+from data_pipelines import pipeline, voc
 
 
 def _tiny(**overrides) -> ml_collections.ConfigDict:
@@ -29,10 +31,11 @@ def _tiny(**overrides) -> ml_collections.ConfigDict:
   return c
 
 
-def _main(workdir, *extra, devices: int = 8) -> subprocess.CompletedProcess:
+def _main(workdir, *extra, devices: int = 8,
+          config: str = "configs/fcn_voc.py:tiny") -> subprocess.CompletedProcess:
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, "-m", "cpjax.main", "--config=configs/fcn_voc.py:tiny",
+  cmd = [sys.executable, "-m", "cpjax.main", f"--config={config}",
          f"--workdir={workdir}", "--config.checkpoint.async_save=False", *extra]
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
@@ -181,11 +184,11 @@ def test_staged_initialisation_refuses_other_widths(tmp_path):
     task.warm_start(fresh)
 
 
-def test_init_from_through_the_trainer(cli_run, tmp_path):
-  """A fresh run with init_from starts (before any step) from the earlier run's parameters."""
+def test_init_from_through_the_system(cli_run):
+  """A fresh run's state with init_from (`System.init_state`, what the trainer starts from)
+  holds the earlier run's parameters."""
   workdir, _ = cli_run
-  state = trainer.train(_tiny(total_steps=0, init_from=str(workdir)), tmp_path,
-                        devices=jax.devices()[:1])
+  state = system.System(_tiny(init_from=str(workdir)), jax.devices()[:1]).init_state()
   _, _, params = _params_at(workdir, 4)
   diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), jax.device_get(state.params),
                        params)
@@ -237,3 +240,85 @@ def test_optimizer_groups():
   np.testing.assert_allclose(updates["upscore2"]["kernel"], 0.0)
   np.testing.assert_allclose(updates["fc6"]["kernel"], -0.1 * (1 + 0.01 * 3.0), rtol=1e-6)
   np.testing.assert_allclose(updates["fc6"]["bias"], -0.2, rtol=1e-6)
+
+
+def test_vgg_init_random_reads_nothing():
+  """model.vgg_init='random' (the tiny config's) is a request, not a path: the fresh state stays
+  as it is."""
+  task, fresh = _fresh(_tiny())
+  assert task.config.model.vgg_init == "random"
+  assert task.warm_start(fresh) is fresh
+
+
+def test_missing_vgg_weights_stop_before_anything_is_built(tmp_path):
+  """configs/fcn_voc.py without model.vgg_init stops with one line naming the flag, the file and
+  its convert command, before any compilation or checkpoint."""
+  run = _main(tmp_path / "w", "--config.data.source=seg_samples:train",
+              "--config.eval.source=seg_samples:eval", config="configs/fcn_voc.py", devices=1)
+  assert run.returncode == 1 and "Traceback" not in run.stderr
+  message = [line for line in run.stderr.splitlines() if line.startswith("cpjax.main:")]
+  assert len(message) == 1, run.stderr[-3000:]
+  assert ("python -m cpjax.tools.convert --from=vgg16_from_caffe.pth --model=vgg16_caffe "
+          "--out=weights/vgg16_caffe and pass --config.model.vgg_init=weights/vgg16_caffe"
+          in message[0])
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def _full_resolution(voc_root, size: int, **overrides) -> ml_collections.ConfigDict:
+  """configs/fcn_voc.py's default (the reference's geometry and schedule) on the tiny VOC tree,
+  padded to `size` instead of 500, with a narrow network from random weights."""
+  c = load_config("fcn_voc")
+  c.data.source, c.eval.source = f"voc:{voc_root}:train", f"voc:{voc_root}:val"
+  c.data.image_size = size
+  c.model.widths, c.model.fc_width, c.model.vgg_init = (4, 4, 8, 8, 8), 16, "random"
+  c.eval.num_examples, c.eval.batch_size = 1, 1
+  c.checkpoint.async_save = False
+  c.update_from_flattened_dict(overrides)
+  return c
+
+
+def test_full_resolution_batches_pad_whole_images(voc_root):
+  """The default's training batches hold one whole image at its own resolution in the top-left
+  of the canvas; the rest is label 255 and, in the image, the Caffe mean colour. With flips on,
+  the image is mirrored inside its extent and the padding stays bottom/right."""
+  c = _full_resolution(voc_root, 32, **{"data.source": f"voc:{voc_root}:val",
+                                        "data.flip": True})
+  (image_id,) = _IDS["val"]
+  h, w = _SIZES[image_id]
+  labels = _labels_for(image_id)
+  item = voc.VOCSegmentationSource(str(voc_root), "val")[0]
+  flips = []
+  data = pipeline.train_iterator(c.data, global_batch_size=c.batch_size, seed=0)
+  for _ in range(8):
+    batch = next(data)
+    assert batch["image"].shape == (1, 32, 32, 3) and batch["label"].shape == (1, 32, 32)
+    flipped = not np.array_equal(batch["label"][0, :h, :w], labels)
+    flips.append(flipped)
+    window = np.s_[:, ::-1] if flipped else np.s_[:, :]
+    np.testing.assert_array_equal(batch["label"][0, :h, :w], labels[window])
+    np.testing.assert_array_equal(batch["image"][0, :h, :w], item["image"][window])
+    assert np.all(batch["label"][0, h:] == 255) and np.all(batch["label"][0, :, w:] == 255)
+    assert np.all(batch["image"][0, h:] == (123, 117, 104))
+    assert np.all(batch["image"][0, :, w:] == (123, 117, 104))
+  assert any(flips) and not all(flips)
+  evaluated = next(pipeline.eval_batches(dict(c.data.to_dict(), eval_mode="pad"), batch_size=1))
+  np.testing.assert_array_equal(evaluated["image"][0, :h, :w], item["image"])
+  assert np.all(evaluated["image"][0, h:] == (123, 117, 104))
+  with pytest.raises(ValueError, match=r"data.pad_color is \(300, 0, 0\); use an RGB colour"):
+    pipeline.train_dataset(dict(c.data.to_dict(), pad_color=(300, 0, 0)), global_batch_size=1,
+                           seed=0)
+
+
+def test_full_resolution_training_at_batch_one(voc_root, tmp_path):
+  """The default config trains through the loop on whole images of different sizes padded to
+  one shape, at batch 1 on one device, and evaluates the same way (the eval JSON's scores come
+  from the image's own pixels: the padding is ignored)."""
+  c = _full_resolution(voc_root, 32, total_steps=2)
+  state = trainer.train(c, tmp_path, devices=jax.devices()[:1])
+  assert int(state.step) == 2
+  result = json.loads((tmp_path / "eval" / "step_00000002.json").read_text())
+  assert result["num_examples"] == 1 and 0.0 <= result["pixel_acc"] <= 1.0
+  too_small = _full_resolution(voc_root, 16, total_steps=1)
+  with pytest.raises(ValueError, match=r"is 20x28, larger than the padded size 16x16; raise "
+                                       r"data.image_size .* or shrink the images with data.resize"):
+    trainer.train(too_small, tmp_path / "small", devices=jax.devices()[:1])
