@@ -8,6 +8,8 @@ int size means a square.
   `read_image` the same from a file.
 - `to_rgb`: any 2-D / 3-D image array (gray, gray + alpha, RGB, RGBA; uint8, uint16, bool or
   float in [0, 1]) -> uint8 RGB. Alpha is dropped (transparent pixels keep their stored colour).
+- `alpha_matte`: the alpha channel of a PIL image when it varies: the region of a mask exported
+  as a cut-out (the tools' and the video masks' readers use it).
 - `resize`: to an exact size, antialiased bicubic (PIL).
 - `resized_shape` / `resize_to_spec`: the `resize` field of a data config: None (keep), an int
   (shorter side to that size, aspect kept) or (h, w) (exact).
@@ -90,6 +92,21 @@ def to_rgb(image: np.ndarray, path: str = "<array>") -> np.ndarray:
   if x.shape[-1] == 1:
     x = np.repeat(x, 3, axis=-1)
   return np.ascontiguousarray(x)
+
+
+def alpha_matte(image: Image.Image) -> Image.Image | None:
+  """The alpha channel of `image` as an 'L' image when it is not constant, else None.
+
+  Image editors export a cut-out as RGBA whose alpha holds the region (opaque) and whose colour
+  channels may be anything (often white everywhere); read as colours, such a mask is blank. A
+  constant alpha (an opaque RGBA file) says nothing, and palette images keep their indices
+  (their transparency is a colour of the palette).
+  """
+  if "A" not in image.getbands():
+    return None
+  alpha = image.getchannel("A")
+  low, high = alpha.getextrema()
+  return alpha.convert("L") if low != high else None
 
 
 def read_bytes(path: str) -> bytes:

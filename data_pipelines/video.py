@@ -12,7 +12,8 @@ Frames are uint8 [N, H, W, 3] RGB; masks bool [N, H, W] (True = hole). Errors ar
   (DAVIS `Annotations/<res>/<seq>/00000.png`) marks a hole where the index is > 0 (every
   object), any other image where its first channel is >= 128; with `released=True` any image
   where PIL's convert('P') gives an index > 0, the Copy-and-Paste Networks test code's rule
-  (the same for palette images; any non-black pixel of a grey or colour image).
+  (the same for palette images; any non-black pixel of a grey or colour image). An image with a
+  varying alpha channel (a cut-out) is read from that channel (`image_ops.alpha_matte`).
 - `davis_annotations(frames_dir)`: the Annotations folder beside a DAVIS JPEGImages folder.
 - `write_video(path, frames, fps)`: an MP4 (OpenCV 'mp4v') if OpenCV is installed.
 - `camera_clip(image, ...)`: a clip made from a still photo by a smooth random camera path (for
@@ -29,6 +30,7 @@ import re
 import numpy as np
 from PIL import Image, ImageOps
 
+from data_pipelines import image_ops
 from data_pipelines.sources import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -157,6 +159,8 @@ def read_mask(path: str | os.PathLike, released: bool = False) -> np.ndarray:
     VideoError: the file cannot be read.
   """
   image = _open(pathlib.Path(path))
+  matte = image_ops.alpha_matte(image)
+  image = image if matte is None else matte
   if image.mode == "P" or released:
     return np.asarray(image.convert("P")) > 0
   pixels = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)

@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 from cpjax.convert import Converted
 
 METADATA = "converted.json"
+VARIABLES = "variables"
 
 
 def save(converted: Converted, out_dir: str | pathlib.Path, source: dict[str, str]) -> pathlib.Path:
@@ -24,7 +25,7 @@ def save(converted: Converted, out_dir: str | pathlib.Path, source: dict[str, st
     raise FileExistsError(f"{out} exists and is not empty; choose a new --out directory")
   out.mkdir(parents=True, exist_ok=True)
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(out / "variables", converted.variables)
+    checkpointer.save(out / VARIABLES, converted.variables)
   (out / METADATA).write_text(json.dumps(
       {"model": converted.model, "module_config": converted.module_config,
        "dropped": converted.dropped, "source": source}, indent=2))
@@ -44,7 +45,7 @@ def load(directory: str | pathlib.Path) -> Converted:
                             f"--out={d}")
   meta = json.loads((d / METADATA).read_text())
   with ocp.StandardCheckpointer() as checkpointer:
-    variables = checkpointer.restore(d / "variables")
+    variables = checkpointer.restore(d / VARIABLES)
   variables = _to_numpy(variables)
   return Converted(model=meta["model"], variables=variables,
                    module_config=meta["module_config"], dropped=meta.get("dropped", []))

@@ -3,7 +3,7 @@ r"""Seamless cloning: cut an object from one photo and blend it into another (th
   python -m cpjax.tools.clone --source=S.png --target=T.png \
       (--mask=M.png | --segment=WORKDIR --class=NAME [--dilation=3] [--save_mask=M.png]) \
       [--offset=DX,DY] [--mode=normal|mixed|monochrome] [--domain=box|mask|opencv] \
-      [--harmonize=WORKDIR] --out=OUT.png [--verbose]
+      [--harmonize=WORKDIR] --out=OUT.png [--overwrite] [--verbose]
 
 1. The region: the white pixels of --mask (the size of the source), or, with --segment, the
    pixels the FCN of WORKDIR's latest checkpoint (a `configs/fcn_*.py` run) labels --class,
@@ -25,12 +25,11 @@ The result is written as an 8-bit PNG. Bad input gets one line naming the file a
 sizes that do not match, a region that falls outside the target (or onto its 1-px border, which
 the Poisson problem needs as boundary), an empty mask or an FCN that finds no such object, a
 region under 3x3 px with --domain=opencv, an unknown class (the valid ones are listed), an output
-that exists already or is an input.
+(--out, --save_mask) that is an input, or that exists already without --overwrite.
 """
 from __future__ import annotations
 
 import functools
-import pathlib
 from typing import Any
 
 import jax
@@ -108,7 +107,7 @@ def check_interior(mask: np.ndarray, target_shape: tuple[int, ...], offset: tupl
   """
   rows = np.flatnonzero(mask[..., 0].any(1))
   cols = np.flatnonzero(mask[..., 0].any(0))
-  (y0, y1), (x0, x1) = (rows[0], rows[-1]), (cols[0], cols[-1])
+  (y0, y1), (x0, x1) = (int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1]))
   ht, wt = target_shape[:2]
   dx, dy = offset
   if not (1 <= x0 + dx and x1 + dx <= wt - 2 and 1 <= y0 + dy and y1 + dy <= ht - 2):
@@ -164,7 +163,8 @@ def clone(source: np.ndarray, target: np.ndarray, mask: np.ndarray,
 def run(source: str, target: str, out: str, mask: str | None = None,
         segment_workdir: str | None = None, class_name: str | None = None,
         offset: str = "0,0", mode: str = "normal", domain: str = "box", dilation: int = 3,
-        save_mask: str | None = None, harmonize_workdir: str | None = None) -> np.ndarray:
+        save_mask: str | None = None, harmonize_workdir: str | None = None,
+        overwrite: bool = False) -> np.ndarray:
   """The command line without the flags: checks every input first, then segments (optional),
   clones, harmonises (optional) and writes `out`.
 
@@ -190,13 +190,13 @@ def run(source: str, target: str, out: str, mask: str | None = None,
   names = (source, target, mask or f"the {class_name} mask")
   for path in (out, save_mask):
     if path is not None:
-      common.check_output(path)
-      if pathlib.Path(path).expanduser().exists():
-        raise ToolError(f"{path} exists already; give a new output path (or delete it).")
+      common.check_output(path, overwrite)
+  if save_mask is not None and common.same_path(save_mask, out):
+    raise ToolError(f"--save_mask and --out name the same file ({out}); give two paths.")
   if mask is not None:
     region = common.read_mask(mask, like=source)
   else:
-    segmenter = common.load_system(segment_workdir, None, "fcn", "--segment")
+    segmenter = common.load_system(segment_workdir, None, "fcn", "--segment", step_flag=None)
     task, state = segmenter.task, segmenter.state
     region = segment(task, state, source_image, class_name, dilation, workdir=segment_workdir,
                      source_name=source)
@@ -204,13 +204,14 @@ def run(source: str, target: str, out: str, mask: str | None = None,
   if harmonize_workdir is not None:
     from cpjax.tools import harmonize  # pylint: disable=import-outside-toplevel
 
-    harmonizer = common.load_system(harmonize_workdir, None, "harmonization", "--harmonize")
+    harmonizer = common.load_system(harmonize_workdir, None, "harmonization", "--harmonize",
+                                    step_flag=None)
     task, state = harmonizer.task, harmonizer.state
     placed = place(region, target_image.shape[:2], dx_dy)
     result = harmonize.harmonize(task, state, result, placed)
   if save_mask is not None:
-    common.write_image(save_mask, region)
-  common.write_image(out, result)
+    common.write_image(save_mask, region, overwrite)
+  common.write_image(out, result, overwrite)
   return result
 
 
@@ -235,6 +236,7 @@ def define_flags() -> None:
                     "cv2.seamlessClone's (within 1/255); box: Perez's guidance with the region's "
                     "bounding box unknown (fastest, matches neither exactly).")
   flags.DEFINE_string("harmonize", None, "Harmonisation run (workdir) applied to the result.")
+  common.define_overwrite_flag()
   flags.mark_flags_as_required(["source", "target", "out"])
 
 
@@ -245,7 +247,8 @@ def main(argv: list[str]) -> int:
   f = flags.FLAGS
   result = run(f.source, f.target, f.out, mask=f.mask, segment_workdir=f.segment,
                class_name=f["class"].value, offset=f.offset, mode=f.mode, domain=f.domain,
-               dilation=f.dilation, save_mask=f.save_mask, harmonize_workdir=f.harmonize)
+               dilation=f.dilation, save_mask=f.save_mask, harmonize_workdir=f.harmonize,
+               overwrite=f.overwrite)
   print(f"wrote {f.out} ({result.shape[0]}x{result.shape[1]})")
   return 0
 

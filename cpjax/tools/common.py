@@ -4,8 +4,15 @@ Images are float32 NHWC without the batch axis: `read_image` gives [H, W, 3] in 
 `read_mask` [H, W, 1] in {0, 1}, and `write_image` writes [H, W, 3] as an 8-bit PNG. Sizes in
 messages are HEIGHTxWIDTH, as everywhere in cpjax.
 
-Every file a tool reads with `read_image` / `read_mask` is remembered, and `write_image` refuses
-to overwrite it: a tool never destroys its own inputs.
+Outputs, one rule for every tool: an output that exists already is refused unless the tool's
+--overwrite is given (a folder output may exist if it is empty), and an input is never
+overwritten, --overwrite or not. Every file a tool reads with `read_image` / `read_mask` (or names
+with `note_inputs`) is remembered, and `check_output` refuses an output path that is that file:
+the same path, a symlink to it or a hard link (the same inode).
+
+A mask with a varying alpha channel (a cut-out exported by an image editor: the region opaque,
+the rest transparent) is read from its alpha channel, whatever its colour channels hold
+(`data_pipelines.image_ops.alpha_matte`).
 
 A tool's `main` raises `ToolError` (or `ValueError`) with one line naming the file and the fix;
 `run_tool` prints it as `cpjax.tools.<name>: message` and exits with status 1 (the traceback
@@ -17,15 +24,18 @@ import logging as logging_lib
 import os
 import pathlib
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from data_pipelines.image_ops import alpha_matte
+
 PathLike = str | os.PathLike
 
-# Resolved path -> (height, width) of every image or mask read by this process.
-_INPUTS: dict[pathlib.Path, tuple[int, int]] = {}
+# Resolved path -> (height, width) of every image or mask read by this process (None: a file
+# named by `note_inputs`, size unknown).
+_INPUTS: dict[pathlib.Path, tuple[int, int] | None] = {}
 
 # A mask may have anti-aliased edges, but at most this fraction of its pixels strictly between
 # _GRAY_LOW and _GRAY_HIGH.
@@ -108,7 +118,8 @@ def _size_of(path: PathLike) -> tuple[int, int]:
 
 
 def read_mask(path: PathLike, like: PathLike | None = None) -> np.ndarray:
-  """Reads a black/white mask: white (>= 0.5 on the first channel, or the luminance) is 1.
+  """Reads a black/white mask: white (>= 0.5 on the first channel, or the luminance) is 1; of
+  an image with a varying alpha channel, the alpha channel (opaque is 1).
 
   Args:
     path: the mask file; anti-aliased edges are fine, but at most 5% of the pixels may lie
@@ -123,6 +134,9 @@ def read_mask(path: PathLike, like: PathLike | None = None) -> np.ndarray:
   """
   name = str(path)
   image, pixels = _load(path)
+  matte = alpha_matte(image)
+  if matte is not None:
+    pixels = np.asarray(matte, np.float32) / 255.0
   if pixels.ndim == 3:
     if image.mode in ("RGB", "RGBA"):
       rgb = pixels[..., :3]
@@ -145,28 +159,101 @@ def read_mask(path: PathLike, like: PathLike | None = None) -> np.ndarray:
   return mask
 
 
-def check_output(path: PathLike) -> None:
-  """Raises ToolError if writing `path` would overwrite an input, or it is not a .png path."""
+def note_inputs(paths: Iterable[PathLike]) -> None:
+  """Remembers files a tool reads by other means than `read_image` / `read_mask` (video frames),
+  so that `check_output` refuses to overwrite them too."""
+  for path in paths:
+    _INPUTS.setdefault(_resolved(path), None)
+
+
+def same_path(a: PathLike, b: PathLike) -> bool:
+  """Whether two paths name one file: alike once resolved (symlinks followed), or hard links
+  to one file (the same inode)."""
+  if _resolved(a) == _resolved(b):
+    return True
+  try:
+    return os.path.samefile(_resolved(a), _resolved(b))
+  except OSError:   # either does not exist
+    return False
+
+
+def _input_at(path: PathLike) -> pathlib.Path | None:
+  """The remembered input that `path` is (`same_path`), or None."""
+  return next((p for p in _INPUTS if same_path(p, path)), None)
+
+
+def check_output(path: PathLike, overwrite: bool = False, png: bool = True) -> None:
+  """Checks that the tool may write the file `path` (module docstring: the outputs rule).
+
+  Args:
+    path: the output file.
+    overwrite: whether an existing file may be replaced (the tool's --overwrite).
+    png: whether the path must end in .png (an image tool's result).
+
+  Raises:
+    ToolError: `path` is an input, a folder, exists already without `overwrite`, or (with
+      `png`) does not end in .png.
+  """
   name = str(path)
-  if pathlib.Path(path).suffix.lower() != ".png":
+  p = pathlib.Path(path).expanduser()
+  if png and p.suffix.lower() != ".png":
     raise ToolError(f"{name}: results are written as PNG; give an output path ending in .png.")
-  if _resolved(path) in _INPUTS:
-    raise ToolError(f"{name} is one of the input files and would be overwritten; give another "
-                    "output path.")
-  if pathlib.Path(path).is_dir():
-    raise ToolError(f"{name} is a directory; give an output file path ending in .png.")
+  same = _input_at(path)
+  if same is not None:
+    link = "" if same == p.absolute() else f" (the same file as {same})"
+    raise ToolError(f"{name} is one of the input files{link} and would be overwritten; give "
+                    "another output path.")
+  if p.is_dir():
+    raise ToolError(f"{name} is a directory; give an output file path"
+                    f"{' ending in .png' if png else ''}.")
+  if p.exists() and not overwrite:
+    raise ToolError(f"{name} exists already; give a new output path, or --overwrite to replace "
+                    "it.")
 
 
-def write_image(path: PathLike, image: Any) -> None:
+def check_output_dir(path: PathLike, overwrite: bool = False,
+                     with_overwrite: str = "to write into it") -> pathlib.Path:
+  """Checks that the tool may write into the folder `path`: new, empty, or with `overwrite`.
+
+  Args:
+    path: the --out folder.
+    overwrite: the tool's --overwrite.
+    with_overwrite: what --overwrite does to a used folder, for the message.
+
+  Returns:
+    The folder's path (user home expanded); it is not created.
+
+  Raises:
+    ToolError: `path` is a file, or a folder that is not empty (without `overwrite`).
+  """
+  p = pathlib.Path(path).expanduser()
+  if p.exists() and not p.is_dir():
+    raise ToolError(f"--out={path} exists already and is not a folder; give a new output "
+                    "folder.")
+  if p.is_dir() and any(p.iterdir()) and not overwrite:
+    raise ToolError(f"--out={path} exists already and is not an empty folder; give a new "
+                    f"output folder, or --overwrite {with_overwrite}.")
+  return p
+
+
+def define_overwrite_flag() -> None:
+  """Defines --overwrite (once per process)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if "overwrite" not in flags.FLAGS:
+    flags.DEFINE_bool("overwrite", False,
+                      "Replace an existing output (an input is never overwritten).")
+
+
+def write_image(path: PathLike, image: Any, overwrite: bool = False) -> None:
   """Writes [H, W, 3] (or [H, W, 1]) values in [0, 1] as an 8-bit PNG (clipped, rounded).
 
   Creates the parent directories; refuses to overwrite any file read by `read_image` or
-  `read_mask` in this process.
+  `read_mask` in this process, and an existing file unless `overwrite`.
 
   Raises:
-    ToolError: `path` is an input, not a .png path, or cannot be written.
+    ToolError: `check_output` refuses `path`, or it cannot be written.
   """
-  check_output(path)
+  check_output(path, overwrite)
   pixels = np.asarray(image, np.float32)
   if pixels.ndim != 3 or pixels.shape[-1] not in (1, 3):
     raise ValueError(f"write_image: image has shape {pixels.shape}; give [H, W, 3] or "
@@ -182,16 +269,21 @@ def write_image(path: PathLike, image: Any) -> None:
                     "path.") from e
 
 
-def load_system(workdir: PathLike, step: int | None, task: str, flag: str = "--workdir") -> Any:
-  """`cpjax.system.load` for a tool: a missing checkpoint or a run of another task is a
-  ToolError that names the flag.
+def load_system(workdir: PathLike, step: int | None, task: str, flag: str = "--workdir",
+                step_flag: str | None = "--step") -> Any:
+  """`cpjax.system.load` for a tool: a missing or damaged checkpoint or a run of another task
+  is a ToolError that names the flag (and, for a damaged one, the intact checkpoints and
+  `step_flag`, the tool's flag that picks one, None if it has none).
 
   Returns:
     The `cpjax.system.Loaded` system (.config, .task, .state, .step).
   """
   from cpjax import system  # pylint: disable=g-import-not-at-top  (imports JAX)
+  from cpjax.train import checkpointing  # pylint: disable=g-import-not-at-top
   try:
     return system.load(workdir, step, task=task)
+  except checkpointing.DamagedCheckpointError as e:
+    raise ToolError(f"{flag}: {e.advice(step_flag)}") from e
   except (ValueError, FileNotFoundError) as e:
     raise ToolError(f"{flag}: {e}") from None
 

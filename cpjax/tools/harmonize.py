@@ -1,7 +1,7 @@
 r"""Harmonise a composite image with a trained DIH / iDIH / iDIH-HRNet model.
 
   python -m cpjax.tools.harmonize --workdir=DIR --image=COMPOSITE.png --mask=MASK.png \
-      --out=OUT.png [--step=N] [--verbose]
+      --out=OUT.png [--step=N] [--overwrite] [--verbose]
 
 The white region of MASK.png (the size of the composite) is the pasted foreground whose
 appearance is adjusted to the rest of the image; everything outside it is kept bit for bit (to
@@ -19,7 +19,8 @@ the foreground), and the background is untouched. At S x S the output is the net
 prediction inside the mask.
 
 The network is the one saved in DIR's checkpoint (its own config); --step picks a checkpoint,
-the latest by default. The tool never overwrites its inputs.
+the latest by default. An existing --out is replaced only with --overwrite; an input never is
+(`cpjax.tools.common`, the outputs rule).
 """
 from __future__ import annotations
 
@@ -85,15 +86,16 @@ def harmonize(task: Any, state: Any, composite: np.ndarray, mask: np.ndarray) ->
   return np.asarray(jax.device_get(out), np.float32)
 
 
-def run(workdir: str, image: str, mask: str, out: str, step: int | None = None) -> np.ndarray:
+def run(workdir: str, image: str, mask: str, out: str, step: int | None = None,
+        overwrite: bool = False) -> np.ndarray:
   """The command line without the flags: reads and checks every input, restores, harmonises,
   writes `out`; returns the [H, W, 3] result in [0, 1]."""
   composite = common.read_image(image)
   mask_image = common.read_mask(mask, like=image)
-  common.check_output(out)
+  common.check_output(out, overwrite)
   loaded = common.load_system(workdir, step, "harmonization")
   result = harmonize(loaded.task, loaded.state, composite, mask_image)
-  common.write_image(out, result)
+  common.write_image(out, result, overwrite)
   return result
 
 
@@ -105,6 +107,7 @@ def define_flags() -> None:
                       "Black/white mask the size of --image; white = the pasted foreground.")
   flags.DEFINE_string("out", None, "Output PNG: the harmonised composite.")
   flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+  common.define_overwrite_flag()
   flags.mark_flags_as_required(["workdir", "image", "mask", "out"])
 
 
@@ -113,7 +116,7 @@ def main(argv: list[str]) -> int:
     raise ToolError(f"unexpected arguments: {' '.join(argv[1:])}; give every input as a flag "
                     "(--image=..., --mask=..., --out=...).")
   f = flags.FLAGS
-  result = run(f.workdir, f.image, f.mask, f.out, f.step)
+  result = run(f.workdir, f.image, f.mask, f.out, f.step, f.overwrite)
   print(f"wrote {f.out} ({result.shape[0]}x{result.shape[1]})")
   return 0
 

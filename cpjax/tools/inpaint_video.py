@@ -2,7 +2,8 @@ r"""Remove the masked regions of a video with a Copy-and-Paste Network, trained 
 
   python -m cpjax.tools.inpaint_video --workdir=DIR --frames=FRAMES_DIR_OR_VIDEO \
       [--masks=MASKS_DIR | --exposure=LOW,HIGH] --out=OUT_DIR [--size=HxW] [--[no]released] \
-      [--step=N] [--window=120] [--stride=2] [--dilate=4] [--evaluate] [--fps=10] [--verbose]
+      [--step=N] [--window=120] [--stride=2] [--dilate=4] [--evaluate] [--fps=10] [--overwrite] \
+      [--verbose]
 
 --workdir: a training run (`configs/video_*.py`) or a directory of converted released weights
 (`python -m cpjax.tools.convert --model=cpn_video`).
@@ -49,7 +50,9 @@ Writes OUT_DIR/00000.png ... (the completed frames), OUT_DIR/video.mp4 if OpenCV
 and with --evaluate OUT_DIR/metrics.json: PSNR / SSIM per frame and per video of the result and
 of a mean-colour fill against the prepared input frames, which are the ground truth when the
 masks are synthetic (DAVIS-style evaluation), and a flow-free temporal-consistency error.
-OUT_DIR must be new or empty (nothing is overwritten).
+OUT_DIR must be new or empty; with --overwrite the tool writes into a used one, replacing the
+files of the same names (other files stay), but never into the frames or masks folder nor over
+an input file (`cpjax.tools.common`, the outputs rule).
 """
 from __future__ import annotations
 
@@ -80,6 +83,7 @@ from data_pipelines import video
 
 _LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
 RELEASED_SIZE = (240, 424)   # the released test's frame size ('half': DAVIS 480x854 halved)
+FRAME_NAME = "{:05d}.png"    # the name of result frame i in OUT_DIR
 
 
 def reference_indices(f: int, n: int, window: int = 120, stride: int = 2) -> list[int]:
@@ -311,12 +315,43 @@ def synthetic_holes(spec: str, n: int, size: tuple[int, int]) -> np.ndarray:
   return np.asarray(holes)[..., 0] > 0.5
 
 
-def _check_out_dir(out: str) -> pathlib.Path:
-  p = pathlib.Path(out).expanduser()
-  if p.exists() and (not p.is_dir() or any(p.iterdir())):
-    raise ToolError(f"{out} already exists and is not an empty folder; give a new output "
-                    "folder (nothing is overwritten).")
-  return p
+def masks_folder(frames_path: str, masks_path: str | None, exposure: str | None
+                 ) -> str | pathlib.Path | None:
+  """The folder the hole masks are read from: --masks, or for DAVIS frames their Annotations
+  folder; None for --exposure and random:SEED masks.
+
+  Raises:
+    ToolError: both --masks and --exposure, or neither given nor found.
+  """
+  if exposure is not None and masks_path is not None:
+    raise ToolError("give either --masks or --exposure, not both.")
+  if exposure is not None or (masks_path or "").startswith("random:"):
+    return None
+  folder = masks_path or video.davis_annotations(frames_path)
+  if folder is None:
+    raise ToolError("no --masks given; give a folder with one mask per frame (white = "
+                    "remove), or --exposure=LOW,HIGH to restore badly exposed pixels.")
+  return folder
+
+
+def check_outputs(out_dir: pathlib.Path, frames_path: str, masks: str | pathlib.Path | None,
+                  names: list[str]) -> None:
+  """Checks that writing the files `names` into `out_dir` overwrites no input: `out_dir` is not
+  the frames or masks folder, and no name there is (a link to) an input file.
+
+  Raises:
+    ToolError: naming the folder or the file.
+  """
+  for what, source in (("frames", video.resolve(frames_path)), ("masks", masks)):
+    if source is None:
+      continue
+    source = pathlib.Path(source).expanduser()
+    if source.is_dir() and common.same_path(source, out_dir):
+      raise ToolError(f"--out={out_dir} is the folder of the input {what}; give another output "
+                      "folder.")
+    common.note_inputs(video.image_files(source) if source.is_dir() else [source])
+  for name in names:
+    common.check_output(out_dir / name, overwrite=True, png=False)
 
 
 def load_inputs(frames_path: str, masks_path: str | None, exposure: str | None,
@@ -331,22 +366,14 @@ def load_inputs(frames_path: str, masks_path: str | None, exposure: str | None,
   n = frames.shape[0]
   if n < 2:
     raise ToolError(f"{frames_path} has {n} frame; video inpainting needs at least 2 frames.")
-  holes = None
-  random_masks = masks_path is not None and masks_path.startswith("random:")
-  if exposure is not None and masks_path is not None:
-    raise ToolError("give either --masks or --exposure, not both.")
-  if exposure is None and not random_masks:
-    if masks_path is None:
-      masks_path = video.davis_annotations(frames_path)
-      if masks_path is None:
-        raise ToolError("no --masks given; give a folder with one mask per frame (white = "
-                        "remove), or --exposure=LOW,HIGH to restore badly exposed pixels.")
-    holes = video.read_masks(masks_path, n, frames.shape[1:3], released=released)
+  folder = masks_folder(frames_path, masks_path, exposure)
+  holes = None if folder is None else video.read_masks(folder, n, frames.shape[1:3],
+                                                       released=released)
   if released:
     frames, holes = resize_released(frames, holes, released_size(size or RELEASED_SIZE))
   else:
     frames, holes = resize_antialiased(frames, holes, size)
-  if random_masks:
+  if masks_path is not None and masks_path.startswith("random:"):
     holes = synthetic_holes(masks_path, n, frames.shape[1:3])
   elif holes is None:
     low, high = parse_exposure(exposure)
@@ -362,7 +389,8 @@ def load_inputs(frames_path: str, masks_path: str | None, exposure: str | None,
 def run(workdir: str, frames: str, out: str, masks: str | None = None,
         exposure: str | None = None, size: str | None = None, step: int | None = None,
         window: int = 120, stride: int = 2, dilate: int = 4, evaluate_scores: bool = False,
-        fps: float = 10.0, released: bool | None = None) -> dict[str, Any]:
+        fps: float = 10.0, released: bool | None = None, overwrite: bool = False
+        ) -> dict[str, Any]:
   """The command line without flags: checks inputs, inpaints, writes OUT; returns a summary.
 
   released: the frame preparation (module docstring); None: the released one for converted
@@ -373,11 +401,15 @@ def run(workdir: str, frames: str, out: str, masks: str | None = None,
                     "stride >= 1 and dilate >= 0.")
   if released is None:
     released = converted_weights.is_converted(workdir)
-  out_dir = _check_out_dir(out)
+  out_dir = common.check_output_dir(out, overwrite, "to write into it (files of the same names "
+                                    "are replaced)")
   video_frames, holes = load_inputs(frames, masks, exposure, parse_size(size), dilate, released)
+  n = video_frames.shape[0]
+  frame_names = [FRAME_NAME.format(i) for i in range(n)]
+  check_outputs(out_dir, frames, masks_folder(frames, masks, exposure),
+                frame_names + ["video.mp4"] + (["metrics.json"] if evaluate_scores else []))
   loaded = common.load_system(workdir, step, "video_inpainting")
   task, state = loaded.task, loaded.state
-  n = video_frames.shape[0]
   bar = Progress(2 * n)
   start = time.perf_counter()
   result = inpaint(task, state.params, video_frames, holes, window=window, stride=stride,
@@ -385,8 +417,8 @@ def run(workdir: str, frames: str, out: str, masks: str | None = None,
   seconds = time.perf_counter() - start
   out_dir.mkdir(parents=True, exist_ok=True)
   uint8 = to_uint8(result, released)
-  for i, frame in enumerate(uint8):
-    Image.fromarray(frame).save(out_dir / f"{i:05d}.png")
+  for name, frame in zip(frame_names, uint8):
+    Image.fromarray(frame).save(out_dir / name)
   summary: dict[str, Any] = {"frames": n, "size": list(result.shape[1:3]),
                              "procedure": "released" if released else "cpjax",
                              "seconds": round(seconds, 2),
@@ -409,8 +441,8 @@ def define_flags() -> None:
                       "random:SEED = moving synthetic masks.")
   flags.DEFINE_string("exposure", None, "LOW,HIGH: restore pixels with luminance <= LOW or >= "
                       "HIGH instead of using masks (paper sec. 5.3).")
-  flags.DEFINE_string("out", None, "New output folder for the PNG frames, video.mp4 and "
-                      "metrics.json.")
+  flags.DEFINE_string("out", None, "New (or empty) output folder for the PNG frames, video.mp4 "
+                      "and metrics.json.")
   flags.DEFINE_string("size", None, "HxW to resize the video to first; default: 240x424 with "
                       "--released, else the video's size.")
   flags.DEFINE_bool("released", None, "Prepare frames and write results as the released test "
@@ -423,6 +455,7 @@ def define_flags() -> None:
   flags.DEFINE_bool("evaluate", False, "Score the result against the input frames (synthetic "
                     "masks over real frames) and write metrics.json.")
   flags.DEFINE_float("fps", 10.0, "Frame rate of video.mp4.")
+  common.define_overwrite_flag()
   flags.mark_flags_as_required(["workdir", "frames", "out"])
 
 
@@ -431,7 +464,7 @@ def main(argv: list[str]) -> int:
     raise ToolError(f"unexpected arguments: {' '.join(argv[1:])}; give every input as a flag.")
   f = flags.FLAGS
   summary = run(f.workdir, f.frames, f.out, f.masks, f.exposure, f.size, f.step, f.window,
-                f.stride, f.dilate, f.evaluate, f.fps, f.released)
+                f.stride, f.dilate, f.evaluate, f.fps, f.released, f.overwrite)
   print(f"wrote {summary['frames']} frames to {f.out}: {json.dumps(summary)}")
   return 0
 

@@ -1,7 +1,7 @@
 r"""Paste the masked region of one image into another with a trained copy-paste generator.
 
   python -m cpjax.tools.paste --workdir=DIR --source=S.png --target=T.png --mask=M.png \
-      --out=OUT.png [--offset=DX,DY] [--step=N] [--seed=0] [--verbose]
+      --out=OUT.png [--offset=DX,DY] [--step=N] [--seed=0] [--overwrite] [--verbose]
 
 The smart copy-paste of the paper (section 3.3): with the source S placed in the target's frame
 and the mask M moved with it,
@@ -20,8 +20,8 @@ the generator adapts the pasted pixels to their new surroundings.
 - Noise: the generator runs as in training (deterministic=False), its noise images drawn from
   jax.random.key(--seed): the same seed gives the same result; other seeds give other plausible
   variants.
-- The result is written as an 8-bit PNG (clipped to [0, 1], rounded); the tool never overwrites
-  its inputs.
+- The result is written as an 8-bit PNG (clipped to [0, 1], rounded). An existing --out is
+  replaced only with --overwrite; an input never is (`cpjax.tools.common`, the outputs rule).
 """
 from __future__ import annotations
 
@@ -74,7 +74,8 @@ def check_placement(source_shape: tuple[int, ...], target_shape: tuple[int, ...]
   if rows.size == 0:
     raise ToolError(f"{mask_name} is empty (no white pixels); paint the region to paste white "
                     "on black.")
-  (y0, y1), (x0, x1) = (rows[0], rows[-1]), (cols[0], cols[-1])
+  # Python ints: an offset of any size compares without overflow.
+  (y0, y1), (x0, x1) = (int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1]))
   ht, wt = target_shape[:2]
   region_h, region_w = y1 - y0 + 1, x1 - x0 + 1
   if region_h > ht or region_w > wt:
@@ -169,7 +170,7 @@ def paste(task: Any, state: Any, source: np.ndarray, target: np.ndarray, mask: n
 
 
 def run(workdir: str, source: str, target: str, mask: str, out: str, offset: str = "0,0",
-        step: int | None = None, seed: int = 0) -> np.ndarray:
+        step: int | None = None, seed: int = 0, overwrite: bool = False) -> np.ndarray:
   """The command line without the flags: reads, checks, pastes, writes `out`.
 
   Every input is checked before the checkpoint is restored, so mistakes are reported at once.
@@ -186,11 +187,11 @@ def run(workdir: str, source: str, target: str, mask: str, out: str, offset: str
   mask_image = common.read_mask(mask, like=source)
   names = (source, target, mask)
   check_placement(source_image.shape, target_image.shape, mask_image, dx_dy, names)
-  common.check_output(out)
+  common.check_output(out, overwrite)
   loaded = common.load_system(workdir, step, "copy_paste")
   result = paste(loaded.task, loaded.state, source_image, target_image, mask_image, dx_dy, seed,
                  names=names)
-  common.write_image(out, result)
+  common.write_image(out, result, overwrite)
   return result
 
 
@@ -206,6 +207,7 @@ def define_flags() -> None:
                       "DX,DY: move the region DX px right and DY px down in the target.")
   flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
   flags.DEFINE_integer("seed", 0, "Seed of the generator's noise (same seed, same result).")
+  common.define_overwrite_flag()
   flags.mark_flags_as_required(["workdir", "source", "target", "mask", "out"])
 
 
@@ -214,7 +216,8 @@ def main(argv: list[str]) -> int:
     raise ToolError(f"unexpected arguments: {' '.join(argv[1:])}; give every input as a flag "
                     "(--source=..., --target=..., --mask=...).")
   f = flags.FLAGS
-  result = run(f.workdir, f.source, f.target, f.mask, f.out, f.offset, f.step, f.seed)
+  result = run(f.workdir, f.source, f.target, f.mask, f.out, f.offset, f.step, f.seed,
+               f.overwrite)
   print(f"wrote {f.out} ({result.shape[0]}x{result.shape[1]})")
   return 0
 

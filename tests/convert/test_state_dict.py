@@ -130,7 +130,8 @@ def test_tool_reads_nested_data_parallel_checkpoints(tmp_path):
 def test_tool_errors_are_one_line(tmp_path):
   bad = tmp_path / "bad.pth"
   bad.write_bytes(b"not a checkpoint")
-  with pytest.raises(convert_tool.ToolError, match="not a readable PyTorch checkpoint"):
+  with pytest.raises(convert_tool.ToolError, match=r"bad\.pth is not a PyTorch checkpoint \(it "
+                     r"starts with text\); --from takes a \.pth or \.pt file"):
     convert_tool.read_state_dict(bad)
   with pytest.raises(convert_tool.ToolError, match="no such file"):
     convert_tool.read_state_dict(tmp_path / "missing.pth")

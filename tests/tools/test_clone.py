@@ -244,7 +244,8 @@ def test_bad_files(photos, tmp_path):
   with pytest.raises(ToolError, match=r"empty.png is empty"):
     _run(photos, tmp_path, mask=empty)
   (tmp_path / "exists.png").write_bytes(b"x")
-  with pytest.raises(ToolError, match=r"exists.png exists already"):
+  with pytest.raises(ToolError, match=r"exists.png exists already; give a new output path, or "
+                     r"--overwrite to replace it"):
     _run(photos, tmp_path, out=str(tmp_path / "exists.png"))
   with pytest.raises(ToolError, match=r"one of the input files"):
     _run(photos, tmp_path, out=photos["target"])
@@ -281,4 +282,5 @@ def test_command_line_error_is_one_line(photos, tmp_path):
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 1
   assert bad.stderr.strip().splitlines() == [
-      f"cpjax.tools.clone: {out} exists already; give a new output path (or delete it)."]
+      f"cpjax.tools.clone: {out} exists already; give a new output path, or --overwrite to "
+      "replace it."]
