@@ -9,6 +9,10 @@ image source: a folder, the bundled photos, ADE20K) becomes a synthetic problem 
 random rotated rectangle M (`cpjax.ops.masks`) and T_color (or T_shading) from the copy-paste
 ops applied inside it; the ground truth is the original image:
   composite = I (1 - M) + T(I) M,   target = I   (`make_copy_paste_example`, no homography).
+`config.synthetic` (optional, `SyntheticConfig`) widens these problems: a strength s scales the
+change, I + s (T(I) - I), so mild and absent shifts occur too, and a fraction of the masks are
+random blob outlines (`cpjax.ops.masks.random_blob_shape`) instead of rectangles. Without it
+the problems are exactly the plain copy-paste examples above.
 Real-pair masks are used as delivered, mask / 255 in [0, 1], in training and evaluation alike:
 saic-vul/image_harmonization resizes masks bilinearly (its `HCompose(no_nearest_for_masks=True)`
 treats the mask as an image) and feeds and weights the loss with that soft mask; the iHarmony4
@@ -56,6 +60,8 @@ foreground-ratio ranges stay those of the resized mask.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import flax
@@ -69,7 +75,7 @@ from cpjax import losses, metrics
 from cpjax.convert import harmonization as pretrained
 from cpjax.models import dih as dih_models
 from cpjax.models import hrnet
-from cpjax.ops import color
+from cpjax.ops import color, geometry, masks
 from cpjax.ops.transform import TransformConfig, make_copy_paste_example
 from cpjax.tasks.base import Batch, Metrics, Task, example_keys
 from data_pipelines import iharmony4
@@ -78,6 +84,7 @@ MODELS = ("dih", "idih", "idih_hrnet")
 INPUT_SPACES = ("imagenet", "caffe_bgr")
 SUBSET_NAMES = iharmony4.SUBSETS
 _DROPOUT = 1  # salt of the batch-level dropout key
+_SYNTHETIC = 2  # salt of the per-example strength and blob keys
 BUCKET_NAMES = tuple(f"{round(lo * 100)}-{round(hi * 100)}%"
                      for lo, hi in metrics.FOREGROUND_RATIO_BUCKETS)
 
@@ -113,6 +120,75 @@ def _inside_extent(extent: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   rows = jnp.arange(shape[1])[None, :, None, None] < extent[:, 0, None, None, None]
   cols = jnp.arange(shape[2])[None, None, :, None] < extent[:, 1, None, None, None]
   return (rows & cols).astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+  """How image-only batches become harmonisation problems beyond T and M (`config.synthetic`).
+
+  Attributes:
+    strength: (lo, hi) of s ~ U(lo, hi): the pasted foreground is I + s (T(I) - I), from the
+      unchanged photo (s = 0: the right answer is the composite itself) to T's full change (1).
+    blob_fraction: probability that M is a random blob outline (object-like, `random_blob`)
+      rather than T's rotated rectangle.
+    blob_radius: (lo, hi) of the blob's mean radius as a fraction of the shorter image side.
+  """
+  strength: tuple[float, float] = (1.0, 1.0)
+  blob_fraction: float = 0.0
+  blob_radius: tuple[float, float] = (0.12, 0.3)
+
+  @classmethod
+  def from_dict(cls, d: Any) -> "SyntheticConfig":
+    """From `config.synthetic` (a dict or ConfigDict; missing keys keep the defaults)."""
+    d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+      raise ValueError(f"config.synthetic: unknown keys {unknown}; use strength, "
+                       "blob_fraction, blob_radius")
+    pair = lambda v: (float(v[0]), float(v[1]))
+    kw = {k: pair(d[k]) for k in ("strength", "blob_radius") if k in d}
+    if "blob_fraction" in d:
+      kw["blob_fraction"] = float(d["blob_fraction"])
+    return cls(**kw)
+
+
+def random_blob(key: jax.Array, height: int, width: int,
+                radius: tuple[float, float]) -> jax.Array:
+  """A random object-like outline: a `masks.random_blob_shape` stretched (aspect 2/3..3/2),
+  rotated and centred in the middle half of the image, mean radius U(radius) x shorter side.
+
+  Returns:
+    [height, width, 1] float32 in {0, 1}.
+  """
+  k_shape, k_place = jax.random.split(key)
+  u = jax.random.uniform(k_place, (5,), jnp.float32)
+  r = (radius[0] + (radius[1] - radius[0]) * u[0]) * min(height, width)
+  aspect = jnp.exp(math.log(1.5) * (2.0 * u[1] - 1.0))
+  centre = (0.25 + 0.5 * u[2:4]) * jnp.array([width, height], jnp.float32)
+  placement = geometry.affine_about_center(
+      height, width, rotation=2.0 * math.pi * u[4], scale=r * jnp.stack([aspect, 1.0 / aspect]),
+      translation=centre, center=jnp.zeros(2, jnp.float32))
+  return masks.blob_mask(height, width, masks.random_blob_shape(k_shape), placement)
+
+
+def synthetic_problem(key: jax.Array, image: jax.Array, transform: TransformConfig,
+                      synthetic: SyntheticConfig | None) -> dict[str, jax.Array]:
+  """One synthetic problem from a photo [H, W, 3] in [0, 1] (module docstring).
+
+  Returns:
+    {'composite' [H, W, 3], 'mask' [H, W, 1] in {0, 1}} float32; with `synthetic` None, the
+    plain `make_copy_paste_example`.
+  """
+  made = make_copy_paste_example(key, image, transform)
+  if synthetic is None:
+    return {"composite": made["composite"], "mask": made["mask"]}
+  k_strength, k_kind, k_blob = jax.random.split(jax.random.fold_in(key, _SYNTHETIC), 3)
+  lo, hi = synthetic.strength
+  s = jax.random.uniform(k_strength, (), jnp.float32, lo, hi)
+  blob = random_blob(k_blob, image.shape[0], image.shape[1], synthetic.blob_radius)
+  mask = jnp.where(jax.random.uniform(k_kind) < synthetic.blob_fraction, blob, made["mask"])
+  pasted = image + s * (made["source"] - image)
+  return {"composite": image * (1.0 - mask) + pasted * mask, "mask": mask}
 
 
 @flax.struct.dataclass
@@ -190,6 +266,8 @@ class HarmonizationTask(Task):
     t = dict(config.get("transform", {}))
     t["geometric"] = False   # harmonisation changes appearance only
     self.transform = TransformConfig.from_dict(t)
+    self.synthetic = (SyntheticConfig.from_dict(config.synthetic) if "synthetic" in config
+                      else None)
     self.input_space = config.model.get("input_space", "imagenet")
     if self.input_space not in INPUT_SPACES:
       raise ValueError(f"model.input_space is {self.input_space!r}; use one of "
@@ -269,7 +347,8 @@ class HarmonizationTask(Task):
     else:
       images = batch["image"].astype(jnp.float32) / 255.0
       keys = example_keys(key, step, batch["index"])
-      made = jax.vmap(make_copy_paste_example, in_axes=(0, 0, None))(keys, images, self.transform)
+      made = jax.vmap(synthetic_problem, in_axes=(0, 0, None, None))(
+          keys, images, self.transform, self.synthetic)
       ex = {"composite": made["composite"], "target": images, "mask": made["mask"]}
     for name in ("label", "subset"):
       if name in batch:

@@ -75,6 +75,51 @@ def test_synthetic_problems_change_only_the_masked_region():
   np.testing.assert_allclose(ex1["composite"][0], ex["composite"][2], atol=1e-6)
 
 
+def _synthetic(image: np.ndarray, seed: int, **kw) -> dict[str, np.ndarray]:
+  transform = harmonization.TransformConfig.from_dict(load_config("harmonization_demo").transform)
+  config = harmonization.SyntheticConfig.from_dict(kw) if kw else None
+  made = harmonization.synthetic_problem(jax.random.key(seed), jnp.asarray(image), transform,
+                                         config)
+  return {k: np.asarray(v) for k, v in made.items()}
+
+
+def test_synthetic_strength_scales_the_change():
+  """config.synthetic.strength: s = 0 pastes the unchanged photo (the composite is the target),
+  s = 1 is the plain copy-paste example, s = 0.5 half its change, all inside the same mask."""
+  image = _smooth_images(1, 32)[0] / np.float32(255.0)
+  plain = _synthetic(image, 3)
+  none = _synthetic(image, 3, strength=(0.0, 0.0))
+  full = _synthetic(image, 3, strength=(1.0, 1.0))
+  half = _synthetic(image, 3, strength=(0.5, 0.5))
+  np.testing.assert_allclose(none["composite"], image, atol=1e-6)
+  np.testing.assert_allclose(full["composite"], plain["composite"], atol=1e-6)
+  np.testing.assert_array_equal(half["mask"], plain["mask"])
+  np.testing.assert_allclose(half["composite"] - image, (plain["composite"] - image) / 2,
+                             atol=1e-5)
+  assert np.abs(plain["composite"] - image).max() > 0.05
+
+
+def test_synthetic_blobs_replace_rectangles_at_their_fraction():
+  """blob_fraction=1: every mask is an object-like blob (not the rectangle drawn for the same
+  key), within its radius range; the composite changes inside it only. 0: the rectangle."""
+  image = _smooth_images(1, 64)[0] / np.float32(255.0)
+  for seed in range(4):
+    rectangle = _synthetic(image, seed)["mask"]
+    blob = _synthetic(image, seed, blob_fraction=1.0, blob_radius=(0.15, 0.25))
+    assert not np.array_equal(blob["mask"], rectangle)
+    area = blob["mask"].mean()
+    assert np.pi * (0.15 * 0.5) ** 2 * 0.5 < area < np.pi * (0.25 * 1.5) ** 2
+    outside = np.broadcast_to(blob["mask"] == 0, image.shape)
+    np.testing.assert_allclose(blob["composite"][outside], image[outside], atol=1e-6)
+    kept = _synthetic(image, seed, blob_fraction=0.0)["mask"]
+    np.testing.assert_array_equal(kept, rectangle)
+
+
+def test_synthetic_config_rejects_unknown_keys():
+  with pytest.raises(ValueError, match="unknown keys \\['strenght'\\]; use strength"):
+    harmonization.SyntheticConfig.from_dict({"strenght": (0.0, 1.0)})
+
+
 def test_real_pairs_keep_soft_masks_in_training():
   """iHarmony4 batches: composite/real from the fields; the soft mask of a bilinear resize is
   mask / 255 in training as in evaluation (saic-vul trains on its bilinearly resized mask)."""

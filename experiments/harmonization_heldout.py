@@ -1,0 +1,165 @@
+r"""A held-out check of a harmonisation run, as a user would try it: photos and object shapes it
+never trained on, and colour shifts of several strengths, mild ones included.
+
+  python -m experiments.harmonization_heldout --workdir=/tmp/harm_demo [--step=N] [--per_cell=8]
+
+Photos: none of `samples:*` (the demo's training and evaluation photos). 'colour': matplotlib's
+bundled grace_hopper.jpg, whole and two half-size crops; 'grey': scikit-image's camera, clock
+and moon (grey photos as RGB). Each is resized to the run's model size, as `eval.mode=resize`.
+
+Masks: real object silhouettes, not rectangles or blobs: the horse of `skimage.data.horse`,
+the cameraman of `skimage.data.camera` (its largest dark region) and two single coins
+of `skimage.data.coins` (Otsu threshold), each cut to its bounding box, scaled to 30-70 % of the
+image side, maybe mirrored, and placed at random inside the image.
+
+Shifts: not the training's T_color but a camera-like change of the foreground: per-channel
+gains (white balance), a gamma (exposure) and a saturation factor, each exp(+-a U(0.5, 1)) with
+a = 0.1 (mild), 0.2 (medium), 0.35 (strong).
+
+Each (photo, strength) cell holds `per_cell` seeded problems; the composite and the run's
+result (`cpjax.tools.harmonize.harmonize`, the tool's path) are scored with
+`cpjax.metrics.harmonization_scores` (MSE, fMSE, PSNR on 0-255). One JSON row per (strength,
+photo group) is printed, plus 'all' rows.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterator
+
+import numpy as np
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The harmonisation run to check.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_PER_CELL = flags.DEFINE_integer("per_cell", 8, "Problems per (photo, strength).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the masks, placements and shifts.")
+flags.mark_flag_as_required("workdir")
+
+STRENGTHS = {"mild": 0.1, "medium": 0.2, "strong": 0.35}
+SCORES = ("mse", "fmse", "psnr")
+
+
+def photos() -> dict[str, list[np.ndarray]]:
+  """{'colour': [...], 'grey': [...]} uint8 RGB photos outside the demo's training/eval sets."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from skimage import data  # pylint: disable=g-import-not-at-top
+  path = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
+  hopper = np.asarray(Image.open(path).convert("RGB"))
+  h, w = hopper.shape[:2]
+  colour = [hopper, hopper[: h // 2, : w // 2], hopper[h // 2:, w // 2:]]
+  grey = [np.repeat(getattr(data, n)()[..., None], 3, axis=-1) for n in ("camera", "clock", "moon")]
+  return {"colour": colour, "grey": grey}
+
+
+def _largest(labels: np.ndarray, k: int) -> list[np.ndarray]:
+  """The k largest labelled regions (label > 0) as boolean masks."""
+  sizes = np.bincount(labels.ravel())[1:]
+  return [labels == 1 + i for i in np.argsort(sizes)[::-1][:k]]
+
+
+def silhouettes() -> list[np.ndarray]:
+  """Boolean object silhouettes cut to their bounding boxes: horse, cameraman, 2 coins."""
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  from skimage import data, filters  # pylint: disable=g-import-not-at-top
+  horse = ~data.horse()
+  camera = data.camera()
+  man = _largest(ndimage.label(ndimage.binary_opening(camera < 40, iterations=2))[0], 1)[0]
+  man = ndimage.binary_fill_holes(man)
+  coins = data.coins()
+  coin_regions = ndimage.binary_fill_holes(coins > filters.threshold_otsu(coins))
+  boxes = [_bounding_box(s) for s in [horse, man] + _largest(ndimage.label(coin_regions)[0], 8)]
+  single_coins = [b for b in boxes[2:] if b.mean() > 0.6][:2]   # not touching coins merged
+  return boxes[:2] + single_coins
+
+
+def _bounding_box(mask: np.ndarray) -> np.ndarray:
+  rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+  return mask[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+
+
+def place(shape: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+  """[size, size, 1] float32 in {0, 1}: the silhouette scaled so that its longer side is
+  U(0.3, 0.7) x size, mirrored with probability 1/2, at a random position inside."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  scale = rng.uniform(0.3, 0.7) * size / max(shape.shape)
+  h, w = (max(2, round(d * scale)) for d in shape.shape)
+  small = np.asarray(Image.fromarray(shape.astype(np.uint8) * 255).resize((w, h), Image.BILINEAR))
+  small = small >= 128
+  if rng.random() < 0.5:
+    small = small[:, ::-1]
+  top, left = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
+  mask = np.zeros((size, size, 1), np.float32)
+  mask[top: top + h, left: left + w, 0] = small
+  return mask
+
+
+def shift(image: np.ndarray, a: float, rng: np.random.Generator) -> np.ndarray:
+  """A camera-like colour change of [H, W, 3] in [0, 1]: gains, gamma, saturation (docstring)."""
+  def factor(n: int) -> np.ndarray:
+    return np.exp(a * rng.uniform(0.5, 1.0, n) * rng.choice([-1.0, 1.0], n))
+  out = np.power(image, factor(1)) * factor(3)
+  grey = out.mean(axis=-1, keepdims=True)
+  return np.clip(grey + factor(1) * (out - grey), 0.0, 1.0).astype(np.float32)
+
+
+def resized(photo: np.ndarray, size: int) -> np.ndarray:
+  """[size, size, 3] float32 in [0, 1], an antialiased resize of the whole photo."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  return np.asarray(Image.fromarray(photo).resize((size, size), Image.LANCZOS),
+                    np.float32) / 255.0
+
+
+def problems(size: int, per_cell: int, seed: int
+             ) -> Iterator[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]:
+  """(strength, group, composite, mask, target) for every held-out problem, seeded."""
+  rng = np.random.default_rng(seed)
+  shapes = silhouettes()
+  for strength, a in STRENGTHS.items():
+    for group, group_photos in photos().items():
+      for photo in group_photos:
+        target = resized(photo, size)
+        for _ in range(per_cell):
+          mask = place(shapes[rng.integers(len(shapes))], size, rng)
+          composite = target * (1.0 - mask) + shift(target, a, rng) * mask
+          yield strength, group, composite, mask, target
+
+
+def scores(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+  from cpjax import metrics  # pylint: disable=g-import-not-at-top
+  out = metrics.harmonization_scores(pred[None], target[None], mask[None])
+  return {k: float(out[k][0]) for k in SCORES}
+
+
+def rows(per_problem: list[tuple[str, str, dict, dict]]) -> list[dict]:
+  """Mean scores per (strength, group), per strength over both groups and over everything."""
+  cells: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
+  for strength, group, comp, res in per_problem:
+    for key in ((strength, group), (strength, "all"), ("all", "all")):
+      cells.setdefault(key, []).append((comp, res))
+  out = []
+  for (strength, group), pairs in cells.items():
+    row = {"strength": strength, "photos": group, "n": len(pairs)}
+    for i, name in enumerate(("composite", "model")):
+      row[name] = {k: round(float(np.mean([p[i][k] for p in pairs])), 2) for k in SCORES}
+    out.append(row)
+  return out
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  from cpjax.tools import common, harmonize  # pylint: disable=g-import-not-at-top
+  loaded = common.load_system(_WORKDIR.value, _STEP.value, "harmonization")
+  size = harmonize.model_size(loaded.config)[0]
+  per_problem = []
+  for strength, group, composite, mask, target in problems(size, _PER_CELL.value, _SEED.value):
+    result = harmonize.harmonize(loaded.task, loaded.state, composite, mask)
+    per_problem.append((strength, group, scores(composite, target, mask),
+                        scores(result, target, mask)))
+  for row in rows(per_problem):
+    print(json.dumps({"step": int(loaded.step), **row}))
+
+
+if __name__ == "__main__":
+  app.run(main)
