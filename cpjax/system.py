@@ -53,7 +53,12 @@ class System:
     self.abstract_state = checkpointing.abstract_with_shardings(shapes, self.state_shardings)
 
   def init_state(self) -> Any:
-    """A fresh train state (`Task.init`, then `Task.warm_start`) in the state shardings."""
+    """A fresh train state (`Task.init`, then `Task.warm_start`) in the state shardings.
+
+    Raises:
+      ValueError: the config lacks what the warm start needs (`Task.check_warm_start`).
+    """
+    self.task.check_warm_start()
     with jax.threefry_partitionable(False):
       state = jax.jit(self.task.init, out_shardings=self.state_shardings)(self.root_key)
     warm = self.task.warm_start(state)   # pretrained weights, an earlier stage (host side)
@@ -110,6 +115,8 @@ def load(path: PathLike, step: int | None = None, *, task: str | None = None,
 
   Raises:
     FileNotFoundError: no checkpoint (of that step) under the workdir.
+    checkpointing.DamagedCheckpointError: the checkpoint's files cannot be read; its `intact`
+      lists the steps that can.
     ValueError: converted weights of a part (not a whole system), or a run of another task.
   """
   from cpjax import convert  # pylint: disable=g-import-not-at-top
@@ -143,10 +150,14 @@ def load(path: PathLike, step: int | None = None, *, task: str | None = None,
       raise FileNotFoundError(f"no checkpoint of step {step} in {checkpoints}; available "
                               f"steps: {', '.join(map(str, steps))} (omit the step for the "
                               "latest).")
-    config = ml_collections.ConfigDict(checkpointer.restore_config(step))
-    _check_task(config, task, directory)
-    system = System(config, devices)
-    return Loaded(system, system.restore(checkpointer, step), step)
+    try:
+      config = ml_collections.ConfigDict(checkpointer.restore_config(step))
+      _check_task(config, task, directory)
+      system = System(config, devices)
+      return Loaded(system, system.restore(checkpointer, step), step)
+    except checkpointing.DamagedCheckpointError as e:
+      e.intact = checkpointer.intact_steps(exclude=[step])   # for the message (`advice`)
+      raise
   finally:
     checkpointer.close()
 

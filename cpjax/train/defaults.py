@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 import types
+from typing import Any
 
 import ml_collections
 
@@ -24,6 +25,16 @@ def trainer_config() -> ml_collections.ConfigDict:
   c.eval = dict(source="", num_examples=64, repeats=1, batch_size=8, every_steps=0, step=-1,
                 follow=False, poll_secs=60.0, seed=1234, mode="center", full_size=0)
   return c
+
+
+def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """A nested dict (a config's `to_dict()`) as {'dotted.key': leaf value}."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for k, v in tree.items():
+    out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+  return out
 
 
 def load_sibling(config_file: str, name: str) -> types.ModuleType:

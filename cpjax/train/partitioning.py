@@ -20,13 +20,18 @@ DATA_AXIS = "data"
 
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+                           process_id: int | None = None,
+                           heartbeat_timeout_secs: int = 60) -> None:
   """Starts `jax.distributed` when this is one process of several.
 
   With `coordinator_address` the launch is explicit (every process gets the same address and
   `num_processes`, and its own `process_id`). Without it, clusters whose environment JAX can read
   (TPU pods, SLURM, Open MPI) are detected and initialised automatically; a single process on a
   laptop or one GPU machine is left alone.
+
+  Args:
+    heartbeat_timeout_secs: how long a process may stay silent before the run counts it lost
+      and stops every process (`cpjax.train.peers` says which one was lost).
   """
   if coordinator_address:
     if num_processes is None or process_id is None:
@@ -36,9 +41,10 @@ def initialize_distributed(coordinator_address: str | None = None,
       # Bind only to loopback for local multi-process runs (tests, one-machine launches).
       kwargs["coordinator_bind_address"] = coordinator_address
     jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id, **kwargs)
+                               num_processes=num_processes, process_id=process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout_secs, **kwargs)
   elif _cluster_detected():
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_secs)
   logging.info("process %d of %d; %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
@@ -93,16 +99,24 @@ def state_shardings(state_shapes: Any, mesh: Mesh, *, fsdp: bool = False,
   return jax.tree.map(leaf_sharding, state_shapes)
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
-  """The global batch must split evenly over devices and processes."""
+def check_batch_size(global_batch_size: int, mesh: Mesh, flag: str = "--config.batch_size"
+                     ) -> None:
+  """The global batch must be positive and split evenly over devices and processes.
+
+  Args:
+    flag: the flag that sets it, named in the message.
+  """
   n = mesh.shape[DATA_AXIS]
+  if not isinstance(global_batch_size, int) or global_batch_size < 1:
+    raise ValueError(f"{flag}={global_batch_size}; give a global batch size >= 1, a multiple "
+                     f"of the {n} devices of the mesh.")
   if global_batch_size % n:
     raise ValueError(
         f"global batch size {global_batch_size} is not divisible by the {n} devices of the mesh; "
-        f"set --config.batch_size to a multiple of {n}.")
+        f"set {flag} to a multiple of {n}.")
   if global_batch_size % jax.process_count():
     raise ValueError(f"global batch size {global_batch_size} is not divisible by the "
-                     f"{jax.process_count()} processes.")
+                     f"{jax.process_count()} processes; set {flag} to a multiple of it.")
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

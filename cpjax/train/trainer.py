@@ -1,10 +1,16 @@
 """The one training loop: steps, logging, samples, checkpoints, evaluation, preemption.
 
+A rerun of the same command finishes what a stopped run left undone: it resumes from the
+newest intact checkpoint (damaged newer ones are set aside, see `checkpointing`) and first
+evaluates that step if its evaluation was due but never written. SIGTERM stops the loop between
+steps with the state on disk (exit 0); a save that fails (a full disk) stops it with the last
+good checkpoint named.
+
 Used by every task (`cpjax.tasks`). Config fields read here (each config sets them):
   task, seed, total_steps, batch_size (global), fsdp,
   data.*                          training pipeline (`data_pipelines.pipeline`),
-  log_every_steps, sample_every_steps, profile_steps ('A,B': trace of steps A..B),
-  checkpoint.every_steps, checkpoint.max_to_keep, checkpoint.async_save,
+  log_every_steps, sample_every_steps, checkpoint.every_steps (0 = only at the end),
+  profile_steps ('A,B': trace of steps A..B), checkpoint.max_to_keep, checkpoint.async_save,
   eval.source, eval.num_examples, eval.repeats, eval.batch_size,
   eval.every_steps (0 = only at the end), eval.step (-1 = latest), eval.follow, eval.poll_secs,
   eval.seed, eval.mode (evaluation geometry, `data.eval_mode`; default center), eval.full_size
@@ -12,6 +18,7 @@ Used by every task (`cpjax.tasks`). Config fields read here (each config sets th
 """
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import signal
@@ -24,9 +31,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from cpjax import system as system_lib
-from cpjax.train import checkpointing, partitioning, writers
+from cpjax.train import checkpointing, defaults, partitioning, writers
 from data_pipelines import pipeline
 
 
@@ -98,9 +106,9 @@ class _Run:
     self.workdir = pathlib.Path(workdir)
     self.system = system_lib.System(config, devices)
     self.task, self.mesh, self.root_key = self.system.task, self.system.mesh, self.system.root_key
+    # The loop decides when to save (`_save_due`), so orbax's own interval is not used.
     self.checkpointer = checkpointing.Checkpointer(
         self.workdir, max_to_keep=config.checkpoint.max_to_keep,
-        save_interval_steps=config.checkpoint.every_steps,
         async_save=config.checkpoint.async_save)
     repl = partitioning.replicated(self.mesh)
     self.train_fn = jax.jit(self.task.train_step,
@@ -233,42 +241,180 @@ def _mean_metrics(history: list[tuple[int, dict[str, float]]]) -> dict[str, floa
   return {k: float(np.mean([m[k] for _, m in history])) for k in keys}
 
 
+def _check_loop_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+  """The loop's counts, checked before anything runs: one line naming the flag."""
+  if not isinstance(config.total_steps, int) or config.total_steps < 1:
+    raise ValueError(f"--config.total_steps={config.total_steps}; give a number of steps >= 1.")
+  for name in ("log_every_steps", "sample_every_steps", "checkpoint.every_steps",
+               "eval.every_steps"):
+    value = functools.reduce(lambda c, k: c[k], name.split("."), config)
+    if not isinstance(value, int) or value < 0:
+      raise ValueError(f"--config.{name}={value}; give a number of steps >= 1, or 0 for never "
+                       "(only at the end).")
+  keep = config.checkpoint.max_to_keep
+  if keep is not None and (not isinstance(keep, int) or keep < 1):
+    raise ValueError(f"--config.checkpoint.max_to_keep={keep}; give 1 or more (None keeps all).")
+  partitioning.check_batch_size(config.batch_size, mesh)
+  partitioning.check_batch_size(config.eval.batch_size, mesh, "--config.eval.batch_size")
+
+
+def _check_eval_data(run: _Run) -> None:
+  """Opens the evaluation set (without reading it): a bad eval.source is reported before
+  training, not after it."""
+  try:
+    pipeline.eval_dataset(run.eval_data_config(), batch_size=run.config.eval.batch_size,
+                          process_index=jax.process_index(), process_count=jax.process_count())
+  except (ValueError, OSError) as e:
+    raise ValueError(f"--config.eval.source={run.config.eval.source}: {e} (checked before "
+                     "training, which evaluates at the end)") from e
+
+
+def _every(step: int, every: int) -> bool:
+  """Whether `step` is one of every `every`-th steps (never for 0)."""
+  return every > 0 and step % every == 0
+
+
+def _eval_due(config: ml_collections.ConfigDict, step: int) -> bool:
+  """Whether the loop evaluates at `step`: every eval.every_steps, and at the end."""
+  return step >= config.total_steps or _every(step, config.eval.every_steps)
+
+
+def _agree(flag: bool) -> bool:
+  """True only if `flag` is true on every process (all processes call this together)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.all(multihost_utils.process_allgather(np.int32(flag))))
+
+
+# Config fields that a resumed run may change (they steer the loop, not the network).
+_LOOP_FIELDS = ("total_steps", "log_every_steps", "sample_every_steps", "profile_steps",
+                "checkpoint.", "eval.", "data.workers", "data.prefetch", "data.source")
+
+
+def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict,
+                       limit: int = 6) -> list[str]:
+  """The fields (other than `_LOOP_FIELDS`) where a saved config and `config` differ.
+
+  Returns:
+    Lines 'model.generator_widths: [16, 32] in the run, [8, 16] here', at most `limit`.
+  """
+  a, b = defaults.flat(saved), defaults.flat(json.loads(config.to_json()))
+  lines = [f"{k}: {a.get(k, 'absent')} in the run, {b.get(k, 'absent')} here"
+           for k in sorted(set(a) | set(b))
+           if not k.startswith(_LOOP_FIELDS) and a.get(k, "absent") != b.get(k, "absent")]
+  return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
+
+
+def _another_run(run: _Run, what: str) -> ValueError:
+  return ValueError(f"{run.workdir} holds a run {what}; use a new --workdir, or the same config "
+                    f"as that run (its copy: {run.workdir / 'config.json'}).")
+
+
+def _restore(run: _Run, step: int, saved: dict[str, Any] | None = None) -> Any:
+  """The train state of checkpoint `step` for `run`'s config.
+
+  Raises:
+    ValueError: the checkpoint is of another task or network (names the differing fields).
+    checkpointing.DamagedCheckpointError: its files cannot be read.
+  """
+  saved = run.checkpointer.restore_config(step) if saved is None else saved
+  if saved.get("task") != run.config.task:
+    raise _another_run(run, f"of task {saved.get('task')!r} (checkpoint of step {step}), but "
+                       f"this config is a {run.config.task!r} one")
+  try:
+    return run.system.restore(run.checkpointer, step)
+  except checkpointing.IncompatibleCheckpointError as e:
+    fields = config_differences(saved, run.config)
+    raise _another_run(run, "with these differing fields: " + "; ".join(fields) if fields
+                       else f"of another network ({'; '.join(e.differences)})") from e
+
+
+def _resume(run: _Run, data: Any) -> tuple[Any, int | None]:
+  """The newest intact checkpoint's state, with `data` set to its position; (None, None) if
+  the workdir has no checkpoint.
+
+  Damaged checkpoints (newer than the one resumed) are moved to `workdir/damaged_checkpoints/`
+  with a warning, so that their steps can be saved again; they are never deleted.
+
+  Raises:
+    ValueError: a run of another task or network; or every checkpoint damaged.
+  """
+  damaged: list[checkpointing.DamagedCheckpointError] = []
+  for step in reversed(run.checkpointer.all_steps()):
+    error = None
+    try:
+      saved = run.checkpointer.restore_config(step)
+      state = _restore(run, step, saved)
+      run.checkpointer.restore_data_iterator(step, data)
+    except checkpointing.DamagedCheckpointError as e:
+      error = e
+    if not _agree(error is None):
+      error = error or checkpointing.DamagedCheckpointError(
+          step, run.checkpointer.step_dir(step), "unreadable on another process")
+      logging.warning("%s; trying the checkpoint before it.", error)
+      damaged.append(error)
+      continue
+    for bad in damaged:
+      where = run.checkpointer.set_aside(bad.step)
+      logging.warning("resuming from step %d, the newest intact checkpoint; the damaged "
+                      "checkpoint of step %d was moved to %s (kept, not deleted).", step,
+                      bad.step, where)
+    return state, step
+  if damaged:
+    raise ValueError(f"every checkpoint in {run.checkpointer.directory} is damaged (the newest: "
+                     f"{damaged[0]}); move them out of that folder to start over, or use a new "
+                     "--workdir.")
+  return None, None
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
           devices: list[jax.Device] | None = None) -> Any:
-  """Trains `config.task` until `config.total_steps`, resuming from the latest checkpoint.
+  """Trains `config.task` until `config.total_steps`, resuming from the newest intact
+  checkpoint, and finishes what a stopped run left undone (its last evaluation).
 
   Returns the final train state (for tests and notebooks).
   """
   _require_source(config.data.source, config, "data.source")
+  _require_source(config.eval.source, config, "eval.source")
+  _check_loop_config(config, partitioning.make_mesh(devices))
   profiler = writers.Profiler(workdir, config.profile_steps, enabled=jax.process_index() == 0)
   run = _Run(config, workdir, devices)
-  partitioning.check_batch_size(config.batch_size, run.mesh)
-  writer = writers.Writer(run.workdir, "train", enabled=run.is_chief)
-  data: Iterator[dict[str, np.ndarray]] = pipeline.train_iterator(
-      config.data, global_batch_size=config.batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  latest = run.checkpointer.latest_step()
-  if latest is not None:
-    logging.info("resuming from the checkpoint of step %d in %s", latest,
-                 run.checkpointer.directory)
-    state = run.system.restore(run.checkpointer, latest)
-    run.checkpointer.restore_data_iterator(latest, data)
-  else:
-    state = run.system.init_state()
-    if run.is_chief:
-      (run.workdir / "config.json").parent.mkdir(parents=True, exist_ok=True)
-      (run.workdir / "config.json").write_text(config.to_json(indent=2))
-  step = int(jax.device_get(state.step))
-  last_saved = latest
-  progress = writers.Progress(config.total_steps, config.batch_size, step)
-  preemption = _Preemption()
-  pending: list[tuple[int, dict[str, jax.Array]]] = []
-  skipped_files = 0
   try:
+    if not run.checkpointer.all_steps():   # a new run: pretrained weights named?
+      run.task.check_warm_start()
+    _check_eval_data(run)
+  except ValueError:
+    run.close()
+    raise
+  writer = writers.Writer(run.workdir, "train", enabled=run.is_chief)
+  preemption = _Preemption()
+  try:
+    data: Iterator[dict[str, np.ndarray]] = pipeline.train_iterator(
+        config.data, global_batch_size=config.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    state, last_saved = _resume(run, data)
+    if state is None:
+      state = run.system.init_state()
+      if run.is_chief:
+        (run.workdir / "config.json").parent.mkdir(parents=True, exist_ok=True)
+        (run.workdir / "config.json").write_text(config.to_json(indent=2))
+    else:
+      logging.info("resumed from the checkpoint of step %d in %s", last_saved,
+                   run.checkpointer.directory)
+      if _eval_due(config, last_saved) and not _agree(
+          _eval_result_path(run.workdir, last_saved).exists()):
+        logging.info("the evaluation of step %d is missing (the run stopped before it was "
+                     "written): evaluating it now", last_saved)
+        run.evaluate(state, last_saved)
+    step = int(jax.device_get(state.step))
+    progress = writers.Progress(config.total_steps, config.batch_size, step)
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    skipped_files = 0
     while step < config.total_steps:
       if preemption.should_stop(step, run.checkpointer):
         _flush(pending, last_saved, run, writer, progress, skipped_files, step)
-        run.checkpointer.save(step, state, data, config, force=True)
+        if last_saved != step:   # a scheduled save of this step may have just happened
+          run.checkpointer.save(step, state, data, config, force=True)
         run.checkpointer.wait()
         logging.warning("preempted: saved the checkpoint of step %d; exiting.", step)
         return state
@@ -281,16 +427,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
       profiler.after_step(step, metrics)
       pending.append((step, metrics))
       final = step == config.total_steps
-      save_due = final or step % config.checkpoint.every_steps == 0
-      if final or save_due or step % config.log_every_steps == 0:
+      save_due = final or _every(step, config.checkpoint.every_steps)
+      if save_due or _every(step, config.log_every_steps):
         _flush(pending, last_saved, run, writer, progress, skipped_files, step)
         pending = []
       if save_due:
-        run.checkpointer.save(step, state, data, config, force=final)
+        run.checkpointer.save(step, state, data, config, force=True)
         last_saved = step
       if config.sample_every_steps and (step % config.sample_every_steps == 0 or final):
         writer.grid(step, "train", run.samples(state, batch, run.root_key))
-      if final or (config.eval.every_steps and step % config.eval.every_steps == 0):
+      if _eval_due(config, step):
         run.evaluate(state, step)
   finally:
     profiler.stop()
@@ -351,7 +497,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     if step not in steps:
       raise FileNotFoundError(f"no checkpoint of step {step} in {run.checkpointer.directory}; "
                               f"available steps: {steps}.")
-    state = run.system.restore(run.checkpointer, step)
+    try:
+      state = _restore(run, step)
+    except checkpointing.DamagedCheckpointError as e:
+      e.intact = run.checkpointer.intact_steps(exclude=[step])
+      raise ValueError(e.advice("--config.eval.step")) from e
     return run.evaluate(state, step)
   finally:
     run.close()
@@ -361,19 +511,35 @@ def eval_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                devices: list[jax.Device] | None = None) -> dict[int, dict[str, float]]:
   """Evaluates every checkpoint without a result; with `eval.follow`, waits for new ones.
 
-  Following stops once the checkpoint of `config.total_steps` has been evaluated.
+  Following stops once the checkpoint of `config.total_steps` has been evaluated. A damaged
+  checkpoint is skipped with a warning; the sweep then ends with an error naming it.
+
+  Raises:
+    ValueError: a checkpoint of another network, or damaged ones (after the others are done).
   """
   run = _Run(config, workdir, devices)
   results: dict[int, dict[str, float]] = {}
+  damaged: dict[int, checkpointing.DamagedCheckpointError] = {}
   try:
     while True:
       todo = [s for s in run.checkpointer.all_steps()
-              if not _eval_result_path(run.workdir, s).exists() and s not in results]
+              if not _eval_result_path(run.workdir, s).exists() and s not in results
+              and s not in damaged]
       for step in todo:
-        state = run.system.restore(run.checkpointer, step)
+        try:
+          state = _restore(run, step)
+        except checkpointing.DamagedCheckpointError as e:
+          logging.warning("skipping it: %s", e)
+          damaged[step] = e
+          continue
         results[step] = run.evaluate(state, step)
-      done = _eval_result_path(run.workdir, config.total_steps).exists()
+      done = (_eval_result_path(run.workdir, config.total_steps).exists()
+              or config.total_steps in damaged)
       if not config.eval.follow or done:
+        if damaged:
+          raise ValueError(
+              f"evaluated steps {sorted(results) or 'none'}; skipped damaged checkpoints: "
+              + "; ".join(str(e) for e in damaged.values()))
         return results
       logging.info("waiting for new checkpoints in %s (until step %d)...",
                    run.checkpointer.directory, config.total_steps)

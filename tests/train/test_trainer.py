@@ -266,7 +266,7 @@ def test_evaluations_share_one_event_writer_and_close_it(tmp_path):
   trainer.train(config, tmp_path, devices=jax.devices()[:1])
   trainer.evaluate(config, tmp_path, devices=jax.devices()[:1])
   assert len(list((tmp_path / "tensorboard" / "eval").glob("events.out.tfevents.*"))) == 2
-  assert threading.active_count() <= before
+  assert threading.active_count() <= before, [t.name for t in threading.enumerate()]
 
 
 def test_curves_plot_loss_and_eval_metrics_with_baselines(tmp_path):
@@ -307,3 +307,50 @@ def test_baselines_are_computed_once_per_evaluation_set(tmp_path):
   assert first["poisson_psnr"] == second["poisson_psnr"]
   assert first["cut_paste_ssim"] == second["cut_paste_ssim"]
   assert first["psnr"] == second["psnr"]
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_killed_peer_stops_the_other_with_one_line(victim, tmp_path):
+  """SIGKILL to one of two processes (process 0 is also the coordinator): the survivor exits
+  within 30 s (heartbeat timeout 5 s) with status 3 and, as its last line, which process was
+  lost and how to resume. Restarting both resumes from the latest checkpoint; one more step
+  then gives the parameters that one device gets for that many steps."""
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  distributed = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                 "--heartbeat_timeout_secs=5"]
+  logs = [tmp_path / f"process{i}.log" for i in range(2)]
+  procs = []
+  for i, log in enumerate(logs):
+    with log.open("w") as out:
+      procs.append(subprocess.Popen(
+          _main_cmd(tmp_path / "w", "--config.total_steps=100000", "--config.log_every_steps=1",
+                    "--config.checkpoint.every_steps=1", *distributed, f"--process_id={i}"),
+          cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True))
+  deadline = time.time() + 400
+  while "step 3/" not in logs[0].read_text() and time.time() < deadline:
+    assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
+    time.sleep(0.2)
+  procs[victim].kill()
+  killed_at = time.time()
+  survivor = procs[1 - victim]
+  assert survivor.wait(timeout=120) == 3, logs[1 - victim].read_text()[-3000:]
+  assert time.time() - killed_at < 30
+  last = logs[1 - victim].read_text().strip().splitlines()[-1]
+  assert last.startswith(f"cpjax: process {1 - victim} of 2 stops: lost process {victim}"), last
+  assert "Rerun the same command on every host" in last
+  if victim == 0:
+    return
+  latest = max(int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir()
+               if p.name.isdigit())
+  restart = [subprocess.Popen(
+      _main_cmd(tmp_path / "w", f"--config.total_steps={latest + 1}", *distributed,
+                f"--process_id={i}"), cwd=REPO, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in restart]
+  assert [p.returncode for p in restart] == [0, 0], outputs[0][-3000:]
+  assert f"resumed from the checkpoint of step {latest}" in outputs[0]
+  reference = trainer.train(_tiny(total_steps=latest + 1), tmp_path / "one",
+                            devices=jax.devices()[:1])
+  _assert_same_params(reference, _restore(_tiny(), tmp_path / "w"))
