@@ -135,20 +135,20 @@ _MISSING = [("fcn_voc", v, "vgg_init", "vgg16_from_caffe.pth", "vgg16_caffe")
 
 @pytest.mark.parametrize("name,variant,field,file,model", _MISSING)
 def test_missing_pretrained_weights_are_refused(name, variant, field, file, model):
-  """Without the trunk's weights the task is not built: one line naming the flag, the file and
-  the exact convert command. `=random` (asked for explicitly) or init_from builds it."""
+  """Without the trunk's weights a new run does not start: one line naming the flag, the file
+  and the exact convert command. `=random` (asked for explicitly) or init_from lets it."""
   c = load_config(name, variant)
   with pytest.raises(ValueError) as error:
-    tasks.build(c)
+    tasks.build(c).check_warm_start()
   message = str(error.value)
   assert "\n" not in message and message.startswith(f"model.{field} is not set")
   assert (f"python -m cpjax.tools.convert --from={file} --model={model} --out=weights/{model} "
           f"and pass --config.model.{field}=weights/{model}") in message
   assert f"--config.model.{field}=random" in message
   c.model[field] = "random"
-  tasks.build(c)
+  tasks.build(c).check_warm_start()
   c.model[field], c.init_from = "", "/some/converted/network"
-  tasks.build(c)
+  tasks.build(c).check_warm_start()
 
 
 @pytest.mark.parametrize("name,variant", [("fcn_voc", "tiny"), ("fcn_demo", ""),
@@ -157,4 +157,4 @@ def test_tiny_and_demo_configs_need_no_weights(name, variant):
   """The variants tests, CI and the demos train (narrow networks from scratch) say 'random'."""
   c = load_config(name, variant)
   assert c.model.get("vgg_init", c.model.get("backbone_init")) == "random"
-  tasks.build(c)
+  tasks.build(c).check_warm_start()

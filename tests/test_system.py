@@ -73,3 +73,24 @@ def test_workdir_loads_the_run_it_holds(tmp_path):
   leaf = jax.tree.leaves(state.generator)[0]
   assert len(leaf.sharding.device_set) == 8
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), jax.device_get(trained))
+
+
+def test_checkpoint_of_a_config_without_pretrained_weights_still_loads(tmp_path):
+  """A config that names no VGG16 weights (saved by a run before they were required, or trained
+  with init_from since removed) cannot start a new run, but its checkpoint loads: the weights
+  come from the checkpoint."""
+  config = load_config("fcn_voc", "tiny")
+  config.total_steps, config.checkpoint.async_save = 1, False
+  trained = trainer.train(config, tmp_path, devices=jax.devices()[:1])
+  config.model.vgg_init = ""
+  with pytest.raises(ValueError, match="model.vgg_init is not set"):
+    system.System(config, jax.devices()[:1]).init_state()
+  saved = json.loads((tmp_path / "config.json").read_text())
+  saved["model"]["vgg_init"] = ""   # as an older run saved it
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  checkpointer = checkpointing.Checkpointer(tmp_path, read_only=True)
+  try:
+    state = system.System(config, jax.devices()[:1]).restore(checkpointer, 1)
+  finally:
+    checkpointer.close()
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), jax.device_get(trained))

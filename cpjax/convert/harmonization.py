@@ -33,8 +33,8 @@ Use (`HarmonizationTask.warm_start` calls `pretrained_variables`):
                            trunk of an 'idih_hrnet' model of the same width; the OCR head, the
                            mask fusion and the iDIH keep their fresh initialisation.
   model.backbone_init=random  the trunk from random weights, asked for explicitly.
-iDIH-HRNet fine-tunes an ImageNet trunk: `check_initialisation` (called when the task is built,
-before anything is compiled) refuses an 'idih_hrnet' config with neither init_from nor
+iDIH-HRNet fine-tunes an ImageNet trunk: `check_initialisation` (called before a new run's
+state is made, `Task.check_warm_start`) refuses an 'idih_hrnet' config with neither init_from nor
 model.backbone_init, naming the file to download and the command that converts it.
 """
 from __future__ import annotations

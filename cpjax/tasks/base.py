@@ -37,6 +37,11 @@ class Task(abc.ABC):
   def init(self, key: jax.Array) -> Any:
     """Returns a fresh train state: a pytree with an int32 scalar field `step`."""
 
+  def check_warm_start(self) -> None:
+    """Raises ValueError (one line naming the flag and the fix) if a fresh run of this config
+    lacks what `warm_start` needs, e.g. pretrained weights. Called before `init` for a new run
+    only: a checkpoint of such a config still loads. Default: nothing needed."""
+
   def warm_start(self, state: Any) -> Any:
     """Pretrained values put into a fresh train state (from `init`), on the host.
 

@@ -40,9 +40,9 @@ Optimiser (config.optim): Adam (lr, b1, b2, eps), learning rate x `decay` at eac
 and the mask-fusion conv at 1x (optax.multi_transform), as saic-vul's LRMult.
 
 Initialisation (`warm_start`): init_from (a converted released network) or, for iDIH-HRNet,
-model.backbone_init (the converted ImageNet trunk). iDIH-HRNet without either is refused when the
-task is built, before anything is compiled, unless model.backbone_init='random' asks for a
-random trunk (`cpjax.convert.harmonization.check_initialisation`).
+model.backbone_init (the converted ImageNet trunk). A new iDIH-HRNet run without either is
+refused before anything is compiled (`check_warm_start`), unless model.backbone_init='random'
+asks for a random trunk; a checkpoint of such a config still loads.
 
 BatchNorm: 'batch_stats' live in the train state; under jit with the batch sharded over devices
 the batch mean and variance are global (synchronised), so 1 and 8 devices agree.
@@ -254,7 +254,6 @@ class HarmonizationTask(Task):
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
-    pretrained.check_initialisation(config)
     self.model = build_model(config.model)
     o = config.optim
 
@@ -312,6 +311,9 @@ class HarmonizationTask(Task):
     """Inference: [B, H, W, 3] composite in [0, 1] + [B, H, W, 1] mask -> [B, H, W, 3] in [0, 1]."""
     pred, _, _ = self.apply(state.params, state.batch_stats, composite, mask, train=False)
     return jnp.clip(self.denormalize(pred), 0.0, 1.0)
+
+  def check_warm_start(self) -> None:
+    pretrained.check_initialisation(self.config)
 
   def init(self, key: jax.Array) -> HarmonizationState:
     h, w = image_size(self.config)

@@ -17,9 +17,9 @@ kept by pytorch-fcn); the bilinear upscore layers frozen (`optax.set_to_zero` un
 Dropout draws from per-example keys (`example_keys`): the model runs under `jax.vmap` over the
 examples, so the masks do not depend on how the batch is split over devices.
 
-Initialisation. FCN fine-tunes ImageNet VGG16, so a task is built only with pretrained weights
-named (`check_initialisation`, at construction, before anything is compiled): model.vgg_init, or
-init_from, or model.vgg_init='random' asked for explicitly (the tiny and demo configs, which
+Initialisation. FCN fine-tunes ImageNet VGG16, so a new run starts only with pretrained weights
+named (`check_warm_start`, before anything is compiled; a checkpoint still loads without them):
+model.vgg_init, or init_from, or model.vgg_init='random' asked for explicitly (the tiny and demo configs, which
 train narrow networks from scratch). `warm_start`, applied by the trainer to a fresh run, reads:
   model.vgg_init  a directory of `python -m cpjax.tools.convert --model=vgg16_caffe` (vgg, fc6,
                   fc7; torchvision's weights are refused: they expect ImageNet-normalised RGB,
@@ -202,8 +202,10 @@ class SegmentationTask(Task):
                      fc_width=m.fc_width, dropout_rate=m.dropout, dtype=jnp.dtype(m.dtype))
     if config.loss.reduction not in ("sum", "mean"):
       raise ValueError(f"loss.reduction is {config.loss.reduction!r}; use 'sum' or 'mean'")
-    check_initialisation(config)
     self.tx = make_optimizer(config.optim)
+
+  def check_warm_start(self) -> None:
+    check_initialisation(self.config)
 
   def init(self, key: jax.Array) -> SegmentationState:
     params = self.model.init(key, jnp.zeros(_INIT_SHAPE, jnp.float32))["params"]
