@@ -257,7 +257,9 @@ def context_matching(target_feat: jax.Array, ref_feats: jax.Array, target_visibl
   empty = count < 1e-4
   similarity = jnp.where(empty, 0.0, dot) / (count + empty) / c
   weights = masked_softmax(similarity[:, :, None, None, None], rv, present)
-  aggregated = jnp.sum(ref_feats * weights, axis=1)
+  # The sum over references as t - 1 adds of [B, h, w, C] maps: XLA:CPU reduces the middle
+  # axis of the 5-D product 70x slower (90 ms for 10 references at 60x106x128).
+  aggregated = sum(ref_feats[:, r] * weights[:, r] for r in range(t))
   c_mask = 1.0 - jnp.sum(weights * rv, axis=1)
   return {"decoder_input": jnp.concatenate([target_feat, aggregated, c_mask], axis=-1),
           "c_mask": c_mask, "weights": weights, "similarity": similarity}

@@ -59,15 +59,21 @@ def _inner(name: str, instructions, computations) -> list[tuple]:
 
 
 def _category(inner: list[tuple]) -> tuple[str, str]:
-  """(category of the module docstring, a one-line description)."""
-  for _, opcode, shape, rest in inner:
-    if opcode == "convolution":
-      window = _WINDOW.search(rest)
-      size = max(int(window.group(1)), int(window.group(2))) if window else 1
-      detail = rest[rest.find("window="):].split(", metadata")[0]
-      kind = ("conv lhs-dilated" if "lhs_dilate" in rest else
-              "conv kernel gradient" if size > 11 else "conv")
-      return kind, f"convolution -> {shape} {detail}"
+  """(category of the module docstring, a one-line description). A fusion of several convs
+  (XLA:CPU's YNNPACK fusions take whole chains) is described by its first and last."""
+  convs = [(shape, rest) for _, opcode, shape, rest in inner if opcode == "convolution"]
+  if convs:
+    shape, rest = convs[0]
+    window = _WINDOW.search(rest)
+    size = max(int(window.group(1)), int(window.group(2))) if window else 1
+    detail = rest[rest.find("window="):].split(", metadata")[0].split(", dim_labels")[0]
+    kind = ("conv lhs-dilated" if "lhs_dilate" in rest else
+            "conv kernel gradient" if size > 11 else "conv")
+    what = f"convolution -> {shape} {detail}"
+    if len(convs) > 1:
+      what = f"{len(convs)} convolutions, first -> {shape} {detail}, last -> {convs[-1][0]}"
+    return kind, what
+  for _, opcode, shape, _ in inner:
     if opcode == "dot":
       return "dot", f"dot -> {shape}"
     if opcode == "select-and-scatter":

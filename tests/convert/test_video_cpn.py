@@ -274,8 +274,8 @@ def test_convert_command_and_video_warm_start(reference, tmp_path):
   run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert run.returncode == 0, run.stderr[-2000:]
   assert "dropped unused reference keys: A_Regressor.conv6a.conv.0.bias" in run.stdout
-  with pytest.raises(convert_tool.ToolError, match="exists and is not empty; choose a new "
-                                                   r"directory \(nothing was overwritten\)"):
+  with pytest.raises(convert_tool.ToolError, match="exists already and is not an empty folder; "
+                                                   "give a new output folder, or --overwrite"):
     convert_tool.run(str(path), "cpn_video", str(out))
 
   config = load_config("video_inpainting")
