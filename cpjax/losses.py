@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -34,6 +35,7 @@ def l1(pred: jax.Array, target: jax.Array) -> jax.Array:
   Returns:
     float32 scalar >= 0.
   """
+  chex.assert_equal_shape([pred, target])   # a silent broadcast would average the wrong pairs
   return jnp.mean(jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32)))
 
 
@@ -138,6 +140,7 @@ def mse(pred: jax.Array, target: jax.Array) -> jax.Array:
   Harmonisation's plain MSE objective (DIH eq. 1 up to the constant 1/2 and the mean instead
   of the sum, which only rescale the learning rate).
   """
+  chex.assert_equal_shape([pred, target])
   return jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)))
 
 
@@ -156,6 +159,9 @@ def fn_mse(pred: jax.Array, target: jax.Array, mask: jax.Array, *,
   Returns:
     float32 scalar >= 0.
   """
+  chex.assert_rank([pred, target, mask], 4)
+  chex.assert_equal_shape([pred, target])
+  chex.assert_shape(mask, (*pred.shape[:3], 1))
   err = jnp.sum(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)), axis=(1, 2, 3))
   area = jnp.sum(mask.astype(jnp.float32), axis=(1, 2, 3))
   return jnp.mean(err / (pred.shape[-1] * jnp.maximum(area, min_area)))
@@ -234,5 +240,7 @@ def masked_l1(pred: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Arra
   Returns:
     float32 scalar >= 0.
   """
+  chex.assert_equal_shape([pred, target])
+  chex.assert_is_broadcastable(weight.shape, pred.shape)
   diff = jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32))
   return jnp.sum(weight.astype(jnp.float32) * diff) / diff.size

@@ -9,19 +9,29 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import chex
 import dm_pix
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
+def _check_pair(pred: jax.Array, target: jax.Array) -> None:
+  """Both [B, H, W, C] of one shape: a broadcast (one target for a batch, or grey against
+  colour) would silently score the wrong pairs."""
+  chex.assert_rank([pred, target], 4)
+  chex.assert_equal_shape([pred, target])
+
+
 def l1_per_example(pred: jax.Array, target: jax.Array) -> jax.Array:
   """Mean absolute error over H, W, C: [B]."""
+  _check_pair(pred, target)
   return jnp.mean(jnp.abs(pred - target), axis=(1, 2, 3))
 
 
 def psnr(pred: jax.Array, target: jax.Array, max_value: float = 1.0) -> jax.Array:
   """Peak signal-to-noise ratio in dB with a fixed peak (1 for [0, 1] images): [B]."""
+  _check_pair(pred, target)
   mse = jnp.mean(jnp.square(pred - target), axis=(1, 2, 3))
   return 10.0 * jnp.log10(max_value**2 / jnp.maximum(mse, 1e-10))
 
@@ -31,6 +41,7 @@ def ssim(pred: jax.Array, target: jax.Array, max_value: float = 1.0) -> jax.Arra
   K2 0.03), averaged over pixels and channels: [B]. Equals scikit-image's
   `structural_similarity(..., gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
   data_range=max_value, channel_axis=-1)` away from the borders (dm-pix's valid-window SSIM)."""
+  _check_pair(pred, target)
   return dm_pix.ssim(pred, target, max_val=max_value)
 
 
@@ -61,6 +72,8 @@ def harmonization_scores(pred: jax.Array, target: jax.Array, mask: jax.Array,
   Returns:
     {'mse': [B], 'fmse': [B], 'psnr': [B]} float32.
   """
+  _check_pair(pred, target)
+  chex.assert_shape([mask] + ([] if valid is None else [valid]), (*pred.shape[:3], 1))
   pred255 = jnp.clip(pred.astype(jnp.float32) * 255.0, 0.0, 255.0)
   target255 = target.astype(jnp.float32) * 255.0
   err = jnp.square(pred255 - target255)

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from cpjax import losses
 
@@ -114,3 +115,18 @@ def test_softmax_cross_entropy_all_ignored_is_zero():
   loss = losses.softmax_cross_entropy(np.zeros((1, 3, 3, 21), np.float32),
                                       np.full((1, 3, 3), 255))
   assert float(loss) == 0.0
+
+
+def test_losses_refuse_pairs_that_would_broadcast():
+  """A [B, H, W, 1] target against a [B, H, W, 3] prediction, or a mask without its channel
+  axis, would broadcast silently; the losses refuse, naming the shapes."""
+  pred = jnp.zeros((2, 8, 8, 3))
+  for loss in (losses.l1, losses.mse):
+    with pytest.raises(AssertionError, match="shape"):
+      loss(pred, jnp.zeros((2, 8, 8, 1)))
+  with pytest.raises(AssertionError, match="shape"):
+    losses.fn_mse(pred, pred, jnp.zeros((2, 8, 8, 3)))
+  with pytest.raises(AssertionError, match="rank"):
+    losses.fn_mse(pred, pred, jnp.zeros((2, 8, 8)))
+  with pytest.raises(AssertionError, match="broadcast"):
+    losses.masked_l1(pred, pred, jnp.zeros((2, 4, 4, 1)))

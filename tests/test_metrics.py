@@ -1,6 +1,7 @@
 """cpjax.metrics against independent references (scikit-image, NumPy)."""
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -41,3 +42,19 @@ def test_identical_images_score_perfectly(pair):
   _, target = pair
   assert np.all(np.asarray(metrics.ssim(target, target)) > 0.9999)
   assert np.all(np.asarray(metrics.l1_per_example(target, target)) == 0)
+
+
+@pytest.mark.parametrize("fn", [metrics.l1_per_example, metrics.psnr, metrics.ssim])
+@pytest.mark.parametrize("target_shape", [(1, 16, 16, 3), (2, 16, 16, 1), (16, 16, 3)])
+def test_pairs_that_would_broadcast_are_refused(fn, target_shape):
+  """One target for a batch, grey against colour, a missing batch axis: numpy would broadcast
+  and score the wrong pairs; the metrics refuse, naming the shapes."""
+  pred = jnp.zeros((2, 16, 16, 3))
+  with pytest.raises(AssertionError, match=r"shape|rank"):
+    fn(pred, jnp.zeros(target_shape))
+
+
+def test_harmonization_scores_refuse_a_mask_without_its_channel_axis():
+  image = jnp.zeros((2, 8, 8, 3))
+  with pytest.raises(AssertionError, match="shape"):
+    metrics.harmonization_scores(image, image, jnp.zeros((2, 8, 8)))
