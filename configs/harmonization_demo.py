@@ -17,7 +17,7 @@ idih = defaults.load_sibling(__file__, "iharmony4_idih")
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = idih.get_config()
-  c.total_steps = 2000
+  c.total_steps = 1500
   c.batch_size = 16
   c.data.source = "samples:train"
   c.data.image_size = 64
@@ -34,10 +34,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.transform.update(dict(brightness=(-0.3, 0.3), contrast=(0.6, 1.4), hue=(-0.1, 0.1),
                           saturation=(0.4, 1.6)))
   # A range of shift strengths down to none (else the network learns to always change colours
-  # a lot and worsens mild composites) and object-like blob outlines beside the rectangles.
-  c.synthetic = dict(strength=(0.0, 1.0), blob_fraction=0.5, blob_radius=(0.12, 0.3))
+  # a lot and worsens mild composites), object-like blob outlines beside the rectangles, and
+  # each photo recoloured as a whole first (7 photos: else their colours are memorised).
+  c.synthetic = dict(strength=(0.0, 1.0), blob_fraction=0.5, blob_radius=(0.12, 0.3),
+                     recolor=True)
   c.loss.min_area = 100.0 * (64 / 256) ** 2   # A_min scaled with the image area
-  c.optim.milestones = (1600,)
+  c.optim.milestones = (1200,)
   c.log_every_steps = 50
   c.sample_every_steps = 500
   c.checkpoint.every_steps = 500

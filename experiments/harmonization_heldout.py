@@ -138,8 +138,10 @@ def rows(per_problem: list[tuple[str, str, dict, dict]]) -> list[dict]:
   for strength, group, comp, res in per_problem:
     for key in ((strength, group), (strength, "all"), ("all", "all")):
       cells.setdefault(key, []).append((comp, res))
+  order = [*STRENGTHS, "all"], ["colour", "grey", "all"]
   out = []
-  for (strength, group), pairs in cells.items():
+  for (strength, group), pairs in sorted(
+      cells.items(), key=lambda c: (order[0].index(c[0][0]), order[1].index(c[0][1]))):
     row = {"strength": strength, "photos": group, "n": len(pairs)}
     for i, name in enumerate(("composite", "model")):
       row[name] = {k: round(float(np.mean([p[i][k] for p in pairs])), 2) for k in SCORES}

@@ -11,8 +11,10 @@ ops applied inside it; the ground truth is the original image:
   composite = I (1 - M) + T(I) M,   target = I   (`make_copy_paste_example`, no homography).
 `config.synthetic` (optional, `SyntheticConfig`) widens these problems: a strength s scales the
 change, I + s (T(I) - I), so mild and absent shifts occur too, and a fraction of the masks are
-random blob outlines (`cpjax.ops.masks.random_blob_shape`) instead of rectangles. Without it
-the problems are exactly the plain copy-paste examples above.
+random blob outlines (`cpjax.ops.masks.random_blob_shape`) instead of rectangles; with
+`recolor` the whole photo first gets a random T_color (it is then the target), so a network
+trained on few photos cannot memorise their colours and must read them from the background.
+Without it the problems are exactly the plain copy-paste examples above.
 Real-pair masks are used as delivered, mask / 255 in [0, 1], in training and evaluation alike:
 saic-vul/image_harmonization resizes masks bilinearly (its `HCompose(no_nearest_for_masks=True)`
 treats the mask as an image) and feeds and weights the loss with that soft mask; the iHarmony4
@@ -132,10 +134,13 @@ class SyntheticConfig:
     blob_fraction: probability that M is a random blob outline (object-like, `random_blob`)
       rather than T's rotated rectangle.
     blob_radius: (lo, hi) of the blob's mean radius as a fraction of the shorter image side.
+    recolor: the photo itself gets a random T_color (T's ranges) before the problem is made
+      from it; the recoloured photo is the target.
   """
   strength: tuple[float, float] = (1.0, 1.0)
   blob_fraction: float = 0.0
   blob_radius: tuple[float, float] = (0.12, 0.3)
+  recolor: bool = False
 
   @classmethod
   def from_dict(cls, d: Any) -> "SyntheticConfig":
@@ -144,11 +149,13 @@ class SyntheticConfig:
     unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
       raise ValueError(f"config.synthetic: unknown keys {unknown}; use strength, "
-                       "blob_fraction, blob_radius")
+                       "blob_fraction, blob_radius, recolor")
     pair = lambda v: (float(v[0]), float(v[1]))
     kw = {k: pair(d[k]) for k in ("strength", "blob_radius") if k in d}
     if "blob_fraction" in d:
       kw["blob_fraction"] = float(d["blob_fraction"])
+    if "recolor" in d:
+      kw["recolor"] = bool(d["recolor"])
     return cls(**kw)
 
 
@@ -176,19 +183,22 @@ def synthetic_problem(key: jax.Array, image: jax.Array, transform: TransformConf
   """One synthetic problem from a photo [H, W, 3] in [0, 1] (module docstring).
 
   Returns:
-    {'composite' [H, W, 3], 'mask' [H, W, 1] in {0, 1}} float32; with `synthetic` None, the
-    plain `make_copy_paste_example`.
+    {'composite', 'target' [H, W, 3], 'mask' [H, W, 1] in {0, 1}} float32; with `synthetic`
+    None, the plain `make_copy_paste_example` (target = image).
   """
-  made = make_copy_paste_example(key, image, transform)
   if synthetic is None:
-    return {"composite": made["composite"], "mask": made["mask"]}
-  k_strength, k_kind, k_blob = jax.random.split(jax.random.fold_in(key, _SYNTHETIC), 3)
+    made = make_copy_paste_example(key, image, transform)
+    return {"composite": made["composite"], "target": image, "mask": made["mask"]}
+  k_strength, k_kind, k_blob, k_photo = jax.random.split(jax.random.fold_in(key, _SYNTHETIC), 4)
+  if synthetic.recolor:
+    image = color.random_color(k_photo, image, transform.color)
+  made = make_copy_paste_example(key, image, transform)
   lo, hi = synthetic.strength
   s = jax.random.uniform(k_strength, (), jnp.float32, lo, hi)
   blob = random_blob(k_blob, image.shape[0], image.shape[1], synthetic.blob_radius)
   mask = jnp.where(jax.random.uniform(k_kind) < synthetic.blob_fraction, blob, made["mask"])
   pasted = image + s * (made["source"] - image)
-  return {"composite": image * (1.0 - mask) + pasted * mask, "mask": mask}
+  return {"composite": image * (1.0 - mask) + pasted * mask, "target": image, "mask": mask}
 
 
 @flax.struct.dataclass
@@ -351,7 +361,7 @@ class HarmonizationTask(Task):
       keys = example_keys(key, step, batch["index"])
       made = jax.vmap(synthetic_problem, in_axes=(0, 0, None, None))(
           keys, images, self.transform, self.synthetic)
-      ex = {"composite": made["composite"], "target": images, "mask": made["mask"]}
+      ex = {"composite": made["composite"], "target": made["target"], "mask": made["mask"]}
     for name in ("label", "subset"):
       if name in batch:
         ex[name] = batch[name].astype(jnp.int32)

@@ -115,6 +115,22 @@ def test_synthetic_blobs_replace_rectangles_at_their_fraction():
     np.testing.assert_array_equal(kept, rectangle)
 
 
+def test_synthetic_recolor_changes_the_target_with_the_whole_photo():
+  """recolor: the target is the photo after one random T_color (not the photo), the composite
+  equals that target outside the mask, and at strength 0 everywhere."""
+  image = _smooth_images(1, 32)[0] / np.float32(255.0)
+  made = _synthetic(image, 5, recolor=True, strength=(0.0, 0.0))
+  assert np.abs(made["target"] - image).mean() > 0.01
+  np.testing.assert_allclose(made["composite"], made["target"], atol=1e-6)
+  shifted = _synthetic(image, 5, recolor=True)
+  np.testing.assert_allclose(shifted["target"], made["target"], atol=1e-6)
+  outside = np.broadcast_to(shifted["mask"] == 0, image.shape)
+  np.testing.assert_allclose(shifted["composite"][outside], shifted["target"][outside],
+                             atol=1e-6)
+  assert np.abs(shifted["composite"] - shifted["target"]).max() > 0.05
+  np.testing.assert_array_equal(_synthetic(image, 5)["target"], image)
+
+
 def test_synthetic_config_rejects_unknown_keys():
   with pytest.raises(ValueError, match="unknown keys \\['strenght'\\]; use strength"):
     harmonization.SyntheticConfig.from_dict({"strenght": (0.0, 1.0)})
