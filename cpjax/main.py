@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
   compilation.setup()
   partitioning.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                       _HEARTBEAT.value)
-  peers.watch(_HEARTBEAT.value)
+  peers.watch()
   config, workdir = _CONFIG.value, _WORKDIR.value
   try:
     if _MODE.value == "train":

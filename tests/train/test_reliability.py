@@ -180,12 +180,18 @@ def _sigterm_after(monkeypatch, target, name, when):
   monkeypatch.setattr(target, name, wrapped)
 
 
-def test_sigterm_right_after_a_scheduled_save_stops_cleanly(monkeypatch, tmp_path):
-  """SIGTERM just after step 2's scheduled checkpoint: train returns the state of step 2
-  without a second save of that step (before: 'Checkpoint for step 2 already exists')."""
+@pytest.mark.parametrize("async_save", [False, True])
+def test_sigterm_right_after_a_scheduled_save_stops_cleanly(async_save, monkeypatch, tmp_path):
+  """SIGTERM just after step 2's scheduled checkpoint started (with async_save, while it is
+  still being written): train returns the state of step 2 without a second save of that step
+  (before: 'Checkpoint for step 2 already exists'), and the checkpoint is complete."""
   _sigterm_after(monkeypatch, checkpointing.Checkpointer, "save", lambda step, *_: step == 2)
-  state = _train(_tiny(total_steps=5, **{"checkpoint.every_steps": 2}), tmp_path)
+  config = _tiny(total_steps=5, **{"checkpoint.every_steps": 2,
+                                   "checkpoint.async_save": async_save})
+  state = _train(config, tmp_path)
   assert int(state.step) == 2 and _steps(tmp_path) == [2]
+  for a, b in zip(_leaves(system.load(tmp_path).state), _leaves(state)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_sigterm_during_evaluation_stops_after_it(monkeypatch, tmp_path):
