@@ -1,10 +1,13 @@
 """iDIH on the photos bundled with scikit-image: no dataset needed, CPU minutes.
 
-Synthetic harmonisation problems (a random rotated rectangle whose colours are changed by
-T_color; the ground truth is the original photo) on random-resized crops of the 7 training
-photos, evaluated on the 2 held-out photos (chelsea, coffee) x 32 seeded problems each, against
-the unharmonised composite. The paper's loss (FN-MSE) and optimiser at 64 px with a narrow
-iDIH (64 px, depth 5, 16 channels). Variants: '' and 'tiny'.
+Synthetic harmonisation problems on random-resized crops of the 7 training photos: each photo
+recoloured as a whole by one T_color (the ground truth), then a random rotated rectangle or blob
+outline whose colours are changed by T_color at a strength s ~ U(0, 1) (`config.synthetic`, see
+`cpjax.tasks.harmonization`); evaluated the same way on the 2 held-out photos (chelsea, coffee)
+x 32 seeded problems each, against the unharmonised composite. A check on other photos, real
+object silhouettes and mild shifts: `python -m experiments.harmonization_heldout --workdir=W`.
+The paper's loss (FN-MSE) and optimiser at 64 px with a narrow iDIH (64 px, depth 5, 16
+channels). Variants: '' and 'tiny'.
 """
 from __future__ import annotations
 
