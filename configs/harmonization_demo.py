@@ -20,7 +20,7 @@ idih = defaults.load_sibling(__file__, "iharmony4_idih")
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = idih.get_config()
-  c.total_steps = 1500
+  c.total_steps = 1000
   c.batch_size = 16
   c.data.source = "samples:train"
   c.data.image_size = 64
@@ -42,7 +42,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.synthetic = dict(strength=(0.0, 1.0), blob_fraction=0.5, blob_radius=(0.12, 0.3),
                      recolor=True)
   c.loss.min_area = 100.0 * (64 / 256) ** 2   # A_min scaled with the image area
-  c.optim.milestones = (1200,)
+  c.optim.milestones = (800,)
   c.log_every_steps = 50
   c.sample_every_steps = 500
   c.checkpoint.every_steps = 500
