@@ -30,7 +30,6 @@ _ROOT = flags.DEFINE_string("root", None, "Parent directory of the runs' workdir
 _SIGMA = flags.DEFINE_float("base_sigma", 15.0,
                             "The base config's sigma (15 faces, 10 Cityscapes).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
-flags.mark_flag_as_required("root")
 
 
 def variants(sweep: str, base_sigma: float) -> dict[str, dict[str, object]]:
@@ -79,4 +78,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+  flags.mark_flag_as_required("root")   # here, not at import: tests import this module
   app.run(main)

@@ -357,7 +357,7 @@ def test_random_or_converted_trunk_is_accepted(tmp_path):
   assert task.warm_start(state) is state
   c = load_config("iharmony4_idih_hrnet", "w18")
   c.init_from = str(tmp_path)
-  tasks.build(c)
+  tasks.build(c).check_warm_start()
   c.init_from, c.model.hrnet_width = "", "w48"
   with pytest.raises(ValueError, match="model.hrnet_width is 'w48'; use one of w18s, w18, w32"):
-    tasks.build(c)
+    tasks.build(c).check_warm_start()
