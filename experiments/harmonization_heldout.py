@@ -34,7 +34,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "The harmonisation run to check.
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _PER_CELL = flags.DEFINE_integer("per_cell", 8, "Problems per (photo, strength).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the masks, placements and shifts.")
-flags.mark_flag_as_required("workdir")
 
 STRENGTHS = {"mild": 0.1, "medium": 0.2, "strong": 0.35}
 SCORES = ("mse", "fmse", "psnr")
@@ -164,4 +163,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  flags.mark_flag_as_required("workdir")   # here, not at import
   app.run(main)
