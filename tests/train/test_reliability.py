@@ -249,3 +249,16 @@ def test_command_line_mistakes_are_one_line(args, expected, tmp_path):
   assert run.returncode == 2, run.stderr[-2000:]
   assert run.stderr.strip().splitlines() == [run.stderr.strip()], run.stderr[-2000:]
   assert run.stderr.startswith("cpjax.main: ") and expected in run.stderr
+
+
+def test_eval_sweep_skips_a_half_deleted_checkpoint_and_names_it(run_dir):
+  """An old checkpoint with its array files deleted (metadata left): the sweep evaluates the
+  intact one, then ends with one line naming the damaged step (not a pytree structure error)."""
+  subprocess.run(["rm", "-r", str(run_dir / "checkpoints" / "1" / "state" / "ocdbt.process_0")],
+                 check=True)
+  for result in (run_dir / "eval").glob("step_*.json"):
+    result.unlink()
+  with pytest.raises(ValueError, match=r"evaluated steps \[2\]; skipped damaged checkpoints: "
+                                        r"the checkpoint of step 1 is damaged"):
+    trainer.eval_sweep(_tiny(), run_dir, devices=jax.devices()[:1])
+  assert (run_dir / "eval" / "step_00000002.json").exists()
