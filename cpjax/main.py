@@ -46,7 +46,7 @@ class _OwnInfoOnly(logging_lib.Filter):
   def filter(self, record: logging_lib.LogRecord) -> bool:
     own = ("/cpjax/", "/data_pipelines/", "/experiments/")
     if ("/orbax/checkpoint/_src/futures/" in record.pathname
-        or record.getMessage().endswith("exception was never retrieved")):
+        or "exception was never retrieved" in record.getMessage().split("\n", 1)[0]):
       return False   # a failed save's writes, each with its traceback: cpjax reports it once
     return record.levelno >= logging_lib.WARNING or any(p in record.pathname for p in own)
 
