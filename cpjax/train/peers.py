@@ -22,6 +22,7 @@ key-value store, read by the others) stopped. A peer must stay silent for more t
 """
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import ctypes
 import os
@@ -167,3 +168,6 @@ def watch() -> None:
   handler = _ABORT_HANDLER_TYPE(_on_abort)
   _libc().signal(signal.SIGABRT, ctypes.cast(handler, ctypes.c_void_p))
   _installed.append(handler)
+  # At exit the interpreter is torn down: an abort then (jax.distributed's shutdown) must not
+  # call back into Python.
+  atexit.register(lambda: _libc().signal(signal.SIGABRT, None))
