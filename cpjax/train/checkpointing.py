@@ -130,12 +130,11 @@ class Checkpointer:
   """Saves and restores train state + data-iterator state + config."""
 
   def __init__(self, workdir: str | pathlib.Path, *, max_to_keep: int | None = 3,
-               save_interval_steps: int = 1000, async_save: bool = True,
-               read_only: bool = False):
+               async_save: bool = True, read_only: bool = False):
     self.workdir = pathlib.Path(workdir).absolute()
     self.directory = self.workdir / "checkpoints"
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, save_interval_steps=max(1, save_interval_steps),
+        max_to_keep=max_to_keep,
         enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
         cleanup_tmp_directories=not read_only)
     self._manager = ocp.CheckpointManager(
@@ -163,8 +162,8 @@ class Checkpointer:
                                   _reason(error))
 
   def save(self, step: int, state: Any, data_iterator: Any | None,
-           config: ml_collections.ConfigDict, *, force: bool = False) -> bool:
-    """Starts saving `step` (if due by the save interval, or `force`); returns whether it did.
+           config: ml_collections.ConfigDict) -> None:
+    """Starts saving `step` (the caller decides when one is due: the trainer's loop).
 
     Raises:
       CheckpointSaveError: this save, or the one still in flight, failed.
@@ -175,11 +174,9 @@ class Checkpointer:
       items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
     self.wait()
     self._saving = step
-    saved = self._checked(lambda: self._manager.save(step, args=ocp.args.Composite(**items),
-                                                     force=force))
+    self._checked(lambda: self._manager.save(step, args=ocp.args.Composite(**items), force=True))
     if not self._async:
       self._saving = None
-    return saved
 
   def _checked(self, fn: Any) -> Any:
     """Runs a save or a wait; a failure becomes a CheckpointSaveError naming the step."""

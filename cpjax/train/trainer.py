@@ -106,7 +106,7 @@ class _Run:
     self.workdir = pathlib.Path(workdir)
     self.system = system_lib.System(config, devices)
     self.task, self.mesh, self.root_key = self.system.task, self.system.mesh, self.system.root_key
-    # The loop decides when to save (`_save_due`), so orbax's own interval is not used.
+    # The loop decides when to save (`save_due`).
     self.checkpointer = checkpointing.Checkpointer(
         self.workdir, max_to_keep=config.checkpoint.max_to_keep,
         async_save=config.checkpoint.async_save)
@@ -414,7 +414,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
       if preemption.should_stop(step, run.checkpointer):
         _flush(pending, last_saved, run, writer, progress, skipped_files, step)
         if last_saved != step:   # a scheduled save of this step may have just happened
-          run.checkpointer.save(step, state, data, config, force=True)
+          run.checkpointer.save(step, state, data, config)
         run.checkpointer.wait()
         logging.warning("preempted: saved the checkpoint of step %d; exiting.", step)
         return state
@@ -432,7 +432,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
         _flush(pending, last_saved, run, writer, progress, skipped_files, step)
         pending = []
       if save_due:
-        run.checkpointer.save(step, state, data, config, force=True)
+        run.checkpointer.save(step, state, data, config)
         last_saved = step
       if config.sample_every_steps and (step % config.sample_every_steps == 0 or final):
         writer.grid(step, "train", run.samples(state, batch, run.root_key))

@@ -30,7 +30,7 @@ def random_checkpoint(config, workdir) -> str:
 
   state = jax.tree_util.tree_map_with_path(fill, shapes)
   checkpointer = checkpointing.Checkpointer(workdir, async_save=False)
-  checkpointer.save(1, state, None, config, force=True)
+  checkpointer.save(1, state, None, config)
   checkpointer.close()
   return str(workdir)
 

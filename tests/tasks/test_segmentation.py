@@ -141,7 +141,7 @@ def _save_stage(workdir, config, params_seed):
   state = shapes.replace(params=numpy_params(shapes.params, params_seed))
   state = state.replace(opt_state=task.tx.init(state.params), step=np.int32(0))
   checkpointer = checkpointing.Checkpointer(workdir, async_save=False)
-  checkpointer.save(1, state, None, config, force=True)
+  checkpointer.save(1, state, None, config)
   checkpointer.close()
   return state.params
 
@@ -166,7 +166,7 @@ def test_staged_initialisation_copies_shared_modules(tmp_path):
     assert leaves_equal(p16[name], fresh16.params[name]), name
   state16 = fresh16.replace(params=p16)
   checkpointer = checkpointing.Checkpointer(tmp_path / "s16", async_save=False)
-  checkpointer.save(1, state16, None, task16.config, force=True)
+  checkpointer.save(1, state16, None, task16.config)
   checkpointer.close()
   task8, fresh8 = _fresh(_tiny(**{"model.variant": "8s", "init_from": str(tmp_path / "s16")}))
   p8 = jax.device_get(task8.warm_start(fresh8).params)

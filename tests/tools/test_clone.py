@@ -152,7 +152,7 @@ def fcn_workdir(tmp_path_factory):
   params = _bright_detector(shapes.params)
   state = shapes.replace(step=np.int32(0), params=params, opt_state=task.tx.init(params))
   checkpointer = checkpointing.Checkpointer(workdir, async_save=False)
-  checkpointer.save(1, state, None, config, force=True)
+  checkpointer.save(1, state, None, config)
   checkpointer.close()
   return str(workdir)
 
