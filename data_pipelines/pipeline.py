@@ -1,13 +1,15 @@
 """Host-side input pipelines of the training loop: grain datasets of uint8 image batches.
 
 Data config fields (`default_data_config()` gives a ConfigDict with the defaults; a plain dict
-works too and missing fields take the defaults). "Off" values are 0 or '' rather than None, so
+works too and missing fields take the defaults; an unknown field is an error). "Off" values are 0 or '' rather than None, so
 that every field can be set from the command line (ml_collections makes no flag for a None field);
 None is accepted too:
 
   source        spec string of the images, see `data_pipelines.sources` ('folder:/path',
                 'cityscapes:/root:split', 'tfds:NAME[/CONFIG][:VERSION]:SPLIT[@DATA_DIR]',
                 'samples', 'samples:train', 'samples:eval').              default 'samples'
+  missing_hint  how to obtain the dataset, said when `source` is unset (the trainer).
+                                                                           default ''
   image_size    crop size: int (square) or (h, w).                         default 256
   resize        0 (keep), int (shorter side to this, aspect kept) or (h, w) (exact): applied
                 to the whole image before cropping, e.g. (512, 1024) for Cityscapes 1024x2048.
@@ -20,14 +22,9 @@ None is accepted too:
   prefetch      batches prepared ahead (per worker with workers > 0); also the number of reader
                 threads; 0 reads synchronously.                            default 2
   image_key     image feature of a TFDS source.                            default 'image'
-  max_examples  evaluation only: use the first max_examples examples (0 = all).
-                                                                           default 0
-  repeats       evaluation only: each item yields this many consecutive examples with distinct
-                'index' (tasks that draw random problems per example, like copy-paste, then
-                evaluate several problems per held-out image).             default 1
   augment       training geometry: 'crop' (below), 'random_resized_crop' (torchvision's
                 RandomResizedCrop to image_size, then flip) or 'pad' (the whole image: resize,
-                flip, then pad bottom/right up to image_size as eval_mode 'pad' does; images
+                flip, then pad bottom/right up to image_size as eval mode 'pad' does; images
                 of any size up to image_size train at one shape, e.g. FCN on whole VOC images
                 at 500x500 with the labels' padding ignored; a larger item is an error).
                                                                            default 'crop'
@@ -41,15 +38,6 @@ None is accepted too:
                 resample='linear' does here to 8-bit rounding). Draws come from the example's
                 generator, so the result depends on (seed, stream position) only.
                                                                            default ''
-  eval_mode     evaluation geometry: 'center' (resize -> cover -> center crop), 'resize' (every
-                field resized exactly to image_size, as the iHarmony4 reference evaluates) or
-                'pad' (resize, then pad bottom/right up to image_size with each field kind's
-                fill, images `pad_color`; a larger item is an error) or 'full' ('resize', and
-                beside it every field at its own resolution padded bottom/right to full_size
-                as '<field>_full', with 'full_extent' int32 [2] = its (h, w): metrics at full
-                resolution). The trainer sets it from eval.mode.           default 'center'
-  full_size     the padded canvas of eval_mode 'full': int or (h, w); an item larger than it is
-                an error. The trainer sets it from eval.full_size.         default 0
   pad_color     RGB 0..255 of the image padding of 'pad' (training and evaluation); masks pad
                 with 0 and labels with 255 (ignored). E.g. the network's mean input colour, so
                 that the padding reads as the zeros of the network's own padding.
@@ -94,13 +82,26 @@ each bad path once per process. If no item decodes the pipeline raises. The iter
 `DatasetIterator`: `get_state()` / `set_state()` save and restore the position (also with
 workers > 0), so a restarted run continues the same stream.
 
-Evaluation (`eval_dataset`, `eval_batches`): examples 0 .. N-1 (example j is item
-j // repeats) in source order (no shuffle),
-center crop, no flip, the same contiguous split of each global batch over processes; the last
-global batch is padded with zero images. Batches: image uint8 [B/P, h, w, 3], index int32 [B/P]
-(the example's position, also on padding), valid bool [B/P] (False on padding). An item
-that cannot be decoded raises an error naming the file. With data.mask_source, example j's
-'object_mask' is drawn with `mask_folder.mask_rng(0, j)`: the same at every evaluation.
+Evaluation (`eval_dataset`, `eval_batches`) takes the data config for how items are read and
+the trainer's eval.* settings as keyword arguments of the same names: `source` (default
+data.source), `num_examples` (0 = all), `repeats`, `mode` and `full_size`. Examples 0 .. N-1
+(example j is item j // repeats, so tasks that draw random problems per example evaluate
+several per image) in source order (no shuffle), no flip, the same contiguous split of each
+global batch over processes; the last global batch is padded with zero images. `mode` is the
+geometry:
+
+  'center'  resize -> cover -> center crop (as training's 'crop', without the randomness);
+  'resize'  every field resized exactly to image_size (as the iHarmony4 reference evaluates);
+  'pad'     resize, then pad bottom/right up to image_size with each field kind's fill (images
+            `pad_color`); a larger item is an error;
+  'full'    'resize', and beside it every field at its own resolution padded bottom/right to
+            `full_size` (int or (h, w); a larger item is an error) as '<field>_full', with
+            'full_extent' int32 [2] = its (h, w): metrics at full resolution.
+
+Batches: image uint8 [B/P, h, w, 3], index int32 [B/P] (the example's position, also on
+padding), valid bool [B/P] (False on padding). An item that cannot be decoded raises an error
+naming the file. With data.mask_source, example j's 'object_mask' is drawn with
+`mask_folder.mask_rng(0, j)`: the same at every evaluation.
 
 grain worker processes (workers > 0) need absl flags parsed: run under `absl.app.run`, or call
 `absl.flags.FLAGS.mark_as_parsed()` first (tests do).
@@ -108,6 +109,7 @@ grain worker processes (workers > 0) need absl flags parsed: run under `absl.app
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import sys
 import threading
 from typing import Any, Iterator, Mapping, Union
@@ -125,11 +127,10 @@ from data_pipelines import sources
 Batch = dict[str, np.ndarray]
 DataConfig = Union[ml_collections.ConfigDict, Mapping[str, Any]]
 
-_DEFAULTS = dict(source="samples", image_size=256, resize=0, crop="random", flip=True,
-                 workers=0, prefetch=2, image_key="image", max_examples=0, repeats=1,
-                 augment="crop", scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), keep_foreground="",
-                 eval_mode="center", full_size=0, pad_color=(0, 0, 0), resample="antialias",
-                 mask_source="", mask_size=(0.2, 0.5))
+_DEFAULTS = dict(source="samples", missing_hint="", image_size=256, resize=0, crop="random",
+                 flip=True, workers=0, prefetch=2, image_key="image", augment="crop",
+                 scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), keep_foreground="", pad_color=(0, 0, 0),
+                 resample="antialias", mask_source="", mask_size=(0.2, 0.5))
 _CROPS = ("random", "center")
 _AUGMENTS = ("crop", "random_resized_crop", "pad")
 _EVAL_MODES = ("center", "resize", "pad", "full")
@@ -155,22 +156,34 @@ class _Settings:
   workers: int
   prefetch: int
   image_key: str
-  max_examples: int | None
-  repeats: int
   augment: str
   scale: tuple[float, float]
   ratio: tuple[float, float]
   keep_foreground: str | None
-  eval_mode: str
-  full_size: tuple[int, int] | None
   pad_color: tuple[int, int, int]
   resample: str
   mask_source: str
   mask_size: tuple[float, float]
 
 
+@dataclasses.dataclass(frozen=True)
+class _EvalSettings:
+  """Checked evaluation settings (the trainer's eval.* fields of the same names)."""
+  num_examples: int | None
+  repeats: int
+  mode: str
+  full_size: tuple[int, int] | None
+
+
 def _settings(cfg: DataConfig) -> _Settings:
-  """Read and check a data config; missing fields take their defaults."""
+  """Read and check a data config; missing fields take their defaults, unknown ones are refused.
+  """
+  unknown = sorted(set(cfg) - set(_DEFAULTS))
+  if unknown:
+    hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
+        k, _DEFAULTS, n=1)) else repr(k) for k in unknown]
+    raise ValueError(f"unknown data config field {', '.join(hints)}; the fields are "
+                     f"{', '.join(_DEFAULTS)}")
   get = lambda key: cfg.get(key, _DEFAULTS[key])  # pylint: disable=unnecessary-lambda-assignment
   crop = get("crop")
   if crop not in _CROPS:
@@ -183,23 +196,11 @@ def _settings(cfg: DataConfig) -> _Settings:
   workers, prefetch = int(get("workers")), int(get("prefetch"))
   if workers < 0 or prefetch < 0:
     raise ValueError(f"data.workers ({workers}) and data.prefetch ({prefetch}) must be >= 0")
-  max_examples = get("max_examples") or None   # 0 / None: all
-  if max_examples is not None and int(max_examples) < 0:
-    raise ValueError(f"data.max_examples is {max_examples}; use a positive number, or 0 for all")
-  repeats = int(get("repeats"))
-  if repeats < 1:
-    raise ValueError(f"data.repeats is {repeats}; use 1 or more")
-  augment, eval_mode, resample = get("augment"), get("eval_mode"), get("resample")
+  augment, resample = get("augment"), get("resample")
   if resample not in image_ops.RESAMPLES:
     raise ValueError(f"data.resample is {resample!r}; use one of {', '.join(image_ops.RESAMPLES)}")
   if augment not in _AUGMENTS:
     raise ValueError(f"data.augment is {augment!r}; use one of {', '.join(_AUGMENTS)}")
-  if eval_mode not in _EVAL_MODES:
-    raise ValueError(f"eval mode is {eval_mode!r}; use one of {', '.join(_EVAL_MODES)}")
-  full_size = get("full_size") or None
-  if eval_mode == "full" and full_size is None:
-    raise ValueError("eval mode 'full' needs the padded full-resolution canvas: set "
-                     "eval.full_size (data.full_size) to the largest image's (h, w) or more")
   pad_color = tuple(int(v) for v in get("pad_color"))
   if len(pad_color) != 3 or not all(0 <= v <= 255 for v in pad_color):
     raise ValueError(f"data.pad_color is {pad_color}; use an RGB colour (r, g, b) in 0..255")
@@ -210,13 +211,27 @@ def _settings(cfg: DataConfig) -> _Settings:
     raise ValueError(f"data.ratio is {ratio}; use (low, high) with 0 < low <= high")
   return _Settings(source=get("source"), image_size=image_ops.pair(get("image_size")),
                    resize=resize, crop=crop, flip=bool(get("flip")), workers=workers,
-                   prefetch=prefetch, image_key=get("image_key"),
-                   max_examples=None if max_examples is None else int(max_examples),
-                   repeats=repeats, augment=augment, scale=scale, ratio=ratio,
-                   keep_foreground=get("keep_foreground") or None, eval_mode=eval_mode,
-                   full_size=None if full_size is None else image_ops.pair(full_size),
+                   prefetch=prefetch, image_key=get("image_key"), augment=augment,
+                   scale=scale, ratio=ratio, keep_foreground=get("keep_foreground") or None,
                    pad_color=pad_color, resample=resample, mask_source=get("mask_source") or "",
                    mask_size=tuple(get("mask_size")))
+
+
+def _eval_settings(num_examples: int | None, repeats: int, mode: str,
+                   full_size: Any) -> _EvalSettings:
+  """Check the evaluation settings; num_examples and full_size 0 / None = off."""
+  if num_examples is not None and int(num_examples) < 0:
+    raise ValueError(f"eval.num_examples is {num_examples}; use a positive number, or 0 for all")
+  if int(repeats) < 1:
+    raise ValueError(f"eval.repeats is {repeats}; use 1 or more")
+  if mode not in _EVAL_MODES:
+    raise ValueError(f"eval.mode is {mode!r}; use one of {', '.join(_EVAL_MODES)}")
+  if mode == "full" and not full_size:
+    raise ValueError("eval.mode 'full' needs the padded full-resolution canvas: set "
+                     "eval.full_size to the largest image's (h, w) or more")
+  return _EvalSettings(num_examples=int(num_examples) if num_examples else None,
+                       repeats=int(repeats), mode=mode,
+                       full_size=image_ops.pair(full_size) if full_size else None)
 
 
 def _local_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
@@ -306,35 +321,40 @@ def _pad_geometry(example: dict[str, Any], fields: Fields, settings: _Settings, 
           for k, v in out.items()}
 
 
-def _prepare(example: dict[str, Any], fields: Fields, settings: _Settings,
-             rng: np.random.Generator | None) -> dict[str, np.ndarray]:
-  """The geometry of one example, the same for all its aligned fields.
-
-  Training (rng given): 'crop' or 'random_resized_crop', then a flip with probability 1/2; or
-  'pad', which flips before padding (the padding stays bottom/right).
-  Evaluation (rng None): settings.eval_mode.
-  """
-  path = str(example.get("path", "<item>"))
-  if rng is not None and settings.augment == "pad":
-    out = _pad_geometry(example, fields, settings, path,
+def _prepare_train(example: dict[str, Any], fields: Fields, settings: _Settings,
+                   rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """The random geometry of one training example, the same for all its aligned fields:
+  'crop' or 'random_resized_crop', then a flip with probability 1/2; or 'pad', which flips
+  before padding (the padding stays bottom/right)."""
+  if settings.augment == "pad":
+    out = _pad_geometry(example, fields, settings, str(example.get("path", "<item>")),
                         flip=settings.flip and rng.random() < 0.5,
                         otherwise="shrink the images with data.resize")
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
-  if rng is None and settings.eval_mode in ("resize", "full"):
-    out = _resize_all(example, fields, settings.image_size, settings.resample)
-    if settings.eval_mode == "full":
-      out.update({f"{k}_full": image_ops.pad_field(example[k], settings.full_size, kind, path,
-                                                   setting="eval.full_size")
-                  for k, kind in fields.items()})
-      out["full_extent"] = np.asarray(example["image"].shape[:2], np.int32)
-  elif rng is None and settings.eval_mode == "pad":
-    out = _pad_geometry(example, fields, settings, path)
-  elif rng is not None and settings.augment == "random_resized_crop":
+  if settings.augment == "random_resized_crop":
     out = _random_resized_crop(example, fields, settings, rng)
   else:
     out = _crop_geometry(example, fields, settings, rng)
-  if rng is not None and settings.flip and rng.random() < 0.5:
+  if settings.flip and rng.random() < 0.5:
     out = {k: image_ops.flip_left_right(v) for k, v in out.items()}
+  return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def _prepare_eval(example: dict[str, Any], fields: Fields, settings: _Settings,
+                  evaluation: _EvalSettings) -> dict[str, np.ndarray]:
+  """The geometry of one evaluation example (`evaluation.mode`, module docstring)."""
+  path = str(example.get("path", "<item>"))
+  if evaluation.mode in ("resize", "full"):
+    out = _resize_all(example, fields, settings.image_size, settings.resample)
+    if evaluation.mode == "full":
+      out.update({f"{k}_full": image_ops.pad_field(example[k], evaluation.full_size, kind, path,
+                                                   setting="eval.full_size")
+                  for k, kind in fields.items()})
+      out["full_extent"] = np.asarray(example["image"].shape[:2], np.int32)
+  elif evaluation.mode == "pad":
+    out = _pad_geometry(example, fields, settings, path)
+  else:
+    out = _crop_geometry(example, fields, settings, None)
   return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
@@ -421,7 +441,7 @@ class _TrainExample:
     example, skipped = _read_skipping(self._source, int(self._order[position]) % self._n)
     _check_item(example, self._fields, str(example.get("path", position)))
     rng = np.random.default_rng([self._seed, position])
-    out = _with_scalars(_prepare(example, self._fields, self._settings, rng), example,
+    out = _with_scalars(_prepare_train(example, self._fields, self._settings, rng), example,
                         self._scalars)
     out = _with_object_mask(out, self._masks, self._seed, position, self._settings.image_size)
     return {**out, "index": np.int32(position % 2**31), "skipped": np.int32(skipped)}
@@ -430,9 +450,11 @@ class _TrainExample:
 class _EvalExample:
   """Local example j of a process -> {fields..., scalars..., 'index', 'valid'}; fill past the end."""
 
-  def __init__(self, source, settings: _Settings, num_examples: int, batch_size: int,
-               local_batch: int, process_index: int, masks: mask_folder.MaskFolder | None):
+  def __init__(self, source, settings: _Settings, evaluation: _EvalSettings, num_examples: int,
+               batch_size: int, local_batch: int, process_index: int,
+               masks: mask_folder.MaskFolder | None):
     self._source, self._settings, self._num_examples = source, settings, num_examples
+    self._evaluation = evaluation
     self._masks = masks
     self._fields, self._scalars = sources.source_fields(source), sources.source_scalars(source)
     self._batch_size, self._local_batch, self._process_index = (
@@ -441,14 +463,14 @@ class _EvalExample:
   def __call__(self, local: int) -> dict[str, np.ndarray]:
     position = _global_position(local, self._batch_size, self._local_batch, self._process_index)
     if position >= self._num_examples:
-      out = _padding_example(self._fields, self._settings)
+      out = _padding_example(self._fields, self._settings.image_size, self._evaluation)
       out.update({k: np.int32(0) for k in self._scalars})
       out = _with_object_mask(out, self._masks, 0, position, self._settings.image_size)
       return {**out, "index": np.int32(position), "valid": np.bool_(False)}
-    example = self._source[position // self._settings.repeats]  # a DecodeError names the file
+    example = self._source[position // self._evaluation.repeats]  # a DecodeError names the file
     _check_item(example, self._fields, str(example.get("path", position)))
-    out = _with_scalars(_prepare(example, self._fields, self._settings, None), example,
-                        self._scalars)
+    out = _with_scalars(_prepare_eval(example, self._fields, self._settings, self._evaluation),
+                        example, self._scalars)
     out = _with_object_mask(out, self._masks, 0, position, self._settings.image_size)
     return {**out, "index": np.int32(position), "valid": np.bool_(True)}
 
@@ -459,13 +481,14 @@ def _padding_field(kind: str, size: tuple[int, int]) -> np.ndarray:
   return np.zeros((*size, *channels), np.uint8)
 
 
-def _padding_example(fields: Fields, settings: _Settings) -> dict[str, np.ndarray]:
-  """The fields of an evaluation padding example, shaped as `_prepare` shapes real ones."""
-  out = {k: _padding_field(kind, settings.image_size) for k, kind in fields.items()}
-  if settings.eval_mode == "full":
-    out.update({f"{k}_full": _padding_field(kind, settings.full_size)
+def _padding_example(fields: Fields, image_size: tuple[int, int], evaluation: _EvalSettings
+                     ) -> dict[str, np.ndarray]:
+  """The fields of an evaluation padding example, shaped as `_prepare_eval` shapes real ones."""
+  out = {k: _padding_field(kind, image_size) for k, kind in fields.items()}
+  if evaluation.mode == "full":
+    out.update({f"{k}_full": _padding_field(kind, evaluation.full_size)
                 for k, kind in fields.items()})
-    out["full_extent"] = np.asarray(settings.full_size, np.int32)
+    out["full_extent"] = np.asarray(evaluation.full_size, np.int32)
   return out
 
 
@@ -529,16 +552,20 @@ def train_iterator(data_cfg: DataConfig, *, global_batch_size: int, seed: int,
                             process_index=process_index, process_count=process_count))
 
 
-def eval_dataset(data_cfg: DataConfig, *, batch_size: int, process_index: int = 0,
+def eval_dataset(data_cfg: DataConfig, *, batch_size: int, source: str | None = None,
+                 num_examples: int = 0, repeats: int = 1, mode: str = "center",
+                 full_size: Any = 0, process_index: int = 0,
                  process_count: int = 1) -> grain.IterDataset:
   """This process's finite, ordered evaluation batches (see the module docstring).
 
   Args:
-    data_cfg: data config; `crop` and `flip` are ignored (center crop, no flip);
-      `max_examples` limits the number of examples; `repeats` > 1 yields each image that many
-      times in a row (with distinct 'index', so tasks that draw per-example random problems,
-      like copy-paste, evaluate several problems per image).
+    data_cfg: data config: how items are read and resized; `crop`, `flip` and the training
+      geometry (`augment`, `scale`, `ratio`, `keep_foreground`) are not used.
     batch_size: global batch size B, divisible by process_count.
+    source: the evaluation images (default data_cfg's source).
+    num_examples: the first N examples (0 = all: items x repeats).
+    repeats: each item yields this many consecutive examples with distinct 'index'.
+    mode, full_size: the geometry, 'center', 'resize', 'pad' or 'full' (module docstring).
     process_index, process_count: this process and the number of processes (P).
 
   Returns:
@@ -546,26 +573,28 @@ def eval_dataset(data_cfg: DataConfig, *, batch_size: int, process_index: int = 
     'index': int32 [B/P], 'valid': bool [B/P]}.
   """
   settings = _settings(data_cfg)
+  if source:
+    settings = dataclasses.replace(settings, source=source)
+  evaluation = _eval_settings(num_examples, repeats, mode, full_size)
   local_batch = _local_batch_size(batch_size, process_index, process_count)
-  source = sources.make_source(settings.source, image_key=settings.image_key)
-  num_examples = len(source) * settings.repeats
-  if settings.max_examples is not None:
-    num_examples = min(num_examples, settings.max_examples)
-  if num_examples < process_count:
-    raise ValueError(f"evaluation data {settings.source} has {num_examples} examples, fewer than "
+  items = sources.make_source(settings.source, image_key=settings.image_key)
+  n = len(items) * evaluation.repeats
+  if evaluation.num_examples is not None:
+    n = min(n, evaluation.num_examples)
+  if n < process_count:
+    raise ValueError(f"evaluation data {settings.source} has {n} examples, fewer than "
                      f"the {process_count} processes; use more examples or fewer processes")
-  num_batches = -(-num_examples // batch_size)
-  element = _EvalExample(source, settings, num_examples, batch_size, local_batch, process_index,
+  num_batches = -(-n // batch_size)
+  element = _EvalExample(items, settings, evaluation, n, batch_size, local_batch, process_index,
                          _mask_folder(settings))
   ds = grain.MapDataset.range(num_batches * local_batch).map(element).batch(local_batch)
   return _to_iter_dataset(ds, settings)
 
 
-def eval_batches(data_cfg: DataConfig, *, batch_size: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[Batch]:
-  """Yield the `eval_dataset` batches once; worker processes are closed at the end."""
-  iterator = iter(eval_dataset(data_cfg, batch_size=batch_size, process_index=process_index,
-                               process_count=process_count))
+def eval_batches(data_cfg: DataConfig, *, batch_size: int, **kwargs: Any) -> Iterator[Batch]:
+  """Yield the `eval_dataset` batches once (same arguments); worker processes are closed at the
+  end."""
+  iterator = iter(eval_dataset(data_cfg, batch_size=batch_size, **kwargs))
   try:
     yield from iterator
   finally:

@@ -70,13 +70,13 @@ def test_command_line_sets_fields_a_variant_switched_off(monkeypatch):
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   argv = ["prog", f"--config={REPO / 'configs' / 'harmonization_demo.py'}",
           "--config.data.keep_foreground=mask", "--config.data.resize=96",
-          "--config.data.max_examples=3"]
+          "--config.eval.num_examples=3"]
   monkeypatch.setattr("sys.argv", argv)   # config_flags reads the overrides from sys.argv
   values = flags.FlagValues()
   config = config_flags.DEFINE_config_file("config", flag_values=values)
   values(argv)
   assert (config.value.data.keep_foreground, config.value.data.resize) == ("mask", 96)
-  assert config.value.data.max_examples == 3
+  assert config.value.eval.num_examples == 3
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -20,8 +20,8 @@ def trainer_config() -> ml_collections.ConfigDict:
   c.sample_every_steps = 1000            # 0 = never (a grid is still written at the end)
   c.profile_steps = ""                   # 'A,B': jax.profiler trace of train steps A..B
   c.checkpoint = dict(every_steps=1000, max_to_keep=3, async_save=True)
-  # repeats: examples drawn from each eval image (tasks with random problems per example).
-  # mode, full_size: evaluation geometry (`data.eval_mode`, `data.full_size`).
+  # source, num_examples (0 = all), repeats (examples per eval image: tasks with random problems
+  # per example), mode and full_size (the geometry) are `pipeline.eval_dataset`'s arguments.
   c.eval = dict(source="", num_examples=64, repeats=1, batch_size=8, every_steps=0, step=-1,
                 follow=False, poll_secs=60.0, seed=1234, mode="center", full_size=0)
   return c

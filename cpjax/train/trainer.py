@@ -13,8 +13,9 @@ Used by every task (`cpjax.tasks`). Config fields read here (each config sets th
   profile_steps ('A,B': trace of steps A..B), checkpoint.max_to_keep, checkpoint.async_save,
   eval.source, eval.num_examples, eval.repeats, eval.batch_size,
   eval.every_steps (0 = only at the end), eval.step (-1 = latest), eval.follow, eval.poll_secs,
-  eval.seed, eval.mode (evaluation geometry, `data.eval_mode`; default center), eval.full_size
-  (`data.full_size`, the canvas of eval.mode 'full').
+  eval.seed, eval.mode and eval.full_size (the evaluation geometry; these and eval.source,
+  eval.num_examples, eval.repeats are `data_pipelines.pipeline.eval_dataset`'s arguments of the
+  same names).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import pathlib
 import signal
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -150,15 +151,14 @@ class _Run:
     """`_eval_sums` of the task's baselines (`Task.baseline_step`)."""
     return _valid_sums(self.task.baseline_step(batch, key), batch["valid"])
 
-  def eval_data_config(self) -> ml_collections.ConfigDict:
-    data = ml_collections.ConfigDict(self.config.data.to_dict())
-    data.source = self.config.eval.source
-    data.crop, data.flip = "center", False
-    data.eval_mode = self.config.eval.get("mode", "center")
-    data.full_size = self.config.eval.get("full_size", 0)
-    data.max_examples = self.config.eval.num_examples
-    data.repeats = self.config.eval.get("repeats", 1)
-    return data
+  def eval_data(self, reader: Callable[..., Any] = pipeline.eval_batches) -> Any:
+    """This process's evaluation batches: `reader` (`pipeline.eval_batches` or
+    `pipeline.eval_dataset`) called with data.* and the eval.* settings."""
+    e = self.config.eval
+    return reader(self.config.data, batch_size=e.batch_size, source=e.source,
+                  num_examples=e.num_examples, repeats=e.repeats, mode=e.mode,
+                  full_size=e.full_size, process_index=jax.process_index(),
+                  process_count=jax.process_count())
 
   def evaluate(self, state: Any, step: int) -> dict[str, float]:
     """Runs the task's evaluation over the eval set; writes JSON, scalars and a sample grid."""
@@ -171,9 +171,7 @@ class _Run:
     baselines: dict[str, np.ndarray] = {}
     count = 0.0
     first = True
-    for local in pipeline.eval_batches(self.eval_data_config(), batch_size=eval_cfg.batch_size,
-                                       process_index=jax.process_index(),
-                                       process_count=jax.process_count()):
+    for local in self.eval_data():
       batch = partitioning.global_batch(local, self.mesh)
       sums, n = jax.device_get(self.eval_fn(state, batch, eval_key))
       _accumulate(totals, sums)
@@ -220,7 +218,7 @@ def _accumulate(totals: dict[str, np.ndarray], sums: dict[str, Any]) -> None:
 def _require_source(spec: str, config: ml_collections.ConfigDict, what: str) -> None:
   """A config without data names the flag that sets it (the config's own hint if it has one)."""
   if not spec:
-    hint = config.data.get("missing_hint") or f"set --config.{what}=folder:/path/to/images"
+    hint = config.data.missing_hint or f"set --config.{what}=folder:/path/to/images"
     raise ValueError(f"no {what.replace('.source', '')} data configured: {hint}")
 
 
@@ -262,8 +260,7 @@ def _check_eval_data(run: _Run) -> None:
   """Opens the evaluation set (without reading it): a bad eval.source is reported before
   training, not after it."""
   try:
-    pipeline.eval_dataset(run.eval_data_config(), batch_size=run.config.eval.batch_size,
-                          process_index=jax.process_index(), process_count=jax.process_count())
+    run.eval_data(pipeline.eval_dataset)
   except (ValueError, OSError) as e:
     raise ValueError(f"--config.eval.source={run.config.eval.source}: {e} (checked before "
                      "training, which evaluates at the end)") from e

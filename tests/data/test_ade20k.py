@@ -55,7 +55,7 @@ def test_missing_dataset_says_where_to_get_it(tmp_path):
 
 def test_labels_resize_with_nearest_in_the_pipeline(tree):
   """Evaluation at another size keeps only class ids that exist (no interpolated ids)."""
-  data = dict(source=f"ade20k:{tree}", image_size=(12, 20), eval_mode="resize")
-  batch = next(iter(pipeline.eval_dataset(data, batch_size=2)))
+  data = dict(source=f"ade20k:{tree}", image_size=(12, 20))
+  batch = next(iter(pipeline.eval_dataset(data, batch_size=2, mode="resize")))
   assert batch["label"].shape == (2, 12, 20)
   assert set(np.unique(batch["label"])) == {0, 24, 25, 255}

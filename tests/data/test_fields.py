@@ -134,7 +134,7 @@ def test_keep_foreground_redraws_empty_crops():
     fields = sources.source_fields(source)
     hits = 0
     for i in range(128):
-      out = pipeline._prepare(source[i], fields, cfg, np.random.default_rng([0, i]))
+      out = pipeline._prepare_train(source[i], fields, cfg, np.random.default_rng([0, i]))
       hits += pipeline._foreground_pixels(out["mask"]) > 1
     return hits / 128
 
@@ -144,18 +144,18 @@ def test_keep_foreground_redraws_empty_crops():
 
 
 def test_eval_resize_mode(field_source):
-  """eval_mode='resize' resizes every field exactly to image_size (no crop)."""
+  """Eval mode 'resize' resizes every field exactly to image_size (no crop)."""
   batch = next(pipeline.eval_batches(
-      dict(source=field_source, image_size=(8, 12), eval_mode="resize"), batch_size=4))
+      dict(source=field_source, image_size=(8, 12)), batch_size=4, mode="resize"))
   expected = image_ops.resize(_item(0, 20, 20)["image"], (8, 12))
   np.testing.assert_array_equal(batch["image"][0], expected)
   assert batch["mask"].shape == (4, 8, 12, 1) and batch["label"].shape == (4, 8, 12)
 
 
 def test_eval_pad_mode(field_source):
-  """eval_mode='pad' keeps the item whole and pads with 0 (image, mask) and 255 (label)."""
+  """Eval mode 'pad' keeps the item whole and pads with 0 (image, mask) and 255 (label)."""
   batch = next(pipeline.eval_batches(
-      dict(source=field_source, image_size=(24, 26), eval_mode="pad"), batch_size=4))
+      dict(source=field_source, image_size=(24, 26)), batch_size=4, mode="pad"))
   item = _item(1, 20, 20)
   np.testing.assert_array_equal(batch["image"][1, :20, :20], item["image"])
   np.testing.assert_array_equal(batch["label"][1, :20, :20], item["label"])
@@ -166,8 +166,8 @@ def test_eval_pad_mode(field_source):
 def test_eval_pad_mode_rejects_larger_items(field_source):
   """An item larger than the padded size is an error naming it and the fix."""
   with pytest.raises(ValueError, match=r"item0 is 20x20, larger than .* eval.mode='resize'"):
-    next(pipeline.eval_batches(dict(source=field_source, image_size=16, eval_mode="pad"),
-                               batch_size=4))
+    next(pipeline.eval_batches(dict(source=field_source, image_size=16), batch_size=4,
+                               mode="pad"))
 
 
 def test_eval_padding_examples_have_every_field(field_source):
@@ -215,8 +215,8 @@ def test_linear_resize_matches_opencv(shape, size):
 def test_linear_resample_in_eval_resize(field_source):
   """data.resample='linear' switches images and masks to resize_linear; labels stay nearest."""
   batch = next(pipeline.eval_batches(
-      dict(source=field_source, image_size=(8, 12), eval_mode="resize", resample="linear"),
-      batch_size=4))
+      dict(source=field_source, image_size=(8, 12), resample="linear"), batch_size=4,
+      mode="resize"))
   item = _item(0, 20, 20)
   np.testing.assert_array_equal(batch["image"][0], image_ops.resize_linear(item["image"], (8, 12)))
   np.testing.assert_array_equal(batch["mask"][0], image_ops.resize_linear(item["mask"], (8, 12)))
@@ -240,12 +240,12 @@ def _sized_from_spec(rest: str, *, image_key: str = "image"):
 
 
 def test_eval_full_mode_adds_full_resolution_fields(monkeypatch):
-  """eval_mode='full' gives the 'resize' fields plus each field whole, padded to full_size, and
+  """Eval mode 'full' gives the 'resize' fields plus each field whole, padded to full_size, and
   its extent; padding examples have the same keys and shapes."""
   monkeypatch.setitem(sources._PLUGINS, "sized", f"{__name__}:_sized_from_spec")
-  cfg = dict(source="sized:", image_size=8, eval_mode="full", full_size=(24, 32))
-  batch = next(pipeline.eval_batches(cfg, batch_size=4))
-  resized = next(pipeline.eval_batches({**cfg, "eval_mode": "resize"}, batch_size=4))
+  cfg = dict(source="sized:", image_size=8)
+  batch = next(pipeline.eval_batches(cfg, batch_size=4, mode="full", full_size=(24, 32)))
+  resized = next(pipeline.eval_batches(cfg, batch_size=4, mode="resize"))
   for key in ("image", "mask", "label"):
     np.testing.assert_array_equal(batch[key], resized[key])
   assert batch["image_full"].shape == (4, 24, 32, 3) and batch["label_full"].shape == (4, 24, 32)
@@ -260,8 +260,8 @@ def test_eval_full_mode_adds_full_resolution_fields(monkeypatch):
 
 def test_eval_full_mode_needs_a_large_enough_canvas(monkeypatch):
   monkeypatch.setitem(sources._PLUGINS, "sized", f"{__name__}:_sized_from_spec")
-  with pytest.raises(ValueError, match="eval mode 'full' needs .* eval.full_size"):
-    pipeline._settings(dict(eval_mode="full"))
+  with pytest.raises(ValueError, match="eval.mode 'full' needs .* set eval.full_size"):
+    next(pipeline.eval_batches(dict(source="sized:"), batch_size=1, mode="full"))
   with pytest.raises(ValueError, match=r"item0 is 20x30, .* raise eval.full_size to at least"):
-    next(pipeline.eval_batches(dict(source="sized:", image_size=8, eval_mode="full",
-                                    full_size=16), batch_size=1))
+    next(pipeline.eval_batches(dict(source="sized:", image_size=8), batch_size=1, mode="full",
+                               full_size=16))

@@ -101,12 +101,12 @@ def test_pipelines_carry_all_fields(tree):
   reference's 256 px evaluation) batches hold composite, real, mask and subset, aligned: the
   composite equals the real image outside the mask."""
   data = dict(source=f"iharmony4:{tree}:train:HCOCO,Hday2night", image_size=16,
-              augment="random_resized_crop", keep_foreground="mask", eval_mode="resize")
+              augment="random_resized_crop", keep_foreground="mask")
   batch = next(iter(pipeline.train_dataset(data, global_batch_size=4, seed=0)))
   assert batch["image"].shape == batch["real"].shape == (4, 16, 16, 3)
   assert batch["mask"].shape == (4, 16, 16, 1) and batch["subset"].dtype == np.int32
   assert sorted(batch["subset"].tolist()) == [0, 0, 0, 3]
-  ev = next(iter(pipeline.eval_dataset(data, batch_size=4)))
+  ev = next(iter(pipeline.eval_dataset(data, batch_size=4, mode="resize")))
   assert ev["valid"].all() and ev["subset"].tolist() == [0, 0, 0, 3]
   outside = ev["mask"][..., 0] == 0
   diff = np.abs(ev["image"].astype(int) - ev["real"].astype(int)).max(axis=-1)

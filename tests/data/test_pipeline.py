@@ -64,12 +64,22 @@ def _assert_batches_equal(a, b):
 def test_default_config_has_documented_fields():
   """default_data_config has every field, and image_size can change from int to (h, w)."""
   cfg = pipeline.default_data_config()
-  assert set(cfg.keys()) == {"source", "image_size", "resize", "crop", "flip", "workers",
-                             "prefetch", "image_key", "max_examples", "repeats", "augment",
-                             "scale", "ratio", "keep_foreground", "eval_mode", "full_size",
-                             "pad_color", "resample", "mask_source", "mask_size"}
+  assert set(cfg.keys()) == {"source", "missing_hint", "image_size", "resize", "crop", "flip",
+                             "workers", "prefetch", "image_key", "augment", "scale", "ratio",
+                             "keep_foreground", "pad_color", "resample", "mask_source",
+                             "mask_size"}
   cfg.image_size, cfg.resize = (512, 1024), (512, 1024)
   assert cfg.crop == "random" and cfg.workers == 0
+
+
+def test_unknown_field_is_refused_with_the_closest_name(folder):
+  """A misspelt data field is an error naming it and the field meant, not silently ignored;
+  eval settings are not data fields."""
+  with pytest.raises(ValueError, match=r"unknown data config field 'image_sise' \(did you mean "
+                                       r"'image_size'\?\); the fields are source, missing_hint"):
+    pipeline.train_iterator(_cfg(folder, image_sise=8), global_batch_size=2, seed=0)
+  with pytest.raises(ValueError, match="unknown data config field 'eval_mode'"):
+    list(pipeline.eval_batches(_cfg(folder, eval_mode="pad"), batch_size=2))
 
 
 def test_batch_format(folder):
@@ -222,7 +232,7 @@ def test_eval_order_padding_and_sharding(folder):
     for key in ("image", "index", "valid"):
       np.testing.assert_array_equal(
           np.concatenate([two[0][step][key], two[1][step][key]]), one[step][key])
-  limited = list(pipeline.eval_batches(_cfg(folder, max_examples=5), batch_size=4))
+  limited = list(pipeline.eval_batches(_cfg(folder), batch_size=4, num_examples=5))
   assert [b["valid"].sum() for b in limited] == [4, 1]
 
 
@@ -240,7 +250,8 @@ def test_batch_and_process_errors(folder, tmp_path):
                                        "processes 2"):
     pipeline.train_iterator(_cfg(folder), global_batch_size=5, seed=0, process_count=2)
   with pytest.raises(ValueError, match="has 1 examples, fewer than the 2 processes"):
-    list(pipeline.eval_batches(_cfg(folder, max_examples=1), batch_size=2, process_count=2))
+    list(pipeline.eval_batches(_cfg(folder), batch_size=2, num_examples=1,
+                               process_count=2))
   empty = tmp_path / "empty"
   empty.mkdir()
   with pytest.raises(ValueError, match=f"no images found under {empty}"):
@@ -275,9 +286,9 @@ def test_samples_source_through_the_pipeline():
 
 def test_eval_repeats_give_distinct_indices_of_the_same_image():
   """With repeats=3, examples 0-2 are item 0 (same pixels, indices 0, 1, 2), 3-5 item 1, and
-  max_examples caps the total."""
-  cfg = dict(source="samples:eval", image_size=32, resize=48, repeats=3, max_examples=5)
-  batches = list(pipeline.eval_batches(cfg, batch_size=4))
+  num_examples caps the total."""
+  cfg = dict(source="samples:eval", image_size=32, resize=48)
+  batches = list(pipeline.eval_batches(cfg, batch_size=4, repeats=3, num_examples=5))
   images = np.concatenate([b["image"] for b in batches])
   index = np.concatenate([b["index"] for b in batches])
   valid = np.concatenate([b["valid"] for b in batches])
@@ -302,9 +313,9 @@ def _crop_draws(monkeypatch, mask: np.ndarray, examples: int) -> list[int]:
   draws = []
   for position in range(examples):
     before = len(calls)
-    out = pipeline._prepare(item, fields, settings, np.random.default_rng([0, position]))
+    out = pipeline._prepare_train(item, fields, settings, np.random.default_rng([0, position]))
     draws.append(len(calls) - before)
-    again = pipeline._prepare(item, fields, settings, np.random.default_rng([0, position]))
+    again = pipeline._prepare_train(item, fields, settings, np.random.default_rng([0, position]))
     np.testing.assert_array_equal(out["image"], again["image"])
   return draws
 

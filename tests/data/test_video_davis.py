@@ -101,9 +101,8 @@ def test_bad_davis_trees_are_clear_errors(root):
 def test_evaluation_pipeline_resizes_frames_and_holes_together(root):
   """eval.mode='resize' with linear resampling (configs/video_inpainting.py:davis): the frames
   come at the evaluation size and the holes as labels resized nearest, still in {0, 1}."""
-  data = dict(source=f"davis:{root}", image_size=(16, 24), eval_mode="resize",
-              resample="linear")
-  batch = next(pipeline.eval_batches(data, batch_size=2))
+  data = dict(source=f"davis:{root}", image_size=(16, 24), resample="linear")
+  batch = next(pipeline.eval_batches(data, batch_size=2, mode="resize"))
   assert batch["frame_4"].shape == (2, 16, 24, 3) and batch["hole_4"].shape == (2, 16, 24)
   want = _holes(root, "car", [0], (24, 40))[0]
   want = np.asarray(Image.fromarray(want).resize((24, 16), Image.Resampling.NEAREST))

@@ -109,8 +109,8 @@ def test_rgb_label_pngs_map_back_to_ids(tmp_path, voc_root):
 def test_eval_pipeline_pads_labels_with_ignore(voc_root):
   """Through the real eval pipeline ('pad' geometry, 32x32): labels keep their ids exactly
   (nearest, no invented classes) and the padding is 255; batches hold image and label."""
-  cfg = dict(source=f"voc:{voc_root}:train", image_size=32, eval_mode="pad")
-  batch = next(pipeline.eval_batches(cfg, batch_size=2))
+  cfg = dict(source=f"voc:{voc_root}:train", image_size=32)
+  batch = next(pipeline.eval_batches(cfg, batch_size=2, mode="pad"))
   assert batch["image"].shape == (2, 32, 32, 3) and batch["label"].shape == (2, 32, 32)
   for k, image_id in enumerate(_IDS["train"]):
     h, w = _SIZES[image_id]

@@ -79,11 +79,11 @@ def test_eval_scores_equal_numpy_over_the_split(cli_run):
   checkpoint's predictions on the eval split (bincount matrix, the reference's formulas)."""
   workdir, _ = cli_run
   config, task, params = _params_at(workdir, 4)
-  data = dict(config.data.to_dict(), source=config.eval.source, crop="center", flip=False,
-              eval_mode=config.eval.mode, max_examples=config.eval.num_examples)
   k = len(config.model.classes)
   hist = np.zeros((k, k))
-  for batch in pipeline.eval_batches(data, batch_size=config.eval.batch_size):
+  for batch in pipeline.eval_batches(config.data, batch_size=config.eval.batch_size,
+                                     source=config.eval.source, mode=config.eval.mode,
+                                     num_examples=config.eval.num_examples):
     pred = np.asarray(jax.jit(task.predict)(params, batch["image"]))
     labels = batch["label"][batch["valid"]].astype(int)
     keep = labels != 255
@@ -301,7 +301,7 @@ def test_full_resolution_batches_pad_whole_images(voc_root):
     assert np.all(batch["image"][0, h:] == (123, 117, 104))
     assert np.all(batch["image"][0, :, w:] == (123, 117, 104))
   assert any(flips) and not all(flips)
-  evaluated = next(pipeline.eval_batches(dict(c.data.to_dict(), eval_mode="pad"), batch_size=1))
+  evaluated = next(pipeline.eval_batches(c.data, batch_size=1, mode="pad"))
   np.testing.assert_array_equal(evaluated["image"][0, :h, :w], item["image"])
   assert np.all(evaluated["image"][0, h:] == (123, 117, 104))
   with pytest.raises(ValueError, match=r"data.pad_color is \(300, 0, 0\); use an RGB colour"):
