@@ -13,8 +13,11 @@ __import__("cpjax.compilation").compilation.set_cpu_flags()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One compilation cache for the session and the subprocesses it starts: runs of the same config
 # on the same devices compile once.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      __import__("tempfile").mkdtemp(prefix="cpjax_test_jax_cache_"))
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE = __import__("tempfile").mkdtemp(prefix="cpjax_test_jax_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  # Removed when the session ends (hundreds of MB per session otherwise stay in /tmp).
+  __import__("atexit").register(__import__("shutil").rmtree, _CACHE, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402  (after the flags above)
