@@ -45,9 +45,11 @@ prefer runs whose rows show a low load average.
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import pathlib
+import shutil
 import statistics
 import sys
 import tempfile
@@ -60,7 +62,7 @@ import numpy as np
 from absl import app, flags
 
 from cpjax import compilation
-from experiments.benchmarks import harness
+from experiments.benchmarks import harness, xla_profile
 
 TESTS = pathlib.Path(__file__).resolve().parents[2] / "tests"
 TARGETS = {"train": 1.0, "inference": 0.8}
@@ -425,6 +427,8 @@ _ITERS = flags.DEFINE_integer("iters", 5, "Timed calls of each side (medians are
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed calls of each side first.")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads.")
 _OUT = flags.DEFINE_string("out", None, "Append the JSON rows to this file.")
+_PROFILE = flags.DEFINE_bool("profile", False, "Add cpjax's per-op profile to each row: time "
+                             "per op category and the longest ops (xla_profile.top_ops).")
 
 
 # ------------------------------------------------------------------------------ measurement
@@ -451,9 +455,10 @@ def _timed(call: Callable[[], Any]) -> tuple[float, float]:
   return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def compare(w: Workload, iters: int, warmup: int) -> dict[str, Any]:
+def compare(w: Workload, iters: int, warmup: int, profile: bool = False) -> dict[str, Any]:
   """Compiles cpjax's side (cold, then warm from the persistent cache), then times the two
-  sides alternately. Returns the row's measurements (module docstring)."""
+  sides alternately. Returns the row's measurements (module docstring); with `profile`, also
+  cpjax's per-op profile ('profile': `xla_profile.top_ops` of two calls)."""
   compiled, lower_s, compile_s = _compile(w.jax_fn, w.jax_args)
   jax.clear_caches()
   _, warm_lower_s, warm_compile_s = _compile(w.jax_fn, w.jax_args)
@@ -490,6 +495,8 @@ def compare(w: Workload, iters: int, warmup: int) -> dict[str, Any]:
       row["target"] = TARGETS[w.kind]
       row["meets_target"] = row["ratio"] <= TARGETS[w.kind]
   row["load_average"] = [load, os.getloadavg()[0]]
+  if profile:
+    row["profile"] = xla_profile.top_ops(compiled, args, count=8, calls=2, chain=w.chain)
   return row
 
 
@@ -503,6 +510,7 @@ def main(argv):
   if any(n.startswith("copy_paste") for n in names) and "matmul" not in names:
     names.insert(0, "matmul")
   cache = compilation.setup(tempfile.mkdtemp(prefix="cpjax_vs_torch_cache_"))
+  atexit.register(shutil.rmtree, cache, ignore_errors=True)   # only this run's cold/warm compiles
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.devices()   # JAX's backend starts before the test helpers are imported (their conftest)
   sys.path.insert(0, str(TESTS))
@@ -514,7 +522,7 @@ def main(argv):
   ceiling = None
   for name in names:
     row = {"benchmark": "vs_torch", "workload": name,
-           **compare(WORKLOADS[name](), _ITERS.value, _WARMUP.value), **env}
+           **compare(WORKLOADS[name](), _ITERS.value, _WARMUP.value, _PROFILE.value), **env}
     if name == "matmul":
       ceiling = row["cpjax_gflops_per_sec"]
     elif "torch_seconds" not in row and ceiling:
