@@ -45,12 +45,14 @@ Optimiser: Adam, learning rate x0.1 every `optim.decay_steps` (paper: 1M iterati
 
 Evaluation: fixed seeded sequences from held-out images or clips (the same at every checkpoint);
 PSNR and SSIM of the completed target frame against the original (averaged over the examples
-whose target has a hole: 'scored_examples'), beside two baselines on the same
-problems: 'mean_fill' (holes filled with the mean colour of the frame's visible pixels) and
-'prev_frame' (the previous frame aligned to the target with the TRUE synthetic motion; hole
-pixels it sees are copied, the rest take the nearest visible value, `fill_nearest`; on real
-clips the previous frame shifted by the translation phase correlation finds between the two
-complete frames: an oracle estimate, as the true motion is for synthetic sequences).
+whose target has a hole: 'scored_examples'), beside two baselines on the same problems
+(`baseline_step`: they do not depend on the network, so the trainer computes them once per
+evaluation set and reports them with every evaluation): 'mean_fill' (holes filled with the mean
+colour of the frame's visible pixels) and 'prev_frame' (the previous frame aligned to the target
+with the TRUE synthetic motion; hole pixels it sees are copied, the rest take the nearest visible
+value, `fill_nearest`; on real clips the previous frame shifted by the translation phase
+correlation finds between the two complete frames: an oracle estimate, as the true motion is for
+synthetic sequences).
 """
 from __future__ import annotations
 
@@ -116,6 +118,11 @@ def dilate_cross(holes: jax.Array, iterations: int) -> jax.Array:
                                     jnp.maximum(p[..., 1:-1, :-2, :], p[..., 1:-1, 2:, :])),
                         holes)
   return holes
+
+
+def _holed(hole: jax.Array) -> jax.Array:
+  """[B]: 1.0 where a [B, H, W, 1] hole has a pixel, else 0.0."""
+  return (jnp.sum(hole, axis=(1, 2, 3)) > 0).astype(jnp.float32)
 
 
 def fill_nearest(image: jax.Array, valid: jax.Array, iterations: int) -> jax.Array:
@@ -418,21 +425,28 @@ class VideoInpaintingTask(Task):
     return ex, self.forward(state.params, ex)
 
   def eval_step(self, state: VideoState, batch: Batch, key: jax.Array) -> Metrics:
-    """PSNR / SSIM of the completed target and of both baselines, and the hole L1, each [B]
-    and 0 where the target has no hole; 'scored' [B]: 1 where it has one."""
+    """PSNR / SSIM of the completed target and its hole L1, each [B] (`_scores`); 'scored' [B]:
+    1 where the target has a hole."""
     ex, out = self._fixed(state, batch, key)
+    return {"scored": _holed(ex["holes"][:, self.target]), **self._scores(out["comp"], ex)}
+
+  def baseline_step(self, batch: Batch, key: jax.Array) -> Metrics:
+    """The same scores of both baselines (`_baselines`) on the same problems, prefixed
+    'mean_fill_' and 'prev_frame_': computed once per evaluation set by the trainer."""
+    ex = self.problems(batch, key, jnp.zeros((), jnp.int32))
+    return {f"{name}_{k}": v for name, pred in self._baselines(ex).items()
+            for k, v in self._scores(pred, ex).items()}
+
+  def _scores(self, pred: jax.Array, ex: dict[str, jax.Array]) -> Metrics:
+    """'psnr', 'ssim' (0 where the target has no hole) and 'hole_l1' (mean |pred - gt| over the
+    hole pixels and channels), each [B], of target completions `pred` [B, H, W, 3] in [0, 1]."""
     gt = ex["frames"][:, self.target]
     hole = ex["holes"][:, self.target]
     area = jnp.sum(hole, axis=(1, 2, 3))
-    scored = (area > 0).astype(jnp.float32)
-    results = {"": out["comp"], **{f"{k}_": v for k, v in self._baselines(ex).items()}}
-    scores = {"scored": scored}
-    for prefix, pred in results.items():
-      scores[f"{prefix}psnr"] = metrics.psnr(pred, gt) * scored
-      scores[f"{prefix}ssim"] = metrics.ssim(pred, gt) * scored
-      scores[f"{prefix}hole_l1"] = jnp.sum(jnp.abs(pred - gt) * hole, axis=(1, 2, 3)) / (
-          3.0 * jnp.maximum(area, 1.0))
-    return scores
+    scored = _holed(hole)
+    return {"psnr": metrics.psnr(pred, gt) * scored, "ssim": metrics.ssim(pred, gt) * scored,
+            "hole_l1": jnp.sum(jnp.abs(pred - gt) * hole, axis=(1, 2, 3)) / (
+                3.0 * jnp.maximum(area, 1.0))}
 
   def summarize_eval(self, sums: dict[str, np.ndarray], count: int) -> dict[str, Any]:
     """Means over the examples whose target has a hole (a target without one is its own ground

@@ -138,6 +138,58 @@ def test_clip_motions_are_the_shifts_between_frames_and_the_baseline_uses_them()
   np.testing.assert_allclose(prev[hole], frames[2][hole] / 255.0, atol=1e-5)
 
 
+def test_baselines_are_scored_by_baseline_step_not_by_the_eval_step():
+  """The eval step scores the network alone; `baseline_step` scores 'mean_fill' (the mean colour
+  of the target's visible pixels in its hole, recomputed here in NumPy) and 'prev_frame' on the
+  same problems, under the names the eval JSON has always used."""
+  task = tasks.build(load_config("video_inpainting", "tiny"))
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
+           "index": np.arange(4, dtype=np.int32)}
+  key = jax.random.key(0)
+  scores = jax.device_get(jax.jit(task.eval_step)(task.init(key), batch, key))
+  assert set(scores) == {"scored", "psnr", "ssim", "hole_l1"}
+  baselines = jax.device_get(jax.jit(task.baseline_step)(batch, key))
+  assert set(baselines) == {f"{b}_{m}" for b in ("mean_fill", "prev_frame")
+                            for m in ("psnr", "ssim", "hole_l1")}
+  ex = jax.device_get(jax.jit(task.problems)(batch, key, jnp.zeros((), jnp.int32)))
+  gt, hole = ex["frames"][:, 2].astype(np.float64), ex["holes"][:, 2].astype(np.float64)
+  assert np.all(hole.sum(axis=(1, 2, 3)) > 0)
+  mean = (gt * (1 - hole)).sum(axis=(1, 2)) / (1 - hole).sum(axis=(1, 2))
+  filled = gt * (1 - hole) + mean[:, None, None] * hole
+  mse = np.mean((filled - gt) ** 2, axis=(1, 2, 3))
+  np.testing.assert_allclose(baselines["mean_fill_psnr"], 10 * np.log10(1 / mse), rtol=1e-4)
+  np.testing.assert_allclose(baselines["mean_fill_hole_l1"],
+                             np.sum(np.abs(filled - gt) * hole, axis=(1, 2, 3))
+                             / (3 * hole.sum(axis=(1, 2, 3))), rtol=1e-4)
+
+
+def test_the_trainer_scores_the_baselines_once_for_every_evaluation(tmp_path):
+  """Two evaluations of a run: the first computes the baselines (`baseline_step`), the second
+  reuses their sums (the baseline function is gone by then) and reports the same baseline
+  values, beside the network's own scores."""
+  config = _tiny()
+  run = trainer._Run(config, tmp_path, jax.devices()[:1])  # pylint: disable=protected-access
+  try:
+    state = run.system.init_state()
+    first = run.evaluate(state, 1)
+    totals = run._baseline_totals  # pylint: disable=protected-access
+    assert {"prev_frame_psnr", "mean_fill_ssim"} <= set(totals)
+
+    def gone(*args):
+      raise AssertionError("baselines recomputed")
+
+    run.baseline_fn = gone
+    second = run.evaluate(state, 2)
+  finally:
+    run.close()
+  for name in ("psnr", "ssim", "hole_l1"):
+    for prefix in ("mean_fill_", "prev_frame_"):
+      assert first[prefix + name] == second[prefix + name]
+    assert first[name] == pytest.approx(second[name], rel=1e-5)
+  assert first["prev_frame_psnr"] > first["mean_fill_psnr"]
+
+
 def test_fill_nearest_keeps_valid_pixels_and_reaches_only_so_far():
   """Valid pixels are unchanged; one valid pixel spreads its value over chessboard distance
   <= iterations and no further."""
