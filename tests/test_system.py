@@ -93,4 +93,6 @@ def test_checkpoint_of_a_config_without_pretrained_weights_still_loads(tmp_path)
     state = system.System(config, jax.devices()[:1]).restore(checkpointer, 1)
   finally:
     checkpointer.close()
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), jax.device_get(trained))
+  # Leaf by leaf: the two states' TrainState metadata (each system's optimiser) differ.
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.leaves(jax.device_get(state)),
+               jax.tree.leaves(jax.device_get(trained)))

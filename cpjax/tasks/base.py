@@ -14,11 +14,32 @@ import abc
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
+from flax.training import train_state
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+  """flax's `TrainState` (step, params, opt_state; `apply_gradients`) with an int32 step.
+
+  `create` starts the step at an int32 zero, not flax's Python 0: jit returns that one weakly
+  typed, a checkpoint restores it strongly typed, and the train step would compile once more
+  after every resume. Tasks subclass it for further fields (e.g. batch_stats); the checkpoint
+  tree is its pytree fields, by name. `tx` and `apply_fn` are static tree metadata: states of
+  two task instances have different tree structures (compare their leaves).
+  """
+
+  @classmethod
+  def create(cls, *, apply_fn: Any, params: Any, tx: optax.GradientTransformation,
+             **kwargs: Any) -> TrainState:
+    """A fresh state: step 0, `tx.init(params)`, and `kwargs` for a subclass's fields."""
+    state = super().create(apply_fn=apply_fn, params=params, tx=tx, **kwargs)
+    return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 class Task(abc.ABC):
@@ -35,7 +56,8 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def init(self, key: jax.Array) -> Any:
-    """Returns a fresh train state: a pytree with an int32 scalar field `step`."""
+    """Returns a fresh train state: a pytree with an int32 scalar field `step` (a `TrainState`
+    for a task with one optimiser)."""
 
   def check_warm_start(self) -> None:
     """Raises ValueError (one line naming the flag and the fix) if a fresh run of this config

@@ -31,18 +31,31 @@ from cpjax.models.copy_paste import CopyPasteGenerator
 from cpjax.models.critic import Critic
 from cpjax.ops import poisson
 from cpjax.ops.transform import TransformConfig, make_copy_paste_example
-from cpjax.tasks.base import Batch, Metrics, Task, example_keys
+from cpjax.tasks.base import Batch, Metrics, Task, TrainState, example_keys
 
 _NOISE, _GP = 1, 2  # salts for batch-level keys (generator noise images, GP interpolation)
 
 
 @flax.struct.dataclass
 class GanState:
+  """Generator and critic parameters, each with its own optimiser state; `step` counts generator
+  updates. Two `TrainState`s would nest these fields (generator/params, ...): these names are
+  the checkpoint tree of every copy-paste run, so `apply_gradients` updates one network through
+  a `TrainState` view of its two fields instead."""
   step: jax.Array
   generator: Any
   critic: Any
   generator_opt: optax.OptState
   critic_opt: optax.OptState
+
+  def apply_gradients(self, network: str, grads: Any,
+                      tx: optax.GradientTransformation) -> GanState:
+    """The state after one `tx` update of `network` ('generator' or 'critic') by `grads`
+    (`TrainState.apply_gradients`); `step` unchanged."""
+    opt = f"{network}_opt"
+    view = TrainState(step=self.step, apply_fn=None, params=getattr(self, network), tx=tx,
+                      opt_state=getattr(self, opt)).apply_gradients(grads=grads)
+    return self.replace(**{network: view.params, opt: view.opt_state})
 
 
 def image_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -117,8 +130,7 @@ class CopyPasteTask(Task):
                     "wasserstein": jnp.mean(d_real) - jnp.mean(d_fake)}
 
     grads, aux = jax.grad(critic_loss, has_aux=True)(state.critic)
-    updates, opt = self.critic_tx.update(grads, state.critic_opt, state.critic)
-    return state.replace(critic=optax.apply_updates(state.critic, updates), critic_opt=opt), aux
+    return state.apply_gradients("critic", grads, self.critic_tx), aux
 
   def train_step(self, state: GanState, batch: Batch, key: jax.Array) -> tuple[GanState, Metrics]:
     ex = self.problems(batch, key, state.step)
@@ -138,11 +150,8 @@ class CopyPasteTask(Task):
       return loss, {"l1": rec, "generator_adversarial": adversarial}
 
     (loss, g_metrics), grads = jax.value_and_grad(generator_loss, has_aux=True)(state.generator)
-    updates, opt = self.generator_tx.update(grads, state.generator_opt, state.generator)
-    state = state.replace(step=state.step + 1,
-                          generator=optax.apply_updates(state.generator, updates),
-                          generator_opt=opt)
-    return state, {"loss": loss, **g_metrics, **critic_metrics}
+    state = state.apply_gradients("generator", grads, self.generator_tx)
+    return state.replace(step=state.step + 1), {"loss": loss, **g_metrics, **critic_metrics}
 
   def _fixed_problems(self, state: GanState, batch: Batch,
                       key: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:

@@ -47,7 +47,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -59,20 +58,13 @@ from cpjax.convert import checkpoint as converted_weights
 from cpjax.convert import fcn as convert_fcn
 from cpjax.convert import vgg as convert_vgg
 from cpjax.models.fcn import FCN
-from cpjax.tasks.base import Batch, Metrics, Task, example_keys
+from cpjax.tasks.base import Batch, Metrics, Task, TrainState, example_keys
 from data_pipelines.voc import PALETTE
 
 # Parameter shapes of the FCN do not depend on the image size: init traces this one.
 _INIT_SHAPE = (1, 32, 32, 3)
 # model.vgg_init asking for random VGG16 weights (the default is to require pretrained ones).
 RANDOM_INIT = "random"
-
-
-@flax.struct.dataclass
-class SegmentationState:
-  step: jax.Array
-  params: Any
-  opt_state: optax.OptState
 
 
 def param_labels(params: Any) -> Any:
@@ -207,12 +199,11 @@ class SegmentationTask(Task):
   def check_warm_start(self) -> None:
     check_initialisation(self.config)
 
-  def init(self, key: jax.Array) -> SegmentationState:
+  def init(self, key: jax.Array) -> TrainState:
     params = self.model.init(key, jnp.zeros(_INIT_SHAPE, jnp.float32))["params"]
-    return SegmentationState(step=jnp.zeros((), jnp.int32), params=params,
-                             opt_state=self.tx.init(params))
+    return TrainState.create(apply_fn=self.model.apply, params=params, tx=self.tx)
 
-  def warm_start(self, state: SegmentationState) -> SegmentationState:
+  def warm_start(self, state: TrainState) -> TrainState:
     """Pretrained values for a fresh run (module docstring); unchanged without any."""
     params = state.params
     vgg_init = self.config.model.get("vgg_init", "")
@@ -240,8 +231,8 @@ class SegmentationTask(Task):
     """Class ids [B, H, W] int32 (argmax of the scores)."""
     return jnp.argmax(self.logits(params, images), axis=-1).astype(jnp.int32)
 
-  def train_step(self, state: SegmentationState, batch: Batch,
-                 key: jax.Array) -> tuple[SegmentationState, Metrics]:
+  def train_step(self, state: TrainState, batch: Batch,
+                 key: jax.Array) -> tuple[TrainState, Metrics]:
     images = batch["image"].astype(jnp.float32) / 255.0
     labels = batch["label"].astype(jnp.int32)
     keys = example_keys(key, state.step, batch["index"])
@@ -258,15 +249,12 @@ class SegmentationTask(Task):
       return loss, logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     valid = labels != 255
     correct = jnp.sum((jnp.argmax(logits, -1) == labels) & valid)
-    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          opt_state=opt_state)
-    return state, {"loss": loss,
-                   "pixel_acc": correct / jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)}
+    pixel_acc = correct / jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
+    return state.apply_gradients(grads=grads), {"loss": loss, "pixel_acc": pixel_acc}
 
-  def eval_step(self, state: SegmentationState, batch: Batch, key: jax.Array) -> Metrics:
+  def eval_step(self, state: TrainState, batch: Batch, key: jax.Array) -> Metrics:
     """Per-example confusion matrices [B, K, K] (true x predicted, 255 ignored)."""
     del key  # deterministic
     pred = self.predict(state.params, batch["image"])
@@ -277,7 +265,7 @@ class SegmentationTask(Task):
     del count  # the scores are ratios of pixel counts
     return metrics.segmentation_scores(sums["confusion"])
 
-  def samples(self, state: SegmentationState, batch: Batch,
+  def samples(self, state: TrainState, batch: Batch,
               key: jax.Array) -> dict[str, jax.Array]:
     del key
     return {"image": batch["image"].astype(jnp.float32) / 255.0,

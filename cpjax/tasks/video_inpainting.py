@@ -58,7 +58,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -74,16 +73,14 @@ from cpjax.models.vgg import TORCHVISION_FEATURE_INDEX, VGG16
 from cpjax.models.video_cpn import CopyPasteNet, resize_bilinear
 from cpjax.ops import geometry, masks
 from cpjax.ops.color import IMAGENET_MEAN, imagenet_normalize
-from cpjax.tasks.base import Batch, Metrics, Task, example_keys
+from cpjax.tasks.base import Batch, Metrics, Task, TrainState, example_keys
 from data_pipelines import mask_folder, video_clips
 
 
-@flax.struct.dataclass
-class VideoState:
-  step: jax.Array
-  params: Any
-  opt_state: optax.OptState
-  vgg: Any            # frozen VGG16 parameters ({} when no perceptual or style loss)
+class VideoState(TrainState):
+  """The network's train state and the frozen VGG16 parameters of the perceptual and style
+  losses ({} without them)."""
+  vgg: Any
 
 
 def build_model(config: ml_collections.ConfigDict) -> CopyPasteNet:
@@ -225,8 +222,7 @@ class VideoInpaintingTask(Task):
     net_key, vgg_key = jax.random.split(key)
     params = self.net.init(net_key, *self._dummy_inputs())["params"]
     vgg = VGG16().init(vgg_key, jnp.zeros((1, 32, 32, 3)))["params"] if self.use_vgg else {}
-    return VideoState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
-                      vgg=vgg)
+    return VideoState.create(apply_fn=self.net.apply, params=params, tx=self.tx, vgg=vgg)
 
   def _pretrained_vgg(self) -> Any:
     """loss.vgg_weights: a converted vgg16_torchvision directory or an .npz; 'random' keeps the
@@ -388,10 +384,7 @@ class VideoInpaintingTask(Task):
       return total, terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          opt_state=opt_state)
-    return state, {"loss": loss, **terms}
+    return state.apply_gradients(grads=grads), {"loss": loss, **terms}
 
   # ----------------------------------------------------------------------------- evaluation
   def _baselines(self, ex: dict[str, jax.Array]) -> dict[str, jax.Array]:

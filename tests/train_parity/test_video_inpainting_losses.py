@@ -53,9 +53,8 @@ def _state(task: video_inpainting.VideoInpaintingTask) -> video_inpainting.Video
   fc = params["align_regressor"]["fc"]
   fc["kernel"] = 0.01 * fc["kernel"]
   fc["bias"] = jnp.asarray([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]) + 0.3 * fc["bias"]
-  return video_inpainting.VideoState(step=jnp.zeros((), jnp.int32), params=params,
-                                     opt_state=task.tx.init(params),
-                                     vgg=numpy_params(shapes.vgg, seed=2))
+  return video_inpainting.VideoState.create(apply_fn=task.net.apply, params=params, tx=task.tx,
+                                            vgg=numpy_params(shapes.vgg, seed=2))
 
 
 def _nchw(x: np.ndarray) -> torch.Tensor:

@@ -1,0 +1,115 @@
+"""Train states: flax `TrainState`s (`cpjax.tasks.base.TrainState`) whose checkpoint tree is the
+one every earlier run saved, an int32 step, and the copy-paste state's two optimisers."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax.training import train_state
+
+from conftest import load_config
+from cpjax import system
+from cpjax.train import checkpointing
+
+
+# The train states as the tasks defined them before they used flax's TrainState: the names of
+# their fields are the orbax tree of every checkpoint saved so far.
+@flax.struct.dataclass
+class _FieldsState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+@flax.struct.dataclass
+class _VideoFieldsState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  vgg: Any
+
+
+@flax.struct.dataclass
+class _GanFieldsState:
+  step: jax.Array
+  generator: Any
+  critic: Any
+  generator_opt: Any
+  critic_opt: Any
+
+
+_CONFIGS = {"copy_paste": ("demo", _GanFieldsState), "fcn": ("fcn_demo", _FieldsState),
+            "video_inpainting": ("video_demo", _VideoFieldsState)}
+
+
+@pytest.mark.parametrize("task", sorted(_CONFIGS))
+def test_a_checkpoint_of_the_earlier_state_fields_restores(task, tmp_path):
+  """A checkpoint whose train state is the earlier plain dataclass (same field names) restores
+  into today's state, value for value, with an int32 step; the restored state trains."""
+  name, fields_class = _CONFIGS[task]
+  config = load_config(name, "tiny")
+  built = system.System(config, jax.devices()[:1])
+  state = built.init_state()
+  old = fields_class(**{f: getattr(state, f) for f in fields_class.__dataclass_fields__})
+  old = old.replace(step=jnp.asarray(3, jnp.int32))
+  checkpointer = checkpointing.Checkpointer(tmp_path, async_save=False)
+  try:
+    checkpointer.save(3, old, None, config)
+    restored = built.restore(checkpointer, 3)
+  finally:
+    checkpointer.close()
+  assert type(restored) is type(state)
+  assert restored.step.dtype == jnp.int32 and int(restored.step) == 3
+  want = jax.tree_util.tree_leaves_with_path(jax.device_get(old))
+  got = dict(jax.tree_util.tree_leaves_with_path(jax.device_get(restored)))
+  assert len(want) == len(got)
+  for path, value in want:
+    np.testing.assert_array_equal(got[path], value, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("task", ["fcn", "video_inpainting"])
+def test_single_network_states_are_flax_train_states_with_an_int32_step(task):
+  """`init` gives a flax TrainState (subclass) with the task's optimiser, whose step is a
+  strongly typed int32 (a weakly typed one would make a resumed run compile its step again)."""
+  name, _ = _CONFIGS[task]
+  built = system.System(load_config(name, "tiny"), jax.devices()[:1])
+  shapes = jax.eval_shape(built.task.init, jax.random.key(0))
+  assert isinstance(shapes, train_state.TrainState) and shapes.tx is built.task.tx
+  assert shapes.step.dtype == jnp.int32 and not shapes.step.weak_type
+
+
+def test_train_state_step_is_int32_through_jit():
+  """`base.TrainState.create` under jit returns a strongly typed int32 step (flax's create
+  returns a weak one) that `apply_gradients` advances."""
+  from cpjax.tasks.base import TrainState  # pylint: disable=import-outside-toplevel
+  params = {"w": jnp.ones(3)}
+  state = jax.jit(lambda p: TrainState.create(apply_fn=None, params=p, tx=optax.sgd(0.5)))(params)
+  assert not state.step.weak_type
+  state = jax.jit(lambda s: s.apply_gradients(grads={"w": jnp.full(3, 2.0)}))(state)
+  assert int(state.step) == 1 and not state.step.weak_type
+  np.testing.assert_allclose(state.params["w"], 0.0)
+
+
+def test_copy_paste_step_updates_the_critic_critic_steps_times_and_the_generator_once():
+  """With optim.critic_steps=2 one train step advances `step` by 1, the critic's Adam by two
+  updates and the generator's by one, each network by its own optimiser."""
+  config = load_config("demo", "tiny")
+  config.optim.critic_steps = 2
+  built = system.System(config, jax.devices()[:1])
+  state = built.init_state()
+  size = config.data.image_size
+  batch = {"image": np.random.default_rng(0).integers(0, 256, (2, size, size, 3), np.uint8),
+           "index": np.arange(2, dtype=np.int32)}
+  new, metrics = jax.jit(built.task.train_step)(state, batch, built.root_key)
+  assert int(new.step) == 1 and np.isfinite(float(metrics["loss"]))
+  count = lambda opt: int(optax.tree_utils.tree_get(opt, "count"))  # noqa: E731
+  assert count(new.critic_opt) == 2 and count(new.generator_opt) == 1
+  for network in ("generator", "critic"):
+    moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), getattr(state, network),
+                         getattr(new, network))
+    assert max(jax.tree.leaves(moved)) > 0, network
