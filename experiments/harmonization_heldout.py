@@ -12,14 +12,17 @@ the cameraman of `skimage.data.camera` (its largest dark region) and two single 
 of `skimage.data.coins` (Otsu threshold), each cut to its bounding box, scaled to 30-70 % of the
 image side, maybe mirrored, and placed at random inside the image.
 
-Shifts: not the training's T_color but a camera-like change of the foreground: per-channel
-gains (white balance), a gamma (exposure) and a saturation factor, each exp(+-a U(0.5, 1)) with
-a = 0.1 (mild), 0.2 (medium), 0.35 (strong).
+Shifts: a camera-like change of the foreground (`cpjax.tasks.harmonization.camera_shift`):
+per-channel gains (white balance), a gamma (exposure) and a saturation factor, each
+exp(+-a U(0.5, 1)) with a = 0.35 (strong), 0.2 (medium), 0.1 (mild) and 0 ('none': the
+composite is already right, and the best output is the input itself).
 
 Each (photo, strength) cell holds `per_cell` seeded problems; the composite and the run's
 result (`cpjax.tools.harmonize.harmonize`, the tool's path) are scored with
-`cpjax.metrics.harmonization_scores` (MSE, fMSE, PSNR on 0-255). One JSON row per (strength,
-photo group) is printed, plus 'all' rows.
+`cpjax.metrics.harmonization_scores` (MSE, fMSE, PSNR on 0-255) against the target, and the
+result also against its input ('change': MSE and fMSE of output vs composite; in the 'none'
+rows this is how far the run moves a composite that needs nothing). One JSON row per
+(strength, photo group) is printed, plus 'all' rows.
 """
 from __future__ import annotations
 
@@ -35,8 +38,11 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest
 _PER_CELL = flags.DEFINE_integer("per_cell", 8, "Problems per (photo, strength).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the masks, placements and shifts.")
 
-STRENGTHS = {"mild": 0.1, "medium": 0.2, "strong": 0.35}
+# Drawn in this order (the first three as before 'none' was added, same seeds), shown as ORDER.
+STRENGTHS = {"mild": 0.1, "medium": 0.2, "strong": 0.35, "none": 0.0}
+ORDER = ("strong", "medium", "mild", "none", "all")
 SCORES = ("mse", "fmse", "psnr")
+CHANGE_SCORES = ("mse", "fmse")
 
 
 def photos() -> dict[str, list[np.ndarray]]:
@@ -95,12 +101,12 @@ def place(shape: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def shift(image: np.ndarray, a: float, rng: np.random.Generator) -> np.ndarray:
-  """A camera-like colour change of [H, W, 3] in [0, 1]: gains, gamma, saturation (docstring)."""
+  """A camera-like colour change of [H, W, 3] in [0, 1]: gamma, gains, saturation (docstring)."""
+  from cpjax.tasks import harmonization  # pylint: disable=g-import-not-at-top
   def factor(n: int) -> np.ndarray:
     return np.exp(a * rng.uniform(0.5, 1.0, n) * rng.choice([-1.0, 1.0], n))
-  out = np.power(image, factor(1)) * factor(3)
-  grey = out.mean(axis=-1, keepdims=True)
-  return np.clip(grey + factor(1) * (out - grey), 0.0, 1.0).astype(np.float32)
+  gamma, gains, saturation = factor(1), factor(3), factor(1)
+  return np.asarray(harmonization.camera_shift(image, gamma, gains, saturation))
 
 
 def resized(photo: np.ndarray, size: int) -> np.ndarray:
@@ -114,9 +120,9 @@ def problems(size: int, per_cell: int, seed: int
              ) -> Iterator[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]:
   """(strength, group, composite, mask, target) for every held-out problem, seeded."""
   rng = np.random.default_rng(seed)
-  shapes = silhouettes()
+  shapes, groups = silhouettes(), photos()
   for strength, a in STRENGTHS.items():
-    for group, group_photos in photos().items():
+    for group, group_photos in groups.items():
       for photo in group_photos:
         target = resized(photo, size)
         for _ in range(per_cell):
@@ -131,19 +137,28 @@ def scores(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict[str, 
   return {k: float(out[k][0]) for k in SCORES}
 
 
-def rows(per_problem: list[tuple[str, str, dict, dict]]) -> list[dict]:
-  """Mean scores per (strength, group), per strength over both groups and over everything."""
-  cells: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
-  for strength, group, comp, res in per_problem:
+def rows(per_problem: list[tuple[str, str, dict, dict, dict]]) -> list[dict]:
+  """Mean scores per (strength, group), per strength over both groups and over everything.
+
+  Args:
+    per_problem: (strength, group, composite scores, result scores, change scores) each.
+
+  Returns:
+    Rows {'strength', 'photos', 'n', 'composite': {mse, fmse, psnr}, 'model': {...},
+    'change': {mse, fmse}}, strengths in `ORDER`, groups colour, grey, all.
+  """
+  cells: dict[tuple[str, str], list[tuple[dict, dict, dict]]] = {}
+  for strength, group, *scored in per_problem:
     for key in ((strength, group), (strength, "all"), ("all", "all")):
-      cells.setdefault(key, []).append((comp, res))
-  order = [*STRENGTHS, "all"], ["colour", "grey", "all"]
+      cells.setdefault(key, []).append(scored)
+  groups = ["colour", "grey", "all"]
   out = []
-  for (strength, group), pairs in sorted(
-      cells.items(), key=lambda c: (order[0].index(c[0][0]), order[1].index(c[0][1]))):
-    row = {"strength": strength, "photos": group, "n": len(pairs)}
-    for i, name in enumerate(("composite", "model")):
-      row[name] = {k: round(float(np.mean([p[i][k] for p in pairs])), 2) for k in SCORES}
+  for (strength, group), triples in sorted(
+      cells.items(), key=lambda c: (ORDER.index(c[0][0]), groups.index(c[0][1]))):
+    row = {"strength": strength, "photos": group, "n": len(triples)}
+    for i, (name, keys) in enumerate((("composite", SCORES), ("model", SCORES),
+                                      ("change", CHANGE_SCORES))):
+      row[name] = {k: round(float(np.mean([t[i][k] for t in triples])), 2) for k in keys}
     out.append(row)
   return out
 
@@ -156,8 +171,9 @@ def main(argv: list[str]) -> None:
   per_problem = []
   for strength, group, composite, mask, target in problems(size, _PER_CELL.value, _SEED.value):
     result = harmonize.harmonize(loaded.task, loaded.state, composite, mask)
+    change = scores(result, composite, mask)
     per_problem.append((strength, group, scores(composite, target, mask),
-                        scores(result, target, mask)))
+                        scores(result, target, mask), {k: change[k] for k in CHANGE_SCORES}))
   for row in rows(per_problem):
     print(json.dumps({"step": int(loaded.step), **row}))
 

@@ -13,7 +13,9 @@ ops applied inside it; the ground truth is the original image:
 change, I + s (T(I) - I), so mild and absent shifts occur too, and a fraction of the masks are
 random blob outlines (`cpjax.ops.masks.random_blob_shape`) instead of rectangles; with
 `recolor` the whole photo first gets a random T_color (it is then the target), so a network
-trained on few photos cannot memorise their colours and must read them from the background.
+trained on few photos cannot memorise their colours and must read them from the background;
+with `camera_fraction` that fraction of the pasted changes is a camera-like shift
+(`camera_shift`: a gamma, per-channel gains, a saturation factor) instead of T_color.
 Without it the problems are exactly the plain copy-paste examples above.
 Real-pair masks are used as delivered, mask / 255 in [0, 1], in training and evaluation alike:
 saic-vul/image_harmonization resizes masks bilinearly (its `HCompose(no_nearest_for_masks=True)`
@@ -136,11 +138,23 @@ class SyntheticConfig:
     blob_radius: (lo, hi) of the blob's mean radius as a fraction of the shorter image side.
     recolor: the photo itself gets a random T_color (T's ranges) before the problem is made
       from it; the recoloured photo is the target.
+    camera_fraction: probability that the pasted change is `random_camera_shift` (exposure,
+      white balance, saturation) rather than T's colour change.
+    camera_range: a of `random_camera_shift`: each of its factors is exp(U(-a, a)).
+    strength_start: a curriculum, in training only: the strength range at step 0, moved
+      linearly to `strength` by step `curriculum_steps` (e.g. strong shifts first, so the
+      correction is learnt before telling mild shifts from none); None (or
+      curriculum_steps 0): `strength` throughout. Evaluation always uses `strength`.
+    curriculum_steps: the length of that curriculum.
   """
   strength: tuple[float, float] = (1.0, 1.0)
   blob_fraction: float = 0.0
   blob_radius: tuple[float, float] = (0.12, 0.3)
   recolor: bool = False
+  camera_fraction: float = 0.0
+  camera_range: float = 0.4
+  strength_start: tuple[float, float] | None = None
+  curriculum_steps: int = 0
 
   @classmethod
   def from_dict(cls, d: Any) -> "SyntheticConfig":
@@ -149,14 +163,54 @@ class SyntheticConfig:
     unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
       raise ValueError(f"config.synthetic: unknown keys {unknown}; use strength, "
-                       "blob_fraction, blob_radius, recolor")
+                       "blob_fraction, blob_radius, recolor, camera_fraction, camera_range")
     pair = lambda v: (float(v[0]), float(v[1]))
     kw = {k: pair(d[k]) for k in ("strength", "blob_radius") if k in d}
-    if "blob_fraction" in d:
-      kw["blob_fraction"] = float(d["blob_fraction"])
+    kw.update({k: float(d[k]) for k in ("blob_fraction", "camera_fraction", "camera_range")
+               if k in d})
+    if d.get("strength_start") is not None:
+      kw["strength_start"] = pair(d["strength_start"])
+    if "curriculum_steps" in d:
+      kw["curriculum_steps"] = int(d["curriculum_steps"])
     if "recolor" in d:
       kw["recolor"] = bool(d["recolor"])
     return cls(**kw)
+
+  def strength_range(self, step: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """(lo, hi) of s at a training step (the curriculum), or `strength` for step None."""
+    if step is None or self.strength_start is None or self.curriculum_steps <= 0:
+      return jnp.float32(self.strength[0]), jnp.float32(self.strength[1])
+    t = jnp.minimum(jnp.asarray(step, jnp.float32) / self.curriculum_steps, 1.0)
+    start, end = jnp.asarray(self.strength_start), jnp.asarray(self.strength)
+    lo, hi = start + t * (end - start)
+    return lo, hi
+
+
+def camera_shift(image: jax.Array, gamma: jax.Array, gains: jax.Array,
+                 saturation: jax.Array) -> jax.Array:
+  """A camera-like colour change: exposure curve, white balance, then saturation.
+
+    out = clip(g + saturation (x - g), 0, 1),   x = image ** gamma * gains,  g = mean_c x
+
+  Args:
+    image: [..., 3] in [0, 1].
+    gamma: scalar (or [1]) exponent; gains: [3] per-channel factors; saturation: scalar (or
+      [1]) factor of the distance from the pixel's channel mean.
+
+  Returns:
+    [..., 3] float32 in [0, 1].
+  """
+  x = jnp.power(jnp.asarray(image, jnp.float32), jnp.asarray(gamma, jnp.float32))
+  x = x * jnp.asarray(gains, jnp.float32)
+  grey = jnp.mean(x, axis=-1, keepdims=True)
+  return jnp.clip(grey + jnp.asarray(saturation, jnp.float32) * (x - grey), 0.0, 1.0)
+
+
+def random_camera_shift(key: jax.Array, image: jax.Array, amount: float) -> jax.Array:
+  """`camera_shift` with gamma, 3 gains and saturation each exp(U(-amount, amount))."""
+  log_factors = jax.random.uniform(key, (5,), jnp.float32, -amount, amount)
+  factors = jnp.exp(log_factors)
+  return camera_shift(image, factors[0], factors[1:4], factors[4])
 
 
 def random_blob(key: jax.Array, height: int, width: int,
@@ -179,8 +233,12 @@ def random_blob(key: jax.Array, height: int, width: int,
 
 
 def synthetic_problem(key: jax.Array, image: jax.Array, transform: TransformConfig,
-                      synthetic: SyntheticConfig | None) -> dict[str, jax.Array]:
+                      synthetic: SyntheticConfig | None,
+                      step: jax.Array | None = None) -> dict[str, jax.Array]:
   """One synthetic problem from a photo [H, W, 3] in [0, 1] (module docstring).
+
+  `step` (training only) places the problem on `synthetic`'s strength curriculum; None (the
+  evaluation) draws s from `synthetic.strength`.
 
   Returns:
     {'composite', 'target' [H, W, 3], 'mask' [H, W, 1] in {0, 1}} float32; with `synthetic`
@@ -193,11 +251,16 @@ def synthetic_problem(key: jax.Array, image: jax.Array, transform: TransformConf
   if synthetic.recolor:
     image = color.random_color(k_photo, image, transform.color)
   made = make_copy_paste_example(key, image, transform)
-  lo, hi = synthetic.strength
+  lo, hi = synthetic.strength_range(step)
   s = jax.random.uniform(k_strength, (), jnp.float32, lo, hi)
   blob = random_blob(k_blob, image.shape[0], image.shape[1], synthetic.blob_radius)
   mask = jnp.where(jax.random.uniform(k_kind) < synthetic.blob_fraction, blob, made["mask"])
-  pasted = image + s * (made["source"] - image)
+  source = made["source"]
+  if synthetic.camera_fraction > 0.0:
+    k_camera, k_pick = jax.random.split(jax.random.fold_in(k_kind, _SYNTHETIC))
+    camera = random_camera_shift(k_camera, image, synthetic.camera_range)
+    source = jnp.where(jax.random.uniform(k_pick) < synthetic.camera_fraction, camera, source)
+  pasted = image + s * (source - image)
   return {"composite": image * (1.0 - mask) + pasted * mask, "target": image, "mask": mask}
 
 
@@ -350,8 +413,11 @@ class HarmonizationTask(Task):
   def problems(self, batch: Batch, key: jax.Array, step: jax.Array,
                train: bool) -> dict[str, jax.Array]:
     """{'composite', 'target' [B, H, W, 3], 'mask' [B, H, W, 1]} float32 in [0, 1], plus
-    'label' [B, H, W] int32 and 'subset' [B] int32 when the batch has them."""
-    del train   # the same problems in training and evaluation (soft masks included)
+    'label' [B, H, W] int32 and 'subset' [B] int32 when the batch has them.
+
+    The same problems in training and evaluation (soft masks included), except that a
+    synthetic strength curriculum (`SyntheticConfig.strength_start`) applies in training only.
+    """
     if "real" in batch:
       ex = {"composite": batch["image"].astype(jnp.float32) / 255.0,
             "target": batch["real"].astype(jnp.float32) / 255.0,
@@ -359,8 +425,8 @@ class HarmonizationTask(Task):
     else:
       images = batch["image"].astype(jnp.float32) / 255.0
       keys = example_keys(key, step, batch["index"])
-      made = jax.vmap(synthetic_problem, in_axes=(0, 0, None, None))(
-          keys, images, self.transform, self.synthetic)
+      made = jax.vmap(synthetic_problem, in_axes=(0, 0, None, None, None))(
+          keys, images, self.transform, self.synthetic, step if train else None)
       ex = {"composite": made["composite"], "target": made["target"], "mask": made["mask"]}
     for name in ("label", "subset"):
       if name in batch:

@@ -131,6 +131,54 @@ def test_synthetic_recolor_changes_the_target_with_the_whole_photo():
   np.testing.assert_array_equal(_synthetic(image, 5)["target"], image)
 
 
+def test_camera_shift_is_gamma_gains_then_saturation():
+  """camera_shift: identity at unit factors, x ** gamma * gains, saturation 0 gives the pixel's
+  channel mean, and the result is clipped to [0, 1]."""
+  image = _smooth_images(1, 8)[0] / np.float32(255.0)
+  shift = lambda *f: np.asarray(harmonization.camera_shift(jnp.asarray(image), *f))
+  np.testing.assert_allclose(shift(1.0, np.ones(3), 1.0), image, atol=1e-6)
+  gains = np.array([0.5, 1.0, 1.5], np.float32)
+  np.testing.assert_allclose(shift(2.0, gains, 1.0), np.clip(image ** 2 * gains, 0, 1), atol=1e-5)
+  grey = shift(1.0, np.ones(3), 0.0)
+  np.testing.assert_allclose(grey, np.broadcast_to(image.mean(-1, keepdims=True), image.shape),
+                             atol=1e-6)
+  assert shift(1.0, np.full(3, 4.0), 1.0).max() == 1.0
+
+
+def test_synthetic_camera_fraction_picks_the_camera_shift():
+  """camera_fraction=1: the pasted change is the camera-like shift (with camera_range 0, an
+  identity: the composite is the photo), inside the same mask as T_color's problem."""
+  image = _smooth_images(1, 32)[0] / np.float32(255.0)
+  for seed in range(3):
+    t_color = _synthetic(image, seed, strength=(1.0, 1.0))
+    none = _synthetic(image, seed, strength=(1.0, 1.0), camera_fraction=1.0, camera_range=0.0)
+    np.testing.assert_allclose(none["composite"], image, atol=1e-6)
+    camera = _synthetic(image, seed, strength=(1.0, 1.0), camera_fraction=1.0, camera_range=0.4)
+    np.testing.assert_array_equal(camera["mask"], t_color["mask"])
+    change = np.abs(camera["composite"] - image).max(-1)
+    assert change[camera["mask"][..., 0] == 1].mean() > 0.005
+    np.testing.assert_allclose(change[camera["mask"][..., 0] == 0], 0.0, atol=1e-6)
+    assert np.abs(camera["composite"] - t_color["composite"]).max() > 0.02
+
+
+def test_strength_curriculum_applies_in_training_only():
+  """strength_start/curriculum_steps: s ~ U(strength_start) at step 0, moving linearly to
+  U(strength) by curriculum_steps; evaluation (train=False) draws from `strength` at any step."""
+  synthetic = dict(strength=(0.0, 0.0), strength_start=(1.0, 1.0), curriculum_steps=100)
+  config = harmonization.SyntheticConfig.from_dict(synthetic)
+  for step, expected in ((0, 1.0), (50, 0.5), (100, 0.0), (400, 0.0)):
+    np.testing.assert_allclose(config.strength_range(jnp.int32(step)), (expected, expected))
+  task = tasks.build(_tiny(**{"synthetic": synthetic}))
+  image = _smooth_images(1, 32)
+  batch = {"image": jnp.asarray(image), "index": jnp.asarray([3], jnp.int32)}
+  made = jax.jit(lambda step, train: task.problems(batch, jax.random.key(1), step, train),
+                 static_argnums=1)
+  for step, train, changed in ((0, True, True), (100, True, False), (0, False, False)):
+    ex = made(jnp.int32(step), train)
+    change = np.abs(np.asarray(ex["composite"]) - np.asarray(ex["target"])).max()
+    assert (change > 0.02) == changed, (step, train, change)
+
+
 def test_synthetic_config_rejects_unknown_keys():
   with pytest.raises(ValueError, match="unknown keys \\['strenght'\\]; use strength"):
     harmonization.SyntheticConfig.from_dict({"strenght": (0.0, 1.0)})
