@@ -1,8 +1,9 @@
-"""Host-side uint8 image operations for the data pipelines (PIL and NumPy, one job each).
+"""Host-side uint8 image operations for the data pipelines (PIL, OpenCV, NumPy; one job each).
 
 Every function takes and returns uint8 arrays [H, W, 3] (RGB), the format the pipelines hand to
 the device; conversion to float32 [0, 1] happens on the device. Sizes are (height, width); an
-int size means a square.
+int size means a square (`pair` turns either form into (height, width), `parse_pair` the text
+'HxW' of a command line).
 
 - `decode_image`: encoded bytes (PNG, JPEG, WebP, ...) -> RGB, with EXIF orientation applied;
   `read_image` the same from a file.
@@ -10,7 +11,8 @@ int size means a square.
   float in [0, 1]) -> uint8 RGB. Alpha is dropped (transparent pixels keep their stored colour).
 - `alpha_matte`: the alpha channel of a PIL image when it varies: the region of a mask exported
   as a cut-out (the tools' and the video masks' readers use it).
-- `resize`: to an exact size, antialiased bicubic (PIL).
+- `resize`: to an exact size, antialiased bicubic (PIL); `resize_linear`: bilinear without
+  antialiasing (OpenCV), as albumentations resizes.
 - `resized_shape` / `resize_to_spec`: the `resize` field of a data config: None (keep), an int
   (shorter side to that size, aspect kept) or (h, w) (exact).
 - `cover`: upscale, aspect kept, so the image covers a crop size (never downscales).
@@ -25,8 +27,10 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from typing import Any, Sequence, Union
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -59,6 +63,18 @@ def pair(size: Size) -> tuple[int, int]:
   if h <= 0 or w <= 0:
     raise ValueError(f"image size {size!r} must be positive")
   return h, w
+
+
+def parse_pair(text: str) -> tuple[int, int]:
+  """'HxW' or 'H,W' (e.g. '240x424') -> (height, width), checked by `pair`.
+
+  Raises:
+    ValueError: text of another form, or a side of 0 (one line naming the text).
+  """
+  match = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
+  if match is None:
+    raise ValueError(f"size {text!r} is not HxW; give e.g. 240x424")
+  return pair((int(match.group(1)), int(match.group(2))))
 
 
 def to_rgb(image: np.ndarray, path: str = "<array>") -> np.ndarray:
@@ -257,38 +273,25 @@ RESAMPLES = ("antialias", "linear")
 
 
 def resize_linear(array: np.ndarray, size: Size) -> np.ndarray:
-  """Bilinear resize without antialiasing, like cv2.resize(..., INTER_LINEAR).
+  """Bilinear resize without antialiasing: cv2.resize(..., INTER_LINEAR).
 
   Half-pixel centres: output pixel i samples input coordinate (i + 0.5) * in / out - 0.5,
-  clamped to the image. This is what albumentations' Resize (and hence the iHarmony4 reference's
-  256x256 evaluation) does; values agree with OpenCV's fixed-point arithmetic to within 1 level.
+  clamped to the image (OpenCV's fixed-point weights, so within one level of the exact
+  formula). This is what albumentations' Resize (and hence the iHarmony4 reference's 256x256
+  evaluation) does.
 
   Args:
     array: uint8 [H, W] or [H, W, C].
     size: (h, w) or an int.
 
   Returns:
-    uint8 of shape (h, w) + array.shape[2:].
+    uint8 of shape (h, w) + array.shape[2:]; the input itself when the size already matches.
   """
   h, w = pair(size)
-  height, width = array.shape[:2]
-  if (height, width) == (h, w):
+  if array.shape[:2] == (h, w):
     return array
-
-  def taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
-    x0 = np.floor(x).astype(np.int64)
-    return x0, np.minimum(x0 + 1, n_in - 1), (x - x0).astype(np.float32)
-
-  (y0, y1, ty), (x0, x1, tx) = taps(h, height), taps(w, width)
-  a = array.astype(np.float32)
-  extra = (1,) * (a.ndim - 2)
-  tx = tx.reshape((1, w) + extra)
-  ty = ty.reshape((h, 1) + extra)
-  rows0, rows1 = a[y0], a[y1]
-  top = rows0[:, x0] * (1 - tx) + rows0[:, x1] * tx
-  bottom = rows1[:, x0] * (1 - tx) + rows1[:, x1] * tx
-  return np.clip(np.round(top * (1 - ty) + bottom * ty), 0, 255).astype(np.uint8)
+  out = cv2.resize(array, (w, h), interpolation=cv2.INTER_LINEAR)
+  return out.reshape((h, w) + array.shape[2:])   # OpenCV drops a trailing channel axis of 1
 
 
 def resize_field(array: np.ndarray, size: Size, kind: str, resample: str = "antialias"

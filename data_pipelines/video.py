@@ -290,7 +290,11 @@ def main(argv: list[str]) -> int:
   if out.exists() and any(out.iterdir()):
     print(f"data_pipelines.video: {out} is not empty; give a new folder.")
     return 1
-  h, w = (int(v) for v in args.size.lower().split("x"))
+  try:
+    h, w = image_ops.parse_pair(args.size)
+  except ValueError as e:
+    print(f"data_pipelines.video: --size: {e}.")
+    return 1
   image = sources.SamplesSource("all")[list(sources.SAMPLES_TRAIN + sources.SAMPLES_EVAL).index(
       args.sample)]["image"]
   clip = camera_clip(image, args.frames, (h, w), args.seed)

@@ -32,6 +32,7 @@ from cpjax.models.critic import Critic
 from cpjax.ops import poisson
 from cpjax.ops.transform import TransformConfig, make_copy_paste_example
 from cpjax.tasks.base import Batch, Metrics, Task, TrainState, example_keys
+from data_pipelines import image_ops
 
 _NOISE, _GP = 1, 2  # salts for batch-level keys (generator noise images, GP interpolation)
 
@@ -58,11 +59,6 @@ class GanState:
     return self.replace(**{network: view.params, opt: view.opt_state})
 
 
-def image_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  size = config.data.image_size
-  return (size, size) if isinstance(size, int) else tuple(size)
-
-
 class CopyPasteTask(Task):
   """The copy-paste system as a task of the shared training loop."""
 
@@ -87,7 +83,7 @@ class CopyPasteTask(Task):
     self.critic_tx = optax.adam(o.lr, b1=o.b1, b2=o.b2)
 
   def init(self, key: jax.Array) -> GanState:
-    h, w = image_size(self.config)
+    h, w = image_ops.pair(self.config.data.image_size)
     g_key, noise_key, d_key = jax.random.split(key, 3)
     x = jnp.zeros((1, h, w, 4), jnp.float32)
     g_params = self.generator.init({"params": g_key, "noise": noise_key}, x)["params"]

@@ -74,7 +74,7 @@ from cpjax.models.video_cpn import CopyPasteNet, resize_bilinear
 from cpjax.ops import geometry, masks
 from cpjax.ops.color import IMAGENET_MEAN, imagenet_normalize
 from cpjax.tasks.base import Batch, Metrics, Task, TrainState, example_keys
-from data_pipelines import mask_folder, video_clips
+from data_pipelines import image_ops, mask_folder, video_clips
 
 
 class VideoState(TrainState):
@@ -185,11 +185,11 @@ class VideoInpaintingTask(Task):
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
     self.net = build_model(config)
-    size = config.data.image_size
-    self.size = (size, size) if isinstance(size, int) else tuple(size)
+    self.size = image_ops.pair(config.data.image_size)
     if self.size[0] % 8 or self.size[1] % 8:
-      raise ValueError(f"data.image_size is {size}; video inpainting needs multiples of 8 "
-                       "(the network down-samples by 4 and the reference pads to 8).")
+      raise ValueError(f"data.image_size is {config.data.image_size}; video inpainting needs "
+                       "multiples of 8 (the network down-samples by 4 and the reference pads to "
+                       "8).")
     s = config.sequence
     self.num_frames, self.target = s.num_frames, s.target
     if not 0 <= self.target < self.num_frames or self.num_frames < 2:

@@ -35,12 +35,12 @@ from absl import flags
 from cpjax.tasks import harmonization
 from cpjax.tools import common
 from cpjax.tools.common import ToolError
+from data_pipelines import image_ops
 
 
 def model_size(config: Any) -> tuple[int, int]:
   """(height, width) the run's network was trained at."""
-  size = config.data.image_size
-  return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+  return image_ops.pair(config.data.image_size)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

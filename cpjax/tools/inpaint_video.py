@@ -79,7 +79,7 @@ from cpjax.ops import masks as mask_ops
 from cpjax.tasks.video_inpainting import dilate_cross, fill_holes_with_mean
 from cpjax.tools import common
 from cpjax.tools.common import ToolError
-from data_pipelines import video
+from data_pipelines import image_ops, video
 
 _LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
 RELEASED_SIZE = (240, 424)   # the released test's frame size ('half': DAVIS 480x854 halved)
@@ -127,13 +127,17 @@ def released_size(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
+  """--size 'HxW' -> (h, w), each side at least 8; None for no text."""
   if not text:
     return None
-  match = re.fullmatch(r"\s*(\d+)\s*[x,]\s*(\d+)\s*", text)
-  if match is None or min(int(match.group(1)), int(match.group(2))) < 8:
+  try:
+    size = image_ops.parse_pair(text)
+  except ValueError:
+    size = (0, 0)
+  if min(size) < 8:
     raise ToolError(f"--size={text!r} is not HxW; give the frame size such as --size=240x424 "
                     "(each side at least 8).")
-  return int(match.group(1)), int(match.group(2))
+  return size
 
 
 def parse_exposure(text: str) -> tuple[float, float]:

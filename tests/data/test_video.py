@@ -14,6 +14,14 @@ def _write_frames(folder, frames, names=None):
     Image.fromarray(frame).save(folder / (names[i] if names else f"{i:05d}.png"))
 
 
+def test_clip_writer_refuses_a_bad_size_in_one_line(tmp_path, capsys):
+  """python -m data_pipelines.video --size=big: exit status 1 and one line naming the flag."""
+  assert video.main(["--size=big", f"--out={tmp_path / 'clip'}"]) == 1
+  assert capsys.readouterr().out == ("data_pipelines.video: --size: size 'big' is not HxW; give "
+                                     "e.g. 240x424.\n")
+  assert not (tmp_path / "clip").exists()
+
+
 def test_frame_folder_is_read_in_numeric_order(tmp_path):
   """f2 comes before f10 (the reference writes f%d.jpg); other files are ignored."""
   frames = [np.full((4, 6, 3), 10 * i, np.uint8) for i in range(11)]

@@ -49,6 +49,18 @@ def test_released_size_rounds_to_the_nearest_multiple_of_eight(size, want):
   assert inpaint_video.released_size(size) == want
 
 
+@pytest.mark.parametrize("text, want", [("240x424", (240, 424)), (" 48 , 64 ", (48, 64)),
+                                        ("48X64", (48, 64)), ("", None), (None, None)])
+def test_size_flag_is_h_x_w(text, want):
+  assert inpaint_video.parse_size(text) == want
+
+
+@pytest.mark.parametrize("text", ["big", "4x400", "240x", "0x0"])
+def test_bad_size_flag_is_one_line_naming_it(text):
+  with pytest.raises(ToolError, match=rf"--size='{text}' is not HxW; .*each side at least 8"):
+    inpaint_video.parse_size(text)
+
+
 def _released_reference(frame_files, mask_files, size, dilate=4):
   """The released test's preparation, step by step with OpenCV (DAVIS_dataset.py): RGB / 255
   (float64), cv2 INTER_LINEAR to (W, H), float32; palette index > 0.5, cv2 INTER_NEAREST,
