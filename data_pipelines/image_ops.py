@@ -13,10 +13,9 @@ int size means a square (`pair` turns either form into (height, width), `parse_p
   as a cut-out (the tools' and the video masks' readers use it).
 - `resize`: to an exact size, antialiased bicubic (PIL); `resize_linear`: bilinear without
   antialiasing (OpenCV), as albumentations resizes.
-- `resized_shape` / `resize_to_spec`: the `resize` field of a data config: None (keep), an int
-  (shorter side to that size, aspect kept) or (h, w) (exact).
-- `cover`: upscale, aspect kept, so the image covers a crop size (never downscales).
-- `center_crop`, `random_crop`, `flip_left_right`.
+- `resized_shape`: the size that the `resize` field of a data config asks for: None (keep), an
+  int (shorter side to that size, aspect kept) or (h, w) (exact).
+- `crop` (a window), `flip_left_right`.
 
 Aligned fields (`data_pipelines.sources.FIELD_KINDS`): masks (uint8 [H, W, 1]) and label maps
 (uint8 [H, W]) travel with their image; `resize_field` and `pad_field` treat each kind the way
@@ -203,11 +202,6 @@ def resized_shape(height: int, width: int, spec: Size | None) -> tuple[int, int]
   return pair(spec)
 
 
-def resize_to_spec(image: np.ndarray, spec: Size | None) -> np.ndarray:
-  """Apply a data config's `resize` field (see `resized_shape`) to uint8 [H, W, 3]."""
-  return resize(image, resized_shape(image.shape[0], image.shape[1], spec))
-
-
 def covering_shape(height: int, width: int, size: Size) -> tuple[int, int]:
   """The smallest (h', w') >= (height, width) scaled, aspect kept, that covers `size` = (h, w).
 
@@ -222,41 +216,16 @@ def covering_shape(height: int, width: int, size: Size) -> tuple[int, int]:
   return max(h, math.ceil(height * scale - 1e-6)), max(w, math.ceil(width * scale - 1e-6))
 
 
-def cover(image: np.ndarray, size: Size) -> np.ndarray:
-  """Upscale uint8 [H, W, 3], aspect kept, until it covers `size` (`covering_shape`)."""
-  return resize(image, covering_shape(image.shape[0], image.shape[1], size))
-
-
-def _check_covers(image: np.ndarray, h: int, w: int) -> None:
-  if image.shape[0] < h or image.shape[1] < w:
-    raise ValueError(f"image of size {image.shape[:2]} is smaller than the crop ({h}, {w}); "
-                     "call cover() first")
-
-
 def crop(image: np.ndarray, top: int, left: int, size: Size) -> np.ndarray:
   """The window of `size` = (h, w) at (top, left) of [H, W, C]."""
   h, w = pair(size)
-  _check_covers(image, h, w)
+  if image.shape[0] < h or image.shape[1] < w:
+    raise ValueError(f"image of size {image.shape[:2]} is smaller than the crop ({h}, {w}); "
+                     "resize it to covering_shape first")
   if not (0 <= top <= image.shape[0] - h and 0 <= left <= image.shape[1] - w):
     raise ValueError(f"crop at ({top}, {left}) of size ({h}, {w}) leaves the image "
                      f"{image.shape[:2]}")
   return image[top:top + h, left:left + w]
-
-
-def center_crop(image: np.ndarray, size: Size) -> np.ndarray:
-  """The central window of `size`; an odd margin leaves the extra pixel at the bottom/right."""
-  h, w = pair(size)
-  _check_covers(image, h, w)
-  return crop(image, (image.shape[0] - h) // 2, (image.shape[1] - w) // 2, (h, w))
-
-
-def random_crop(image: np.ndarray, size: Size, rng: np.random.Generator) -> np.ndarray:
-  """A window of `size` at an offset drawn uniformly from `rng` (all offsets equally likely)."""
-  h, w = pair(size)
-  _check_covers(image, h, w)
-  top = int(rng.integers(0, image.shape[0] - h + 1))
-  left = int(rng.integers(0, image.shape[1] - w + 1))
-  return crop(image, top, left, (h, w))
 
 
 def flip_left_right(image: np.ndarray) -> np.ndarray:
