@@ -68,7 +68,6 @@ import dataclasses
 import math
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -81,8 +80,8 @@ from cpjax.models import dih as dih_models
 from cpjax.models import hrnet
 from cpjax.ops import color, geometry, masks
 from cpjax.ops.transform import TransformConfig, make_copy_paste_example
-from cpjax.tasks.base import Batch, Metrics, Task, example_keys
-from data_pipelines import iharmony4
+from cpjax.tasks.base import Batch, Metrics, Task, TrainState, example_keys
+from data_pipelines import iharmony4, image_ops
 
 MODELS = ("dih", "idih", "idih_hrnet")
 INPUT_SPACES = ("imagenet", "caffe_bgr")
@@ -264,17 +263,9 @@ def synthetic_problem(key: jax.Array, image: jax.Array, transform: TransformConf
   return {"composite": image * (1.0 - mask) + pasted * mask, "target": image, "mask": mask}
 
 
-@flax.struct.dataclass
-class HarmonizationState:
-  step: jax.Array
-  params: Any
+class HarmonizationState(TrainState):
+  """step, params, opt_state (`TrainState`) and the BatchNorm statistics."""
   batch_stats: Any
-  opt_state: optax.OptState
-
-
-def image_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  size = config.data.image_size
-  return (size, size) if isinstance(size, int) else tuple(size)
 
 
 def build_model(m: ml_collections.ConfigDict) -> Any:
@@ -315,6 +306,39 @@ def param_groups(params: Any) -> Any:
 def _learning_rate(o: ml_collections.ConfigDict, mult: float) -> optax.Schedule:
   return optax.piecewise_constant_schedule(
       o.lr * mult, {int(m): float(o.decay) for m in o.milestones})
+
+
+def _groups(ex: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Each example's membership [B, k] in the foreground-ratio ranges and (real pairs) subsets."""
+  groups = {"foreground_ratio": metrics.foreground_ratio_buckets(ex["mask"])}
+  if "subset" in ex:
+    groups["subset"] = jax.nn.one_hot(ex["subset"], len(SUBSET_NAMES), dtype=jnp.float32)
+  return groups
+
+
+def _scores(prefix: str, pred: jax.Array, target: jax.Array, mask: jax.Array,
+            groups: dict[str, jax.Array], valid: jax.Array | None = None) -> Metrics:
+  """MSE, fMSE, PSNR per example ('<prefix><name>' [B]) and per group member
+  ('<prefix><group>_<name>' [B, k])."""
+  out = {}
+  for name, value in metrics.harmonization_scores(pred, target, mask, valid).items():
+    out[f"{prefix}{name}"] = value
+    for g, member in groups.items():
+      out[f"{prefix}{g}_{name}"] = value[:, None] * member
+  return out
+
+
+def _full_resolution(batch: Batch) -> tuple[jax.Array, ...]:
+  """eval.mode='full': composite, target, mask [B, H, W, c] in [0, 1] at full resolution, the
+  extents [B, 2] and the valid-pixel mask."""
+  if "real_full" not in batch:
+    raise ValueError("eval.mode='full' scores real harmonisation pairs (an 'iharmony4:' "
+                     "eval.source); synthetic problems exist only at model size: use "
+                     "eval.mode='resize'")
+  composite, target, mask = (batch[k].astype(jnp.float32) / 255.0
+                             for k in ("image_full", "real_full", "mask_full"))
+  extent = batch["full_extent"]
+  return composite, target, mask, extent, _inside_extent(extent, composite.shape)
 
 
 class HarmonizationTask(Task):
@@ -389,13 +413,11 @@ class HarmonizationTask(Task):
     pretrained.check_initialisation(self.config)
 
   def init(self, key: jax.Array) -> HarmonizationState:
-    h, w = image_size(self.config)
+    h, w = image_ops.pair(self.config.data.image_size)
     variables = self.model.init(key, jnp.zeros((1, h, w, 3), jnp.float32),
                                 jnp.zeros((1, h, w, 1), jnp.float32), train=False)
-    params = variables["params"]
-    return HarmonizationState(step=jnp.zeros((), jnp.int32), params=params,
-                              batch_stats=variables.get("batch_stats", {}),
-                              opt_state=self.tx.init(params))
+    return HarmonizationState.create(apply_fn=self.model.apply, params=variables["params"],
+                                     tx=self.tx, batch_stats=variables.get("batch_stats", {}))
 
   def warm_start(self, state: HarmonizationState) -> HarmonizationState:
     """Converted released weights for a fresh run: `init_from` (a converted idih256 /
@@ -465,17 +487,14 @@ class HarmonizationTask(Task):
       return loss, (aux, stats)
 
     (loss, (aux, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    if "parsing_decoder" in updates:   # DIH fine-tuning stage: the parsing decoder is fixed
-      joint = (state.step < self.config.loss.stage1_steps).astype(jnp.float32)
-      updates = {**updates, "parsing_decoder": jax.tree.map(lambda u: u * joint,
-                                                            updates["parsing_decoder"])}
-      stats = {**stats, "parsing_decoder": jax.tree.map(
-          lambda new, old: jnp.where(joint > 0, new, old), stats["parsing_decoder"],
-          state.batch_stats["parsing_decoder"])}
-    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          batch_stats=stats, opt_state=opt_state)
-    return state, {"loss": loss, **aux}
+    new = state.apply_gradients(grads=grads, batch_stats=stats)
+    if "parsing_decoder" in new.params:   # DIH fine-tuning stage: the parsing decoder is fixed
+      joint = state.step < self.config.loss.stage1_steps
+      keep = lambda new, old: jnp.where(joint, new, old)  # pylint: disable=unnecessary-lambda-assignment
+      new = new.replace(**{field: {**getattr(new, field), "parsing_decoder": jax.tree.map(
+          keep, getattr(new, field)["parsing_decoder"], getattr(state, field)["parsing_decoder"])}
+                           for field in ("params", "batch_stats")})
+    return new, {"loss": loss, **aux}
 
   # --- evaluation -------------------------------------------------------------------------
   def _fixed(self, state: HarmonizationState, batch: Batch,
@@ -485,35 +504,28 @@ class HarmonizationTask(Task):
     return ex, self.harmonize(state, ex["composite"], ex["mask"])
 
   def eval_step(self, state: HarmonizationState, batch: Batch, key: jax.Array) -> Metrics:
-    """Per image: MSE, fMSE, PSNR of the result and of the composite, and the same times the
-    image's membership in each subset ([B, 4]) and foreground-ratio range ([B, 3])."""
+    """Per image: MSE, fMSE, PSNR of the result, and the same times the image's membership in
+    each subset ([B, 4]) and foreground-ratio range ([B, 3]) (the composite's: `baseline_step`).
+    """
     ex, result = self._fixed(state, batch, key)
-    groups = {"foreground_ratio": metrics.foreground_ratio_buckets(ex["mask"])}
-    if "subset" in ex:
-      groups["subset"] = jax.nn.one_hot(ex["subset"], len(SUBSET_NAMES), dtype=jnp.float32)
+    groups = _groups(ex)
     out = {f"{g}_n": member for g, member in groups.items()}
-
-    def score(prefix: str, pred: jax.Array, target: jax.Array, mask: jax.Array,
-              valid: jax.Array | None = None) -> None:
-      for name, value in metrics.harmonization_scores(pred, target, mask, valid).items():
-        out[f"{prefix}{name}"] = value
-        for g, member in groups.items():
-          out[f"{prefix}{g}_{name}"] = value[:, None] * member
-
-    score("", result, ex["target"], ex["mask"])
-    score("composite_", ex["composite"], ex["target"], ex["mask"])
+    out.update(_scores("", result, ex["target"], ex["mask"], groups))
     if "image_full" in batch:   # eval.mode='full'
-      if "real_full" not in batch:
-        raise ValueError("eval.mode='full' scores real harmonisation pairs (an 'iharmony4:' "
-                         "eval.source); synthetic problems exist only at model size: use "
-                         "eval.mode='resize'")
-      composite, target, mask = (batch[k].astype(jnp.float32) / 255.0
-                                 for k in ("image_full", "real_full", "mask_full"))
-      extent = batch["full_extent"]
+      composite, target, mask, extent, valid = _full_resolution(batch)
       full = jax.vmap(apply_change)(composite, mask, result - ex["composite"], extent)
-      valid = _inside_extent(extent, composite.shape)
-      score("full_", full, target, mask, valid)
-      score("composite_full_", composite, target, mask, valid)
+      out.update(_scores("full_", full, target, mask, groups, valid))
+    return out
+
+  def baseline_step(self, batch: Batch, key: jax.Array) -> Metrics:
+    """The unharmonised composite's scores, as `eval_step`'s with the prefix 'composite_'
+    (and 'composite_full_'): they do not depend on the network."""
+    ex = self.problems(batch, key, jnp.zeros((), jnp.int32), train=False)
+    groups = _groups(ex)
+    out = _scores("composite_", ex["composite"], ex["target"], ex["mask"], groups)
+    if "image_full" in batch:
+      composite, target, mask, _, valid = _full_resolution(batch)
+      out.update(_scores("composite_full_", composite, target, mask, groups, valid))
     return out
 
   def summarize_eval(self, sums: dict[str, np.ndarray], count: int) -> dict[str, Any]:

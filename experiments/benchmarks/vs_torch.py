@@ -126,9 +126,9 @@ def harmonization_train(model: str, batch_size: int = 4, size: int = 256) -> Wor
   bench = harness.task_bench(config, size, batch_size)
   task = bench.task
   params = _device_tree(variables["params"])
-  state = harmonization.HarmonizationState(
-      step=jnp.zeros((), jnp.int32), params=params,
-      batch_stats=_device_tree(variables["batch_stats"]), opt_state=task.tx.init(params))
+  state = harmonization.HarmonizationState.create(
+      apply_fn=task.model.apply, params=params, tx=task.tx,
+      batch_stats=_device_tree(variables["batch_stats"]))
   batch = th.real_pairs(1, batch_size, size, seed=0)[0]
   o = config.optim
   net.train()
@@ -275,7 +275,7 @@ def fcn8s_train() -> Workload:
   """cpjax's segmentation train_step beside pytorch-fcn's training iteration, batch 1."""
   import torch  # pylint: disable=g-import-not-at-top
   from cpjax.models.vgg import WIDTHS  # pylint: disable=g-import-not-at-top
-  from cpjax.tasks import segmentation  # pylint: disable=g-import-not-at-top
+  from cpjax.tasks.base import TrainState  # pylint: disable=g-import-not-at-top
   from train_parity import test_fcn_training as tft  # pylint: disable=g-import-not-at-top
   from train_parity import torch_fcn as tf  # pylint: disable=g-import-not-at-top
   from train_parity import torch_train as tt  # pylint: disable=g-import-not-at-top
@@ -284,8 +284,7 @@ def fcn8s_train() -> Workload:
   torch.manual_seed(0)
   net = tf.FCN8s(FCN_CLASSES, WIDTHS, 4096)
   params = _device_tree(tf.flax_params(tt.state_dict(net)))
-  state = segmentation.SegmentationState(step=jnp.zeros((), jnp.int32), params=params,
-                                         opt_state=bench.task.tx.init(params))
+  state = TrainState.create(apply_fn=bench.task.model.apply, params=params, tx=bench.task.tx)
   o = config.optim
   named = list(net.named_parameters())
   frozen = tuple(name for name, _ in tf.UPSCORES)

@@ -82,8 +82,8 @@ def _state(task) -> harmonization.HarmonizationState:
   """A train state of the task's shapes with NumPy-drawn values (no init compile)."""
   shapes = jax.eval_shape(task.init, jax.random.key(0))
   params, stats = numpy_params(shapes.params, 5), numpy_params(shapes.batch_stats, 6)
-  return harmonization.HarmonizationState(step=jnp.zeros((), jnp.int32), params=params,
-                                          batch_stats=stats, opt_state=task.tx.init(params))
+  return harmonization.HarmonizationState.create(apply_fn=task.model.apply, params=params,
+                                                 tx=task.tx, batch_stats=stats)
 
 
 def _assert_same(a, b) -> None:

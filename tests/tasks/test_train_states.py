@@ -35,6 +35,14 @@ class _VideoFieldsState:
 
 
 @flax.struct.dataclass
+class _HarmonizationFieldsState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+@flax.struct.dataclass
 class _GanFieldsState:
   step: jax.Array
   generator: Any
@@ -44,7 +52,8 @@ class _GanFieldsState:
 
 
 _CONFIGS = {"copy_paste": ("demo", _GanFieldsState), "fcn": ("fcn_demo", _FieldsState),
-            "video_inpainting": ("video_demo", _VideoFieldsState)}
+            "video_inpainting": ("video_demo", _VideoFieldsState),
+            "harmonization": ("harmonization_demo", _HarmonizationFieldsState)}
 
 
 @pytest.mark.parametrize("task", sorted(_CONFIGS))
@@ -72,7 +81,7 @@ def test_a_checkpoint_of_the_earlier_state_fields_restores(task, tmp_path):
     np.testing.assert_array_equal(got[path], value, err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize("task", ["fcn", "video_inpainting"])
+@pytest.mark.parametrize("task", ["fcn", "video_inpainting", "harmonization"])
 def test_single_network_states_are_flax_train_states_with_an_int32_step(task):
   """`init` gives a flax TrainState (subclass) with the task's optimiser, whose step is a
   strongly typed int32 (a weakly typed one would make a resumed run compile its step again)."""

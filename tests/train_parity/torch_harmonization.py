@@ -113,10 +113,9 @@ def cpjax_training(task: harmonization.HarmonizationTask, variables: dict[str, A
   """cpjax's `train_step` (jitted, one compilation) from `variables` on `batches`: the state
   after each step and the loss of each step."""
   params = jax.tree.map(jnp.asarray, variables["params"])
-  state = harmonization.HarmonizationState(
-      step=jnp.zeros((), jnp.int32), params=params,
-      batch_stats=jax.tree.map(jnp.asarray, variables["batch_stats"]),
-      opt_state=task.tx.init(params))
+  state = harmonization.HarmonizationState.create(
+      apply_fn=task.model.apply, params=params, tx=task.tx,
+      batch_stats=jax.tree.map(jnp.asarray, variables["batch_stats"]))
   step = tt.jit_unoptimized(task.train_step).lower(state, batches[0], jax.random.key(0)).compile()
   states, losses = [], []
   for batch in batches:
