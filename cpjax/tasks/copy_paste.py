@@ -72,8 +72,7 @@ class CopyPasteTask(Task):
     dtype = jnp.dtype(m.dtype)
     self.generator = CopyPasteGenerator(widths=tuple(m.generator_widths),
                                         dilations=tuple(m.dilations),
-                                        noise=m.get("noise", "layers"),  # older checkpoints
-                                        dtype=dtype)
+                                        noise=m.noise, dtype=dtype)
     self.critic = Critic(global_widths=tuple(m.critic_global_widths),
                          local_widths=tuple(m.critic_local_widths),
                          local_size=m.critic_local_size, dense_width=m.critic_dense, dtype=dtype)
