@@ -70,3 +70,22 @@ def video_demo_tiny_run(tmp_path_factory):
       text=True, timeout=900)
   assert run.returncode == 0, run.stderr[-3000:]
   return workdir, run.stderr
+
+
+def evaluate_twice(config, workdir):
+  """Two evaluations of one fresh run (steps 1 and 2; the trainer's `_Run.evaluate`), the
+  baseline function replaced by one that fails before the second: (first, second) results.
+  Baselines do not depend on the train state, so the second must reuse the first's sums."""
+  from cpjax.train import trainer  # pylint: disable=g-import-not-at-top
+  run = trainer._Run(config, workdir, jax.devices()[:1])  # pylint: disable=protected-access
+  try:
+    state = run.system.init_state()
+    first = run.evaluate(state, 1)
+
+    def gone(*args):
+      raise AssertionError("baselines recomputed")
+
+    run.baseline_fn = gone
+    return first, run.evaluate(state, 2)
+  finally:
+    run.close()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, load_config
+from conftest import REPO, evaluate_twice, load_config
 from cpjax import tasks
 from cpjax.ops import masks
 from cpjax.tasks import video_inpainting
@@ -168,21 +168,7 @@ def test_the_trainer_scores_the_baselines_once_for_every_evaluation(tmp_path):
   """Two evaluations of a run: the first computes the baselines (`baseline_step`), the second
   reuses their sums (the baseline function is gone by then) and reports the same baseline
   values, beside the network's own scores."""
-  config = _tiny()
-  run = trainer._Run(config, tmp_path, jax.devices()[:1])  # pylint: disable=protected-access
-  try:
-    state = run.system.init_state()
-    first = run.evaluate(state, 1)
-    totals = run._baseline_totals  # pylint: disable=protected-access
-    assert {"prev_frame_psnr", "mean_fill_ssim"} <= set(totals)
-
-    def gone(*args):
-      raise AssertionError("baselines recomputed")
-
-    run.baseline_fn = gone
-    second = run.evaluate(state, 2)
-  finally:
-    run.close()
+  first, second = evaluate_twice(_tiny(), tmp_path)
   for name in ("psnr", "ssim", "hole_l1"):
     for prefix in ("mean_fill_", "prev_frame_"):
       assert first[prefix + name] == second[prefix + name]

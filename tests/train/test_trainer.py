@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config
+from conftest import REPO, evaluate_twice, load_config
 from cpjax.train import trainer
 
 
@@ -291,19 +291,7 @@ def test_curves_plot_loss_and_eval_metrics_with_baselines(tmp_path):
 def test_baselines_are_computed_once_per_evaluation_set(tmp_path):
   """Baselines do not depend on the train state: the second evaluation of a run reuses the
   first one's sums (here the jitted baseline function is gone by then) and reports the same."""
-  config = _tiny()
-  run = trainer._Run(config, tmp_path, jax.devices()[:1])  # pylint: disable=protected-access
-  try:
-    state = run.system.init_state()
-    first = run.evaluate(state, 1)
-
-    def gone(*args):
-      raise AssertionError("baselines recomputed")
-
-    run.baseline_fn = gone
-    second = run.evaluate(state, 2)
-  finally:
-    run.close()
+  first, second = evaluate_twice(_tiny(), tmp_path)
   assert first["poisson_psnr"] == second["poisson_psnr"]
   assert first["cut_paste_ssim"] == second["cut_paste_ssim"]
   assert first["psnr"] == second["psnr"]
