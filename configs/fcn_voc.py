@@ -37,8 +37,8 @@ from, as pytorch-fcn's vgg16_from_caffe.pth (torchfcn.models.VGG16(pretrained=Tr
 it), converted once:
   python -m cpjax.tools.convert --from=vgg16_from_caffe.pth --model=vgg16_caffe \
       --out=weights/vgg16_caffe
-and passed as --config.model.vgg_init=weights/vgg16_caffe (an .npz in flax layout works too, keys
-'vgg/conv1_1/kernel' ... 'fc7/bias'; see cpjax/tasks/segmentation.py). --config.init_from=DIR
+and passed as --config.model.vgg_init=weights/vgg16_caffe (converted directories are the one
+format read; see cpjax/tasks/segmentation.py). --config.init_from=DIR
 (an earlier stage's workdir, or a converted pytorch-fcn checkpoint: --model=fcn32s|fcn16s|fcn8s)
 also does; --config.model.vgg_init=random trains from random weights, if asked for explicitly.
 """

@@ -11,8 +11,11 @@ without a mask folder they are random blobs:
 Optionally, real frame sequences instead of stills (clips of 5 consecutive frames, the holes
 still synthetic; `data_pipelines.video_clips`):
   --config.data.source=video_clips:/data/DAVIS/JPEGImages/480p   (any folder of frame folders)
-The perceptual and style losses need ImageNet VGG16 weights (torchvision layout, .npz):
-  --config.loss.vgg_weights=/path/vgg16.npz
+The perceptual and style losses need ImageNet VGG16 weights: torchvision's vgg16-397923af.pth,
+converted once (converted directories are the one format read):
+  python -m cpjax.tools.convert --from=vgg16-397923af.pth --model=vgg16_torchvision \
+      --out=weights/vgg16_torchvision
+  --config.loss.vgg_weights=weights/vgg16_torchvision
 Numbers marked 'ours' are choices the paper leaves open.
 
 'davis': the paper's video restoration evaluation (sec. 5.1, Table 1): DAVIS clips with the

@@ -32,6 +32,7 @@ Use (`HarmonizationTask.warm_start` calls `pretrained_variables`):
   model.backbone_init=DIR  a converted hrnet_w18s / hrnet_w18 / hrnet_w32 (ImageNet): the HRNet
                            trunk of an 'idih_hrnet' model of the same width; the OCR head, the
                            mask fusion and the iDIH keep their fresh initialisation.
+Both are merged by `cpjax.convert.checkpoint.put` (leaves and shapes checked, scope by scope).
   model.backbone_init=random  the trunk from random weights, asked for explicitly.
 iDIH-HRNet fine-tunes an ImageNet trunk: `check_initialisation` (called before a new run's
 state is made, `Task.check_warm_start`) refuses an 'idih_hrnet' config with neither init_from nor
@@ -44,7 +45,6 @@ import json
 import pathlib
 from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import logging
@@ -52,12 +52,20 @@ from absl import logging
 from cpjax.convert import Converted, checkpoint
 from cpjax.convert import hrnet as hrnet_convert
 from cpjax.convert.hrnet import Path, expected_variables, module_variables
-from cpjax.convert.state_dict import StateDict, Tree, check_tree
+from cpjax.convert.state_dict import StateDict, Tree
 from cpjax.models import dih, hrnet
 
 SIZE = 256   # the fixed256 models: depth 7 needs 2**(7 + 1) px
 RANDOM_INIT = "random"   # model.backbone_init asking for a randomly initialised HRNet trunk
 SIZES = {"dih512": 512}   # other sizes: the Caffe DIH's fc7 takes conv6's 4x4 map of 512 px
+# The released file of each model (the README says where it is published).
+FILES = {**{m: f"{m}.pth" for m in ("idih256", "hrnet18s_idih256", "hrnet18_idih256",
+                                    "hrnet32_idih256")},
+         "dih512": "harmonize_iter_200000.caffemodel", **hrnet_convert.FILES}
+# HRNetV2 width -> the --model converting its ImageNet trunk.
+TRUNKS = {width: model for model, width in hrnet_convert.WIDTHS.items()}
+# The variable collections a converted network fills.
+COLLECTIONS = ("params", "batch_stats")
 # The reference's improved_dih256 (depth 7, BatchNorm from block 2, image fusion), as
 # config.model fields of the harmonisation task.
 IDIH256 = {"depth": 7, "ch": 64, "max_channels": 512, "batchnorm_from": 2}
@@ -142,22 +150,21 @@ hrnet32_idih256 = _converter("hrnet32_idih256")
 # --- use by the harmonisation task --------------------------------------------------------
 
 
-def _fit(converted: Tree, target: Tree) -> Tree:
-  """`converted` (NumPy) in the dtypes of `target`, after checking they have the same leaves."""
-  check_tree(target, converted)
-  return jax.tree.map(lambda c, t: jnp.asarray(c, t.dtype), converted, target)
-
-
-def _metadata(directory: str, option: str, models: tuple[str, ...]) -> dict[str, Any]:
+def _metadata(directory: str, option: str, models: tuple[str, ...], model: str) -> dict[str, Any]:
   """converted.json of a converted-weights directory holding one of `models` (checked before
-  any weights are read)."""
-  if not checkpoint.is_converted(directory):
-    checkpoint.load(directory)   # raises the error that says how to create it
+  any weights are read; another path is refused with the command converting `model`)."""
+  checkpoint.require_converted(directory, option, model, FILES[model])
   meta = json.loads((pathlib.Path(directory).expanduser() / checkpoint.METADATA).read_text())
   if meta["model"] not in models:
     raise ValueError(f"{option}={directory} holds converted {meta['model']!r} weights; it "
                      f"takes one of {', '.join(models)}")
   return meta
+
+
+def _released(model: ml_collections.ConfigDict) -> str:
+  """The released network config.model builds (idih256 when none), for advice."""
+  return next((name for name, fields in MODEL_CONFIGS.items()
+               if all(model.get(k) == v for k, v in fields.items())), "idih256")
 
 
 def check_initialisation(config: ml_collections.ConfigDict) -> None:
@@ -171,10 +178,9 @@ def check_initialisation(config: ml_collections.ConfigDict) -> None:
   m = config.model
   if m.get("name") != "idih_hrnet" or m.get("backbone_init") or config.get("init_from"):
     return
-  trunks = {width: model for model, width in hrnet_convert.WIDTHS.items()}
-  if m.hrnet_width not in trunks:
-    raise ValueError(f"model.hrnet_width is {m.hrnet_width!r}; use one of {', '.join(trunks)}")
-  model = trunks[m.hrnet_width]
+  if m.hrnet_width not in TRUNKS:
+    raise ValueError(f"model.hrnet_width is {m.hrnet_width!r}; use one of {', '.join(TRUNKS)}")
+  model = TRUNKS[m.hrnet_width]
   file = hrnet_convert.FILES[model]
   raise ValueError(
       f"model.backbone_init is not set, and iDIH-HRNet fine-tunes an ImageNet HRNetV2-"
@@ -197,8 +203,9 @@ def pretrained_variables(config: ml_collections.ConfigDict, variables: Tree) -> 
     The new variables (the dtypes of `variables`), or None when the config names no weights.
 
   Raises:
-    ValueError: a directory of the wrong model, or a config that builds another network.
-    FileNotFoundError: a directory without converted weights.
+    ValueError: a directory of the wrong model, a config that builds another network, or a
+      leaf of another shape (`checkpoint.put`).
+    FileNotFoundError: a path without converted weights (e.g. a .pth): the convert command.
   """
   init_from = config.get("init_from", "")
   backbone_init = config.model.get("backbone_init", "")
@@ -207,7 +214,7 @@ def pretrained_variables(config: ml_collections.ConfigDict, variables: Tree) -> 
     raise ValueError("init_from (the whole network) and model.backbone_init (its HRNet trunk) "
                      "both set; give one")
   if init_from:
-    meta = _metadata(init_from, "init_from", tuple(MODEL_CONFIGS))
+    meta = _metadata(init_from, "init_from", tuple(MODEL_CONFIGS), _released(config.model))
     differ = {k: v for k, v in meta["module_config"].items() if config.model.get(k) != v}
     if differ:
       wanted = " ".join(f"--config.model.{k}={v}" for k, v in differ.items())
@@ -215,9 +222,11 @@ def pretrained_variables(config: ml_collections.ConfigDict, variables: Tree) -> 
                        f"(the config builds another network)")
     converted = checkpoint.load(init_from).variables
     logging.info("init_from: the whole %s network from %s", meta["model"], init_from)
-    return {k: _fit(converted[k], variables[k]) for k in ("params", "batch_stats")}
+    return checkpoint.put(variables, {(k,): converted.get(k, {}) for k in COLLECTIONS},
+                          "init_from", init_from)
   if backbone_init:
-    meta = _metadata(backbone_init, "model.backbone_init", tuple(hrnet_convert.WIDTHS))
+    meta = _metadata(backbone_init, "model.backbone_init", tuple(hrnet_convert.WIDTHS),
+                     TRUNKS.get(config.model.get("hrnet_width"), "hrnet_w18s"))
     width = meta["module_config"]["hrnet_width"]
     if config.model.name != "idih_hrnet" or config.model.get("hrnet_width") != width:
       raise ValueError(f"model.backbone_init={backbone_init} holds the HRNetV2-{width} trunk; "
@@ -225,8 +234,6 @@ def pretrained_variables(config: ml_collections.ConfigDict, variables: Tree) -> 
                        f"(e.g. configs/iharmony4_idih_hrnet.py:{width})")
     converted = checkpoint.load(backbone_init).variables
     logging.info("model.backbone_init: the HRNetV2-%s trunk from %s", width, backbone_init)
-    out = jax.device_get(variables)
-    for k in ("params", "batch_stats"):
-      out[k]["backbone"][hrnet.TRUNK] = _fit(converted[k], variables[k]["backbone"][hrnet.TRUNK])
-    return out
+    return checkpoint.put(variables, {(k, "backbone", hrnet.TRUNK): converted[k]
+                                      for k in COLLECTIONS}, "model.backbone_init", backbone_init)
   return None

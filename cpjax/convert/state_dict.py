@@ -127,12 +127,13 @@ def strip_prefix(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.
   return dict(arrays)
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """Nested mappings -> {'a/b/c': leaf}."""
   out = {}
   for key, value in tree.items():
     path = f"{prefix}/{key}" if prefix else str(key)
     if isinstance(value, Mapping):
-      out.update(_flatten(value, path))
+      out.update(flatten(value, path))
     else:
       out[path] = value
   return out
@@ -148,7 +149,7 @@ def check_tree(expected: Mapping[str, Any], converted: Mapping[str, Any]) -> Non
   Raises:
     ConversionError: listing missing, unexpected and mis-shaped leaves (by '/'-joined path).
   """
-  want, got = _flatten(expected), _flatten(converted)
+  want, got = flatten(expected), flatten(converted)
   missing = sorted(set(want) - set(got))
   unexpected = sorted(set(got) - set(want))
   misshaped = [f"{k} {tuple(got[k].shape)} (module wants {tuple(want[k].shape)})"

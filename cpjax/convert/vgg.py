@@ -108,11 +108,13 @@ def load_params(directory: str, preprocess: str, field: str) -> Tree:
     {'vgg': {...}, 'fc6': {...}, 'fc7': {...}} float32 NumPy arrays (module docstring).
 
   Raises:
+    FileNotFoundError: no converted directory (e.g. an .npz): the convert command.
     ValueError: other converted weights, or VGG16 weights for the other input normalisation
       (they would run, but on wrongly normalised input).
   """
-  converted = checkpoint.load(directory)
   want = next(m for m, p in PREPROCESS.items() if p == preprocess)
+  checkpoint.require_converted(directory, field, want, FILES[want])
+  converted = checkpoint.load(directory)
   fix = f"convert {FILES[want]} with python -m cpjax.tools.convert --model={want}"
   if converted.model not in PREPROCESS:
     raise ValueError(f"{field}={directory} holds converted {converted.model!r} weights, not "

@@ -99,9 +99,11 @@ def load_params(directory: str, field: str, model: Mapping[str, Any]) -> Tree:
     The `CopyPasteNet` parameter tree (module docstring), float32 NumPy arrays.
 
   Raises:
+    FileNotFoundError: no converted directory: the convert command.
     ValueError: other converted weights, or a model config other than the released one (the
       differing fields named).
   """
+  checkpoint.require_converted(directory, field, "cpn_video", "weight.pth")
   converted = checkpoint.load(directory)
   if converted.model != "cpn_video":
     raise ValueError(f"{field}={directory} holds converted {converted.model!r} weights, not "

@@ -23,16 +23,16 @@ model.vgg_init, or init_from, or model.vgg_init='random' asked for explicitly (t
 train narrow networks from scratch). `warm_start`, applied by the trainer to a fresh run, reads:
   model.vgg_init  a directory of `python -m cpjax.tools.convert --model=vgg16_caffe` (vgg, fc6,
                   fc7; torchvision's weights are refused: they expect ImageNet-normalised RGB,
-                  the FCN feeds Caffe BGR); or an .npz of pretrained arrays in flax layout,
-                  keyed 'vgg/conv1_1/kernel', ..., 'fc6/kernel' (7x7 conv), 'fc7/bias' (see
-                  `cpjax.models.fcn` for the names and the PyTorch -> flax transposes), every
-                  key naming a parameter of the same shape; or 'random' (nothing read).
+                  the FCN feeds Caffe BGR; any other path, e.g. an .npz, is refused with the
+                  convert command), or 'random' (nothing read).
   init_from       '' or the workdir of an earlier stage (staged training 32s -> 16s -> 8s -> 4s):
                   its latest checkpoint's parameters are copied for every top-level module the
                   two networks share (vgg, fc6, fc7, score_fr, and the skip layers of the earlier
                   stage), like pytorch-fcn's copy_params_from_fcn32s / 16s. Applied after
                   vgg_init. Or a directory of `python -m cpjax.tools.convert --model=fcn32s|
                   fcn16s|fcn8s` (pytorch-fcn's checkpoints), copied the same way.
+Both are merged by `cpjax.convert.checkpoint.put`: a shared module of another shape is a one-line
+error naming the flag, the parameter and the two shapes.
 
 Evaluation: per-example confusion matrices [B, K, K] (`cpjax.metrics.confusion_matrix`), summed
 by the trainer over the split; `summarize_eval` gives pixel accuracy, mean accuracy, mean IU and
@@ -93,29 +93,16 @@ def make_optimizer(o: ml_collections.ConfigDict) -> optax.GradientTransformation
       param_labels)
 
 
-def copy_shared_params(source: Any, target: Any) -> tuple[Any, list[str]]:
-  """`target` with every top-level module of `source` that it also has replaced by source's.
-
-  Args:
-    source: parameters of an earlier stage (e.g. FCN-32s).
-    target: freshly initialised parameters (e.g. FCN-16s).
-
-  Returns:
-    (parameters, names of the copied modules, sorted).
+def put_shared(params: Any, loaded: Any, field: str, source: str) -> Any:
+  """`params` with every top-level module that `loaded` also has replaced by loaded's
+  (`cpjax.convert.checkpoint.put`; e.g. vgg, fc6, fc7, score_fr of an earlier stage).
 
   Raises:
     ValueError: a shared module whose shapes differ (the networks do not match).
   """
-  out, copied = dict(target), []
-  for name in sorted(set(source) & set(target)):
-    src_shapes = jax.tree.map(np.shape, source[name])
-    dst_shapes = jax.tree.map(np.shape, target[name])
-    if src_shapes != dst_shapes:
-      raise ValueError(f"init_from: module {name!r} has shapes {src_shapes} in the earlier stage "
-                       f"but {dst_shapes} here; use the same model widths and classes")
-    out[name] = source[name]
-    copied.append(name)
-  return out, copied
+  shared = sorted(set(loaded) & set(params))
+  return converted_weights.put(params, {(name,): loaded[name] for name in shared}, field, source,
+                               fix="use the same model widths and classes")
 
 
 def check_initialisation(config: ml_collections.ConfigDict) -> None:
@@ -139,39 +126,25 @@ def check_initialisation(config: ml_collections.ConfigDict) -> None:
       f"--config.model.vgg_init={RANDOM_INIT} starts from random weights")
 
 
-def load_npz_params(path: str, params: Any) -> Any:
-  """`params` with the arrays of an .npz ('scope/.../name' keys, flax layout) put in.
+def stage_params(init_from: str, variant: str) -> Any:
+  """The parameters `init_from` names: a converted fcn32s / 16s / 8s directory or the workdir
+  of an earlier stage (its latest checkpoint), on the host.
 
   Raises:
-    FileNotFoundError / ValueError: a missing file, an unknown key or a shape mismatch (named).
+    FileNotFoundError / ValueError: neither (one line: what init_from takes; for a path that is
+      no directory, e.g. an .npz, the convert command).
   """
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"model.vgg_init: {path} does not exist; give converted VGG16 "
-                            f"weights or '{RANDOM_INIT}' to start from random weights")
-  flat = {"/".join(k.key for k in p): v
-          for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-  with np.load(path) as arrays:
-    for key in arrays.files:
-      if key not in flat:
-        raise ValueError(f"model.vgg_init: {path} has {key!r}, which is no parameter of this FCN "
-                         f"(e.g. {', '.join(list(flat)[:3])})")
-      if arrays[key].shape != flat[key].shape:
-        raise ValueError(f"model.vgg_init: {key!r} is {arrays[key].shape} in {path} but "
-                         f"{flat[key].shape} in the model")
-      flat[key] = jnp.asarray(arrays[key], flat[key].dtype)
-  leaves = [flat["/".join(k.key for k in p)]
-            for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-  return jax.tree.unflatten(jax.tree.structure(params), leaves)
-
-
-def restore_params(workdir: str) -> Any:
-  """The parameters of the latest checkpoint of a segmentation run, on the host."""
+  if converted_weights.is_converted(init_from):
+    return convert_fcn.load_params(init_from, "init_from")
+  if not os.path.isdir(init_from):
+    model = f"fcn{variant}" if f"fcn{variant}" in convert_fcn.VARIANTS else "fcn8s"
+    converted_weights.require_converted(init_from, "init_from", model, f"{model}_from_caffe.pth")
   from cpjax import system  # pylint: disable=import-outside-toplevel  (system imports tasks)
   try:
-    return jax.device_get(system.load(workdir, task="fcn").state.params)
+    return jax.device_get(system.load(init_from, task="fcn").state.params)
   except (FileNotFoundError, ValueError) as e:
     raise type(e)(f"init_from: {e} (init_from names the workdir of an earlier stage, e.g. one "
-                  "trained with configs/fcn_voc.py:32s)") from None
+                  "trained with configs/fcn_voc.py:32s, or a converted fcn32s/16s/8s)") from None
 
 
 def colorize(labels: jax.Array) -> jax.Array:
@@ -207,16 +180,13 @@ class SegmentationTask(Task):
     """Pretrained values for a fresh run (module docstring); unchanged without any."""
     params = state.params
     vgg_init = self.config.model.get("vgg_init", "")
-    if vgg_init not in ("", RANDOM_INIT) and converted_weights.is_converted(vgg_init):
-      params, _ = copy_shared_params(convert_vgg.load_params(vgg_init, "caffe", "model.vgg_init"),
-                                     jax.device_get(params))
-    elif vgg_init not in ("", RANDOM_INIT):
-      params = load_npz_params(vgg_init, jax.device_get(params))
+    if vgg_init not in ("", RANDOM_INIT):
+      vgg = convert_vgg.load_params(vgg_init, "caffe", "model.vgg_init")
+      params = put_shared(params, vgg, "model.vgg_init", vgg_init)
     init_from = self.config.get("init_from")
     if init_from:
-      source = (convert_fcn.load_params(init_from, "init_from")
-                if converted_weights.is_converted(init_from) else restore_params(init_from))
-      params, _ = copy_shared_params(source, jax.device_get(params))
+      source = stage_params(init_from, self.config.model.variant)
+      params = put_shared(params, source, "init_from", init_from)
     if params is state.params:
       return state
     return state.replace(params=params, opt_state=self.tx.init(params))

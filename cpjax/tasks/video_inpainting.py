@@ -34,8 +34,8 @@ Losses (sec. 4.1; weights in `loss.*`, the paper gives none, see configs/video_i
     reference sees (C = the context-matching c_mask, upsampled bilinearly, no gradient);
   * L_perceptual, L_style on VGG16 pooling features (`loss.vgg_layers`) of the composite
     Y_comp = Y hole + X (1 - hole) and of the ground truth; L_tv = total variation of Y_comp.
-    The VGG16 (ImageNet weights, torchvision layout, `loss.vgg_weights`: an .npz or a directory
-    of `python -m cpjax.tools.convert --model=vgg16_torchvision`) is frozen and lives in
+    The VGG16 (ImageNet weights, `loss.vgg_weights`: a directory of `python -m
+    cpjax.tools.convert --model=vgg16_torchvision`, the one format read) is frozen and lives in
     the train state; it is built only when a perceptual or style weight is non-zero and
     `loss.vgg_weights` is set. Only training needs it: without it the state holds no VGG,
     inference and evaluation run (e.g. converted released weights, whose config keeps the
@@ -66,15 +66,19 @@ import optax
 
 from cpjax import losses, metrics
 from cpjax.convert import checkpoint as converted_weights
-from cpjax.convert.state_dict import ConversionError, StateDict
 from cpjax.convert import vgg as convert_vgg
 from cpjax.convert import video_cpn as convert_cpn
-from cpjax.models.vgg import TORCHVISION_FEATURE_INDEX, VGG16
+from cpjax.models.vgg import VGG16
 from cpjax.models.video_cpn import CopyPasteNet, resize_bilinear
 from cpjax.ops import geometry, masks
 from cpjax.ops.color import IMAGENET_MEAN, imagenet_normalize
 from cpjax.tasks.base import Batch, Metrics, Task, TrainState, example_keys
 from data_pipelines import image_ops, mask_folder, video_clips
+
+
+# What loss.vgg_weights takes: converted torchvision VGG16 (ImageNet-normalised RGB input).
+_VGG = "vgg16_torchvision"
+_VGG_FILE = convert_vgg.FILES[_VGG]
 
 
 class VideoState(TrainState):
@@ -149,30 +153,6 @@ def fill_nearest(image: jax.Array, valid: jax.Array, iterations: int) -> jax.Arr
   return jax.lax.fori_loop(0, iterations, step, (image, valid))[0]
 
 
-def load_vgg_weights(path: str) -> dict[str, Any]:
-  """VGG16 parameters from an .npz of torchvision's `vgg16().state_dict()` arrays.
-
-  The file holds 'features.N.weight' [O, I, 3, 3] and 'features.N.bias' [O] (e.g.
-  `np.savez(path, **{k: v.numpy() for k, v in torchvision.models.vgg16(weights=
-  'IMAGENET1K_V1').state_dict().items()})`); other arrays are ignored.
-
-  Returns:
-    {'conv1_1': {'kernel', 'bias'}, ...} float32 NumPy arrays in flax layout.
-  """
-  try:
-    with np.load(path) as f:
-      arrays = dict(f)
-  except (OSError, ValueError) as e:
-    raise ValueError(f"loss.vgg_weights={path} cannot be read as .npz ({e}); give torchvision "
-                     "vgg16 state_dict arrays saved with np.savez") from e
-  prefixes = {name: f"features.{index}" for name, index in TORCHVISION_FEATURE_INDEX.items()}
-  try:
-    return convert_vgg.trunk(StateDict(arrays), prefixes)
-  except ConversionError as e:
-    raise ValueError(f"loss.vgg_weights={path}: {e}; give torchvision vgg16 state_dict arrays "
-                     "(features.N.weight / features.N.bias)") from e
-
-
 class VideoInpaintingTask(Task):
   """Copy-and-Paste Networks trained on synthetic sequences (module docstring)."""
 
@@ -224,24 +204,23 @@ class VideoInpaintingTask(Task):
     vgg = VGG16().init(vgg_key, jnp.zeros((1, 32, 32, 3)))["params"] if self.use_vgg else {}
     return VideoState.create(apply_fn=self.net.apply, params=params, tx=self.tx, vgg=vgg)
 
-  def _pretrained_vgg(self) -> Any:
-    """loss.vgg_weights: a converted vgg16_torchvision directory or an .npz; 'random' keeps the
-    untrained VGG (smoke tests only)."""
-    spec = self.config.loss.vgg_weights
-    if converted_weights.is_converted(spec):   # cpjax.tools.convert --model=vgg16_torchvision
-      return convert_vgg.load_params(spec, "imagenet", "loss.vgg_weights")["vgg"]
-    return load_vgg_weights(spec)
-
   def warm_start(self, state: VideoState) -> VideoState:
     """Pretrained values for a fresh run: the VGG16 of the perceptual/style losses
-    (`loss.vgg_weights`) and, with `init_from` = a directory of `python -m cpjax.tools.convert
-    --model=cpn_video`, the released CPN weights (the config's model must be the reference one)."""
-    if self.use_vgg and self.config.loss.vgg_weights != "random":
-      state = state.replace(vgg=jax.tree.map(jnp.asarray, self._pretrained_vgg()))
-    if not self.config.get("init_from"):
+    (`loss.vgg_weights`: a converted vgg16_torchvision directory; 'random' keeps the untrained
+    VGG, smoke tests only) and, with `init_from` = a directory of `python -m
+    cpjax.tools.convert --model=cpn_video`, the released CPN weights (the config's model must be
+    the reference one)."""
+    spec = self.config.loss.vgg_weights
+    if self.use_vgg and spec != "random":
+      vgg = convert_vgg.load_params(spec, "imagenet", "loss.vgg_weights")["vgg"]
+      state = state.replace(vgg=converted_weights.put(
+          {"vgg": state.vgg}, {("vgg",): vgg}, "loss.vgg_weights", spec)["vgg"])
+    init_from = self.config.get("init_from")
+    if not init_from:
       return state
-    params = convert_cpn.load_params(self.config.init_from, "init_from", self.config.model)
-    params = jax.tree.map(jnp.asarray, params)
+    released = convert_cpn.load_params(init_from, "init_from", self.config.model)
+    params = converted_weights.put({"params": state.params}, {("params",): released},
+                                   "init_from", init_from)["params"]
     return state.replace(params=params, opt_state=self.tx.init(params))
 
   # ----------------------------------------------------------------------------- data
@@ -372,8 +351,9 @@ class VideoInpaintingTask(Task):
     if self.vgg_losses and not self.use_vgg:
       raise ValueError(
           "the perceptual and style losses need ImageNet VGG16 weights: set "
-          "--config.loss.vgg_weights=/path/vgg16.npz (torchvision vgg16 state_dict arrays saved "
-          "with np.savez), or turn them off with --config.loss.perceptual=0 "
+          f"--config.loss.vgg_weights=weights/{_VGG} (convert torchvision's {_VGG_FILE} with "
+          f"python -m cpjax.tools.convert --from={_VGG_FILE} --model={_VGG} --out=weights/{_VGG})"
+          ", or turn them off with --config.loss.perceptual=0 "
           "--config.loss.style=0")
     ex = self.problems(batch, key, state.step)
     weights = self.config.loss

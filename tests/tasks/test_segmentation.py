@@ -16,7 +16,8 @@ import pytest
 
 from conftest import REPO, load_config, numpy_params
 from data.test_voc import _IDS, _SIZES, _labels_for, voc_root  # noqa: F401  (a fixture)
-from cpjax import system, tasks
+from cpjax import convert, system, tasks
+from cpjax.convert import checkpoint
 from cpjax.models import fcn
 from cpjax.tasks import segmentation
 from cpjax.tools import common
@@ -180,8 +181,10 @@ def test_staged_initialisation_refuses_other_widths(tmp_path):
   """An earlier stage with other widths cannot initialise this one: the error names the module."""
   _save_stage(tmp_path, _tiny(**{"model.variant": "32s", "model.fc_width": 8}), 1)
   task, fresh = _fresh(_tiny(**{"init_from": str(tmp_path)}))
-  with pytest.raises(ValueError, match="module 'fc6' has shapes"):
+  with pytest.raises(ValueError) as error:
     task.warm_start(fresh)
+  assert str(error.value) == (f"init_from={tmp_path}: fc6/bias is (8,) there but (16,) in the "
+                              "network the config builds; use the same model widths and classes")
 
 
 def test_init_from_through_the_system(cli_run):
@@ -206,24 +209,45 @@ def test_eval_mode_scores_init_from_weights_without_training(cli_run, tmp_path):
     assert results[score] == pytest.approx(original[score], abs=1e-9)
 
 
-def test_vgg_init_npz(tmp_path):
-  """model.vgg_init puts converted arrays in by name; an unknown key or a wrong shape is an error
-  that names it."""
+def test_vgg_init_reads_converted_directories_only(tmp_path):
+  """model.vgg_init=<converted vgg16_caffe directory> puts vgg, fc6 and fc7 in and keeps the
+  scoring layers; a leaf of another shape is a one-line error naming the flag, the leaf and both
+  shapes; an .npz (or any path that is no converted directory) is refused with the convert
+  command, for init_from as well."""
   task, fresh = _fresh(_tiny())
-  kernel = np.full(fresh.params["vgg"]["conv1_1"]["kernel"].shape, 0.5, np.float32)
-  bias = np.arange(16, dtype=np.float32)
-  np.savez(tmp_path / "vgg.npz", **{"vgg/conv1_1/kernel": kernel, "fc6/bias": bias})
-  task.config.model.vgg_init = str(tmp_path / "vgg.npz")
-  params = jax.device_get(task.warm_start(fresh).params)
-  np.testing.assert_array_equal(params["vgg"]["conv1_1"]["kernel"], kernel)
-  np.testing.assert_array_equal(params["fc6"]["bias"], bias)
-  np.testing.assert_array_equal(params["fc7"]["kernel"], fresh.params["fc7"]["kernel"])
-  np.savez(tmp_path / "bad.npz", **{"vgg/conv1_1/kernel": kernel[..., :2]})
-  task.config.model.vgg_init = str(tmp_path / "bad.npz")
-  with pytest.raises(ValueError, match="'vgg/conv1_1/kernel' is"):
+  fresh_params = jax.device_get(fresh.params)
+  trunk = {name: jax.tree.map(lambda x: np.asarray(x) + 1.0, fresh_params[name])
+           for name in ("vgg", "fc6", "fc7")}
+  checkpoint.save(convert.Converted("vgg16_caffe", {"params": trunk}, {}), tmp_path / "vgg", {})
+  task.config.model.vgg_init = str(tmp_path / "vgg")
+  warm = jax.device_get(task.warm_start(fresh).params)
+  for name, subtree in warm.items():
+    want = trunk.get(name, fresh_params[name])
+    jax.tree.map(np.testing.assert_array_equal, subtree, want)
+
+  trunk["fc6"]["bias"] = np.zeros(3, np.float32)
+  checkpoint.save(convert.Converted("vgg16_caffe", {"params": trunk}, {}), tmp_path / "bad", {})
+  task.config.model.vgg_init = str(tmp_path / "bad")
+  with pytest.raises(ValueError) as error:
     task.warm_start(fresh)
-  np.savez(tmp_path / "bad.npz", **{"classifier/0/weight": kernel})
-  with pytest.raises(ValueError, match="'classifier/0/weight', which is no parameter"):
+  assert str(error.value) == (f"model.vgg_init={tmp_path / 'bad'}: fc6/bias is (3,) there but "
+                              "(16,) in the network the config builds; use the same model "
+                              "widths and classes")
+
+  np.savez(tmp_path / "vgg.npz", **{"vgg/conv1_1/kernel": np.zeros((3, 3, 3, 4), np.float32)})
+  task.config.model.vgg_init = str(tmp_path / "vgg.npz")
+  with pytest.raises(FileNotFoundError) as error:
+    task.warm_start(fresh)
+  assert "\n" not in str(error.value)
+  assert str(error.value).startswith(f"model.vgg_init={tmp_path / 'vgg.npz'} holds no converted")
+  assert str(error.value).endswith(
+      "convert vgg16_from_caffe.pth with python -m cpjax.tools.convert "
+      "--from=vgg16_from_caffe.pth --model=vgg16_caffe --out=weights/vgg16_caffe and pass "
+      "--config.model.vgg_init=weights/vgg16_caffe")
+  task.config.model.vgg_init, task.config.init_from = "random", str(tmp_path / "vgg.npz")
+  with pytest.raises(FileNotFoundError, match=r"^init_from=.*vgg.npz holds no converted .*"
+                     r"python -m cpjax.tools.convert --from=fcn8s_from_caffe.pth --model=fcn8s "
+                     r"--out=weights/fcn8s and pass --config.init_from=weights/fcn8s$"):
     task.warm_start(fresh)
 
 

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, evaluate_twice, load_config
-from cpjax import tasks
+from conftest import REPO, evaluate_twice, load_config, numpy_params
+from cpjax import convert, tasks
+from cpjax.convert import checkpoint
 from cpjax.ops import masks
 from cpjax.tasks import video_inpainting
 from cpjax.train import partitioning, trainer, writers
@@ -269,28 +270,43 @@ def test_vgg_weights_are_needed_for_training_only():
   batch = {"image": jnp.zeros((2, 32, 32, 3), jnp.uint8), "index": jnp.arange(2)}
   scores = jax.eval_shape(task.eval_step, state, batch, key)
   assert scores["psnr"].shape == (2,)
-  with pytest.raises(ValueError, match="--config.loss.vgg_weights=.*--config.loss.perceptual=0"):
+  with pytest.raises(ValueError, match="--config.loss.vgg_weights=weights/vgg16_torchvision "
+                     r"\(convert .* python -m cpjax.tools.convert --from=vgg16-397923af.pth "
+                     "--model=vgg16_torchvision --out=weights/vgg16_torchvision.*"
+                     "--config.loss.perceptual=0"):
     jax.eval_shape(task.train_step, state, batch, key)
 
 
-def test_vgg_weights_load_from_torchvision_layout(tmp_path):
-  """features.N.weight [O, I, 3, 3] -> conv kernels [3, 3, I, O] under their VGG16 names."""
-  arrays = {}
-  for i, (name, (o, c)) in enumerate(zip(("features.0", "features.2"), ((64, 3), (64, 64)))):
-    arrays[f"{name}.weight"] = np.full((o, c, 3, 3), i, np.float32)
-    arrays[f"{name}.bias"] = np.zeros(o, np.float32)
-  np.savez(tmp_path / "partial.npz", **arrays)
-  with pytest.raises(ValueError, match="no key 'features.5.weight'"):
-    video_inpainting.load_vgg_weights(str(tmp_path / "partial.npz"))
-  from cpjax.models.vgg import TORCHVISION_FEATURE_INDEX  # pylint: disable=g-import-not-at-top
-  w = np.random.default_rng(0).random((8, 5, 3, 3)).astype(np.float32)
-  full = {f"features.{i}.weight": w for i in TORCHVISION_FEATURE_INDEX.values()}
-  full.update({f"features.{i}.bias": np.arange(8, dtype=np.float32)
-               for i in TORCHVISION_FEATURE_INDEX.values()})
-  np.savez(tmp_path / "full.npz", **full)
-  params = video_inpainting.load_vgg_weights(str(tmp_path / "full.npz"))
-  assert set(params) == set(TORCHVISION_FEATURE_INDEX)
-  np.testing.assert_array_equal(params["conv3_2"]["kernel"][1, 2, 4, 7], w[7, 4, 1, 2])
+def test_vgg_weights_read_converted_directories_only(tmp_path):
+  """loss.vgg_weights=<converted vgg16_torchvision directory> becomes the state's frozen VGG16
+  (values equal); a layer of another shape is a one-line error naming the flag, the layer and
+  both shapes; an .npz is refused with the convert command."""
+  config = load_config("video_inpainting", "tiny")
+  config.loss.perceptual, config.loss.vgg_weights = 0.05, str(tmp_path / "tv")
+  fresh = jax.eval_shape(tasks.build(config).init, jax.random.key(0))
+  vgg = numpy_params(fresh.vgg, seed=3)
+  assert len(vgg) == 13   # conv1_1 ... conv5_3
+  checkpoint.save(convert.Converted("vgg16_torchvision", {"params": {"vgg": vgg}}, {}),
+                  tmp_path / "tv", {})
+  jax.tree.map(np.testing.assert_array_equal, tasks.build(config).warm_start(fresh).vgg, vgg)
+
+  bad = {"conv1_1": {"kernel": vgg["conv1_1"]["kernel"], "bias": np.zeros(3, np.float32)}}
+  checkpoint.save(convert.Converted("vgg16_torchvision", {"params": {"vgg": bad}}, {}),
+                  tmp_path / "bad", {})
+  config.loss.vgg_weights = str(tmp_path / "bad")
+  with pytest.raises(ValueError) as error:
+    tasks.build(config).warm_start(fresh)
+  assert str(error.value) == (f"loss.vgg_weights={tmp_path / 'bad'}: vgg/conv1_1/bias is (3,) "
+                              "there but (64,) in the network the config builds; the config's "
+                              "model must be the converted network")
+
+  np.savez(tmp_path / "vgg16.npz", **{"features.0.weight": np.zeros((64, 3, 3, 3), np.float32)})
+  config.loss.vgg_weights = str(tmp_path / "vgg16.npz")
+  with pytest.raises(FileNotFoundError, match=r"^loss.vgg_weights=.*vgg16.npz holds no converted "
+                     r".*python -m cpjax.tools.convert --from=vgg16-397923af.pth "
+                     r"--model=vgg16_torchvision --out=weights/vgg16_torchvision and pass "
+                     r"--config.loss.vgg_weights=weights/vgg16_torchvision$"):
+    tasks.build(config).warm_start(fresh)
 
 
 def _tiny():
