@@ -1,4 +1,4 @@
-"""The released Copy-and-Paste Networks weights -> `cpjax.models.video_cpn.CopyPasteNet`.
+"""The released Copy-and-Paste Networks weights -> `cpjax.models.video_cpn.CPNet`.
 
 Model `cpn_video`: the state dict of the reference's `CPNet` (shleecs/Copy-and-Paste-Networks-
 for-Deep-Video-Inpainting, `weight.pth`), saved from `nn.DataParallel` (the tool strips the
@@ -12,7 +12,7 @@ its ReLU); the keys and their places:
   Decoder.{conv4,conv5_1,conv5_2,convA4_1..4,conv3c,conv3b,conv3a,conv32,conv2,conv21}.conv.0
                                                                      -> decoder/<name>
 Dropped (reported): A_Regressor.conv6a / conv6b: the released forward applies conv5a / conv5b
-where these were meant (`CopyPasteNet(reuse_conv5=True)` reproduces it), so they never ran.
+where these were meant (`CPNet(reuse_conv5=True)` reproduces it), so they never ran.
 Buffers: `A_Encoder.mean/std`, `Encoder.mean/std`, `Decoder.mean/std`, `mean`, `mean3d` hold
 the ImageNet mean / std that cpjax's modules use as constants; they are checked to be those
 values (an error otherwise) when present.
@@ -27,10 +27,10 @@ import numpy as np
 
 from cpjax.convert import Converted, checkpoint
 from cpjax.convert.state_dict import ConversionError, StateDict, Tree, check_tree
-from cpjax.models.video_cpn import CopyPasteNet
+from cpjax.models.video_cpn import CPNet
 from cpjax.ops.color import IMAGENET_MEAN, IMAGENET_STD
 
-# The reference architecture's fields of `CopyPasteNet` (its defaults), recorded as
+# The reference architecture's fields of `CPNet` (its defaults), recorded as
 # module_config: the video task checks that its config builds the same network.
 MODULE_CONFIG = {"align_widths": [64, 64, 128, 128, 256, 256, 256], "align_size": 224,
                  "regressor_width": 512, "reuse_conv5": True,
@@ -57,14 +57,14 @@ def _check_buffers(sd: StateDict) -> None:
     if key in sd:
       got = sd.take(key).reshape(-1)
       if got.shape != (3,) or not np.allclose(got, want, atol=1e-6):
-        raise ConversionError(f"{key} is {got.tolist()}, but cpjax's CopyPasteNet normalises "
+        raise ConversionError(f"{key} is {got.tolist()}, but cpjax's CPNet normalises "
                               f"with {list(want)}; is this a Copy-and-Paste Networks checkpoint?")
 
 
 def expected_shapes() -> Tree:
-  """Abstract variables of the reference-size `CopyPasteNet` (shapes do not depend on the
+  """Abstract variables of the reference-size `CPNet` (shapes do not depend on the
   frame size; one reference of a 16x16 frame is traced)."""
-  net = CopyPasteNet(**{k: tuple(v) if isinstance(v, list) else v
+  net = CPNet(**{k: tuple(v) if isinstance(v, list) else v
                         for k, v in MODULE_CONFIG.items()})
   side = MODULE_CONFIG["align_size"] // 8
   shapes = [(1, 1, side, side, MODULE_CONFIG["align_widths"][-1]), (1, 1, 16, 16, 3),
@@ -91,12 +91,12 @@ def load_params(directory: str, field: str, model: Mapping[str, Any]) -> Tree:
   Args:
     directory: written by `python -m cpjax.tools.convert --model=cpn_video`.
     field: the config field that named it, for messages.
-    model: the task's `config.model` (`CopyPasteNet` fields); it must describe the released
+    model: the task's `config.model` (`CPNet` fields); it must describe the released
       network (`MODULE_CONFIG`): a smaller align_size, say, would fit the shapes but not the
       weights.
 
   Returns:
-    The `CopyPasteNet` parameter tree (module docstring), float32 NumPy arrays.
+    The `CPNet` parameter tree (module docstring), float32 NumPy arrays.
 
   Raises:
     FileNotFoundError: no converted directory: the convert command.

@@ -6,7 +6,7 @@ normalisation, He init (fan_out, as its `init_He`). Frames are [B, H, W, 3] in [
 normalisation happens inside, as in the reference); H and W must be multiples of 8
 (`pad_to_multiple`). Maps are [B, H, W, 1]: `hole` 1 = missing pixel, `visible` = 1 - hole.
 
-Parameter tree of `CopyPasteNet` (flax names; reference state-dict names in brackets,
+Parameter tree of `CPNet` (flax names; reference state-dict names in brackets,
 `module.` prefix and `.conv.0` dropped; PyTorch conv weights [O, I, kh, kw] -> flax
 [kh, kw, I, O] by transpose(2, 3, 1, 0), fc.weight [6, 512] -> kernel [512, 6] by .T):
   align_encoder/conv12, conv2, conv23, conv3, conv34, conv4a, conv4b        [A_Encoder.*]
@@ -281,7 +281,7 @@ def align(frames: jax.Array, maps: jax.Array, theta: jax.Array) -> tuple[jax.Arr
   return aligned, visible
 
 
-class CopyPasteNet(nn.Module):
+class CPNet(nn.Module):
   """The whole network (reference `CPNet`): alignment, copy (encoder + matching), paste.
 
   Attributes:

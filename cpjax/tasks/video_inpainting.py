@@ -69,7 +69,7 @@ from cpjax.convert import checkpoint as converted_weights
 from cpjax.convert import vgg as convert_vgg
 from cpjax.convert import video_cpn as convert_cpn
 from cpjax.models.vgg import VGG16
-from cpjax.models.video_cpn import CopyPasteNet, resize_bilinear
+from cpjax.models.video_cpn import CPNet, resize_bilinear
 from cpjax.ops import geometry, masks
 from cpjax.ops.color import IMAGENET_MEAN, imagenet_normalize
 from cpjax.tasks.base import Batch, Metrics, Task, TrainState, example_keys
@@ -87,10 +87,10 @@ class VideoState(TrainState):
   vgg: Any
 
 
-def build_model(config: ml_collections.ConfigDict) -> CopyPasteNet:
-  """The `CopyPasteNet` of a config's `model` fields."""
+def build_model(config: ml_collections.ConfigDict) -> CPNet:
+  """The `CPNet` of a config's `model` fields."""
   m = config.model
-  return CopyPasteNet(align_widths=tuple(m.align_widths), align_size=m.align_size,
+  return CPNet(align_widths=tuple(m.align_widths), align_size=m.align_size,
                       regressor_width=m.get("regressor_width", 0), reuse_conv5=m.reuse_conv5,
                       encoder_widths=tuple(m.encoder_widths),
                       decoder_widths=tuple(m.decoder_widths), dilations=tuple(m.dilations),
@@ -300,7 +300,7 @@ class VideoInpaintingTask(Task):
     b, t = ex["inputs"].shape[:2]
     flat = lambda x: x.reshape(b * t, *x.shape[2:])  # pylint: disable=unnecessary-lambda-assignment
     feats = self.net.apply({"params": params}, flat(ex["inputs"]), flat(ex["holes"]),
-                           method=CopyPasteNet.encode_alignment)
+                           method=CPNet.encode_alignment)
     feats = feats.reshape(b, t, *feats.shape[1:])
     refs = np.asarray(self.refs)
     out = self.net.apply({"params": params}, feats[:, refs], ex["inputs"][:, refs],

@@ -74,7 +74,7 @@ from PIL import Image
 from cpjax import metrics
 from cpjax.convert import checkpoint as converted_weights
 from cpjax.models import video_cpn
-from cpjax.models.video_cpn import CopyPasteNet
+from cpjax.models.video_cpn import CPNet
 from cpjax.ops import masks as mask_ops
 from cpjax.tasks.video_inpainting import dilate_cross, fill_holes_with_mean
 from cpjax.tools import common
@@ -218,13 +218,13 @@ def _complete_frame(task: Any, params: Any, frames: jax.Array, holes: jax.Array,
   comp = out["comp"][0]
   frames = frames.at[f].set(comp)
   holes = holes.at[f].set(jnp.zeros_like(holes[f]))
-  new_feat = net.apply(variables, comp[None], holes[f][None], method=CopyPasteNet.encode_alignment)
+  new_feat = net.apply(variables, comp[None], holes[f][None], method=CPNet.encode_alignment)
   return comp, frames, holes, feats.at[f].set(new_feat[0])
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _encode_all(task: Any, params: Any, frames: jax.Array, holes: jax.Array) -> jax.Array:
-  return task.net.apply({"params": params}, frames, holes, method=CopyPasteNet.encode_alignment)
+  return task.net.apply({"params": params}, frames, holes, method=CPNet.encode_alignment)
 
 
 def inpaint(task: Any, params: Any, frames: np.ndarray, holes: np.ndarray, *, window: int = 120,

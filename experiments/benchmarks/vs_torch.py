@@ -196,10 +196,10 @@ def dih512_infer() -> Workload:
 
 # ------------------------------------------------------------------------------ video
 def cpn_infer(references: int = 10, height: int = 240, width: int = 424) -> Workload:
-  """CopyPasteNet on one frame with `references` references (alignment features included)."""
+  """CPNet on one frame with `references` references (alignment features included)."""
   import torch  # pylint: disable=g-import-not-at-top
   from cpjax import convert  # pylint: disable=g-import-not-at-top
-  from cpjax.models.video_cpn import CopyPasteNet  # pylint: disable=g-import-not-at-top
+  from cpjax.models.video_cpn import CPNet  # pylint: disable=g-import-not-at-top
   from convert.test_video_cpn import CPNet  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   net = CPNet().eval()
@@ -215,12 +215,12 @@ def cpn_infer(references: int = 10, height: int = 240, width: int = 424) -> Work
     y, x = rng.integers(0, height // 2), rng.integers(0, width // 2)
     holes[0, i, y:y + height // 3, x:x + width // 3] = 1.0
   refs, ref_holes, frame, hole = frames[:, 1:], holes[:, 1:], frames[:, 0], holes[:, 0]
-  model = CopyPasteNet()
+  model = CPNet()
 
   def forward(variables, refs, ref_holes, frame, hole):
     feats = model.apply(variables, refs.reshape(t, height, width, 3),
                         ref_holes.reshape(t, height, width, 1),
-                        method=CopyPasteNet.encode_alignment)
+                        method=CPNet.encode_alignment)
     return model.apply(variables, feats[None], refs, ref_holes, frame, hole)
 
   ncthw = lambda x: torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))  # noqa: E731

@@ -1,4 +1,4 @@
-"""The released Copy-and-Paste Networks checkpoint loads into `CopyPasteNet` with parity.
+"""The released Copy-and-Paste Networks checkpoint loads into `video_cpn.CPNet` with parity.
 
 The PyTorch CPNet below has the reference's state-dict layout (`<module>.<name>.conv.0`, the
 unused `A_Regressor.conv6a/conv6b`, the normalisation buffers) and its forward semantics
@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO, load_config, numpy_params
 from cpjax import convert, tasks
 from cpjax.convert import ConversionError
-from cpjax.models.video_cpn import CopyPasteNet
+from cpjax.models import video_cpn
 from cpjax.ops.color import IMAGENET_MEAN, IMAGENET_STD
 from cpjax.tools import convert as convert_tool
 
@@ -234,12 +234,12 @@ def test_cpn_checkpoint_matches_reference_forward(reference):
                                             for k, v in reference.state_dict().items()})
   assert converted.dropped == sorted(f"A_Regressor.conv6{x}.conv.0.{p}" for x in "ab"
                                      for p in ("bias", "weight"))
-  net = CopyPasteNet()
+  net = video_cpn.CPNet()
 
   @jax.jit
   def forward(variables):
     feats = net.apply(variables, refs.reshape(b * t, h, w, 3), ref_holes.reshape(b * t, h, w, 1),
-                      method=CopyPasteNet.encode_alignment)
+                      method=video_cpn.CPNet.encode_alignment)
     return net.apply(variables, feats.reshape(b, t, *feats.shape[1:]), refs, ref_holes, frame,
                      hole)
 

@@ -110,7 +110,7 @@ _RELEASED = {
 def test_paper_network_has_the_released_layers():
   """The default network's parameter tree has the released names and shapes (29 convs + fc;
   no conv6a/conv6b with the released conv5 reuse) and its forward pass the documented shapes."""
-  net = video_cpn.CopyPasteNet()
+  net = video_cpn.CPNet()
   args = (jnp.zeros((1, 2, 28, 28, 256)), jnp.zeros((1, 2, 64, 80, 3)), jnp.zeros((1, 2, 64, 80, 1)),
           jnp.zeros((1, 64, 80, 3)), jnp.zeros((1, 64, 80, 1)))
   shapes = jax.eval_shape(net.init, jax.random.key(0), *args)["params"]
@@ -127,7 +127,7 @@ def test_paper_network_has_the_released_layers():
 
 @pytest.fixture(scope="module")
 def small_net():
-  net = video_cpn.CopyPasteNet(align_widths=(4, 4, 8, 8, 8, 8, 8), align_size=32,
+  net = video_cpn.CPNet(align_widths=(4, 4, 8, 8, 8, 8, 8), align_size=32,
                                encoder_widths=(4, 4, 8, 8, 8), decoder_widths=(8, 8, 4, 4),
                                dilations=(2,))
   args = (jnp.zeros((2, 3, 4, 4, 8)), jnp.zeros((2, 3, 24, 32, 3)), jnp.zeros((2, 3, 24, 32, 1)),
@@ -154,7 +154,7 @@ def test_identity_alignment_copies_references_and_keeps_visible_pixels(small_net
     b, t = refs.shape[:2]
     feats = net.apply({"params": p}, refs.reshape(b * t, 24, 32, 3),
                       ref_holes.reshape(b * t, 24, 32, 1),
-                      method=video_cpn.CopyPasteNet.encode_alignment)
+                      method=video_cpn.CPNet.encode_alignment)
     return net.apply({"params": p}, feats.reshape(b, t, *feats.shape[1:]), refs, ref_holes,
                      frame, hole)
 
