@@ -292,9 +292,24 @@ def _sample_loader(name: str) -> tuple[str, Callable[[], np.ndarray]]:
   return f"skimage.data.{name}", getattr(skimage.data, name)
 
 
+@functools.lru_cache(maxsize=None)
+def _sample_image(name: str) -> np.ndarray:
+  """A bundled photo or frame as read-only uint8 [H, W, 3], decoded once per process (the
+  training pipeline reads each of these few images thousands of times)."""
+  path, load = _sample_loader(name)
+  try:
+    image = image_ops.to_rgb(load(), path)
+  except DecodeError:
+    raise
+  except Exception as e:  # e.g. a scikit-image release that no longer bundles the file
+    raise DecodeError(path, str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+  image.flags.writeable = False
+  return image
+
+
 class SamplesSource:
   """Real photos bundled with scikit-image (offline): split 'train', 'train_plus' (with more
-  photos and video frames, module docstring), 'eval' or 'all'."""
+  photos and video frames, module docstring), 'eval' or 'all'. Items are read-only arrays."""
 
   def __init__(self, split: str = "all"):
     names = {"train": SAMPLES_TRAIN, "train_plus": SAMPLES_TRAIN_PLUS, "eval": SAMPLES_EVAL,
@@ -311,12 +326,8 @@ class SamplesSource:
     return _sample_loader(self._names[index])[0]
 
   def __getitem__(self, index: int) -> Example:
-    path, load = _sample_loader(self._names[index])
-    try:
-      image = load()
-    except Exception as e:  # e.g. a scikit-image release that no longer bundles the file
-      raise DecodeError(path, str(e).splitlines()[0] if str(e) else type(e).__name__) from e
-    return {"image": image_ops.to_rgb(image, path), "path": path}
+    name = self._names[index]
+    return {"image": _sample_image(name), "path": _sample_loader(name)[0]}
 
   def __repr__(self) -> str:
     return f"SamplesSource({self._split}, {len(self)} images)"

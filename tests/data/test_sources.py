@@ -120,6 +120,7 @@ def test_samples_train_plus_adds_textures_and_video_frames_not_eval_images():
   assert first.std() > 10 and np.abs(first.astype(int) - later).mean() > 5   # distinct frames
   texture = plus[7]["image"]
   assert texture.shape == (512, 512, 3)
+  assert plus[7]["image"] is texture and not texture.flags.writeable   # decoded once, shared
   np.testing.assert_array_equal(texture[..., 0], texture[..., 2])   # grey as RGB
 
 
