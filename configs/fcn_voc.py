@@ -38,7 +38,7 @@ it), converted once:
   python -m cpjax.tools.convert --from=vgg16_from_caffe.pth --model=vgg16_caffe \
       --out=weights/vgg16_caffe
 and passed as --config.model.vgg_init=weights/vgg16_caffe (converted directories are the one
-format read; see cpjax/tasks/segmentation.py). --config.init_from=DIR
+format read; see cpjax/tasks/fcn.py). --config.init_from=DIR
 (an earlier stage's workdir, or a converted pytorch-fcn checkpoint: --model=fcn32s|fcn16s|fcn8s)
 also does; --config.model.vgg_init=random trains from random weights, if asked for explicitly.
 """

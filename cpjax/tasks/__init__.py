@@ -11,7 +11,7 @@ _TASKS = {
     "copy_paste": "cpjax.tasks.copy_paste:CopyPasteTask",
     "video_inpainting": "cpjax.tasks.video_inpainting:VideoInpaintingTask",
     "harmonization": "cpjax.tasks.harmonization:HarmonizationTask",
-    "fcn": "cpjax.tasks.segmentation:SegmentationTask",
+    "fcn": "cpjax.tasks.fcn:FCNTask",
 }
 # The config that trains each task on the bundled photos in CPU minutes (named in messages).
 DEMO_CONFIGS = {

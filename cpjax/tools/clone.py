@@ -76,7 +76,7 @@ def segment(task: Any, state: Any, source: np.ndarray, class_name: str, dilation
   """The cleaned mask of `class_name` predicted by an FCN task on `source`.
 
   Args:
-    task: a `SegmentationTask` (`common.load_system(...).task`), state its train state.
+    task: an `FCNTask` (`common.load_system(...).task`), state its train state.
     source: [H, W, 3] in [0, 1].
     class_name: one of `task.classes`.
     dilation: see `clean_mask`.

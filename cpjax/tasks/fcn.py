@@ -152,7 +152,7 @@ def colorize(labels: jax.Array) -> jax.Array:
   return jnp.asarray(PALETTE, jnp.float32)[labels.astype(jnp.int32)] / 255.0
 
 
-class SegmentationTask(Task):
+class FCNTask(Task):
   """FCN-32s / 16s / 8s / 4s as a task of the shared training loop."""
 
   sample_columns = ("image", "label", "prediction")

@@ -19,7 +19,7 @@ from data.test_voc import _IDS, _SIZES, _labels_for, voc_root  # noqa: F401  (a 
 from cpjax import convert, system, tasks
 from cpjax.convert import checkpoint
 from cpjax.models import fcn
-from cpjax.tasks import segmentation
+from cpjax.tasks import fcn as fcn_task
 from cpjax.tools import common
 from cpjax.train import checkpointing, trainer
 from data_pipelines import pipeline, voc
@@ -71,7 +71,7 @@ def test_cli_writes_eval_with_the_four_scores(cli_run):
   assert result["num_examples"] == 8
   for name in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu"):
     assert 0.0 <= result[name] <= 1.0, name
-  assert all(name in result for _, name, _ in segmentation.SegmentationTask.curves)
+  assert all(name in result for _, name, _ in fcn_task.FCNTask.curves)
   assert "mean_iu=" in run.stderr and (workdir / "checkpoints" / "2").is_dir()
 
 
@@ -258,7 +258,7 @@ def test_optimizer_groups():
                                                              "bias": np.zeros((2,))}}
   o = ml_collections.ConfigDict(dict(name="sgd", lr=0.1, momentum=0.9, b1=0.9, b2=0.999,
                                      weight_decay=0.01, bias_lr_mult=2.0))
-  tx = segmentation.make_optimizer(o)
+  tx = fcn_task.make_optimizer(o)
   grads = jax.tree.map(np.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates["upscore2"]["kernel"], 0.0)
