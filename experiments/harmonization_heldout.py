@@ -33,10 +33,16 @@ from typing import Iterator
 import numpy as np
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The harmonisation run to check.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_PER_CELL = flags.DEFINE_integer("per_cell", 8, "Problems per (photo, strength).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the masks, placements and shifts.")
+
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a program, as the tools do: importing
+  this module must not take flag names that other commands define in the same process)."""
+  flags.DEFINE_string("workdir", None, "The harmonisation run to check.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_integer("per_cell", 8, "Problems per (photo, strength).")
+  flags.DEFINE_integer("seed", 0, "Seed of the masks, placements and shifts.")
+  flags.mark_flag_as_required("workdir")
+
 
 # Drawn in this order (the first three as before 'none' was added, same seeds), shown as ORDER.
 STRENGTHS = {"mild": 0.1, "medium": 0.2, "strong": 0.35, "none": 0.0}
@@ -166,10 +172,11 @@ def rows(per_problem: list[tuple[str, str, dict, dict, dict]]) -> list[dict]:
 def main(argv: list[str]) -> None:
   del argv
   from cpjax.tools import common, harmonize  # pylint: disable=g-import-not-at-top
-  loaded = common.load_system(_WORKDIR.value, _STEP.value, "harmonization")
+  f = flags.FLAGS
+  loaded = common.load_system(f.workdir, f.step, "harmonization")
   size = harmonize.model_size(loaded.config)[0]
   per_problem = []
-  for strength, group, composite, mask, target in problems(size, _PER_CELL.value, _SEED.value):
+  for strength, group, composite, mask, target in problems(size, f.per_cell, f.seed):
     result = harmonize.harmonize(loaded.task, loaded.state, composite, mask)
     change = scores(result, composite, mask)
     per_problem.append((strength, group, scores(composite, target, mask),
@@ -179,5 +186,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("workdir")   # here, not at import
+  define_flags()
   app.run(main)
