@@ -2,6 +2,13 @@ r"""A held-out check of a harmonisation run, as a user would try it: photos and 
 never trained on, and colour shifts of several strengths, mild ones included.
 
   python -m experiments.harmonization_heldout --workdir=/tmp/harm_demo [--step=N] [--per_cell=8]
+      [--problems=heldout|demo]
+
+`--problems=demo` scores the run's own kind of problem instead, per strength: its
+`config.synthetic` problems (T_color or camera-like shifts, rectangles or blobs, photos
+recoloured) on its evaluation photos (`config.eval.source`, e.g. chelsea and coffee, resized
+whole), at fixed strengths s = 1 (strong), 0.5 (medium), 0.25 (mild) and 0 (none); groups are
+the photos. The rest of this docstring describes the default, 'heldout'.
 
 Photos: none of `samples:*` (the demo's training and evaluation photos). 'colour': matplotlib's
 bundled grace_hopper.jpg, whole and two half-size crops; 'grey': scikit-image's camera, clock
@@ -41,12 +48,16 @@ def define_flags() -> None:
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_integer("per_cell", 8, "Problems per (photo, strength).")
   flags.DEFINE_integer("seed", 0, "Seed of the masks, placements and shifts.")
+  flags.DEFINE_enum("problems", "heldout", ["heldout", "demo"],
+                    "heldout: other photos, silhouettes, camera-like shifts; demo: the run's own "
+                    "synthetic problems on its evaluation photos.")
   flags.mark_flag_as_required("workdir")
 
 
 # Drawn in this order (the first three as before 'none' was added, same seeds), shown as ORDER.
 STRENGTHS = {"mild": 0.1, "medium": 0.2, "strong": 0.35, "none": 0.0}
 ORDER = ("strong", "medium", "mild", "none", "all")
+DEMO_STRENGTHS = {"strong": 1.0, "medium": 0.5, "mild": 0.25, "none": 0.0}   # s of --problems=demo
 SCORES = ("mse", "fmse", "psnr")
 CHANGE_SCORES = ("mse", "fmse")
 
@@ -137,6 +148,40 @@ def problems(size: int, per_cell: int, seed: int
           yield strength, group, composite, mask, target
 
 
+def demo_problems(task, eval_source: str, size: int, per_cell: int, seed: int
+                  ) -> Iterator[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]:
+  """(strength, photo, composite, mask, target): the run's own synthetic problems (its
+  `task.synthetic`, `task.transform`) on the photos of `eval_source`, at `DEMO_STRENGTHS`.
+
+  Each problem is drawn once at s = 1 and scaled to each strength (the composite at s is
+  target + s (composite_1 - target), as `synthetic_problem` makes it): every strength has the
+  same photos, masks and shift directions.
+  """
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from cpjax.tasks import harmonization  # pylint: disable=g-import-not-at-top
+  from data_pipelines import sources  # pylint: disable=g-import-not-at-top
+  if task.synthetic is None:
+    raise ValueError("--problems=demo needs a run trained on synthetic problems "
+                     "(config.synthetic); use --problems=heldout")
+  full = dataclasses.replace(task.synthetic, strength=(1.0, 1.0), strength_start=None,
+                             none_fraction=0.0)
+  make = jax.jit(lambda key, photo: harmonization.synthetic_problem(
+      key, photo, task.transform, full))
+  source = sources.make_source(eval_source)
+  keys = iter(jax.random.split(jax.random.key(seed), len(source) * per_cell))
+  drawn = []
+  for i in range(len(source)):
+    photo = resized(source[i]["image"], size)
+    for _ in range(per_cell):
+      made = {k: np.asarray(v) for k, v in make(next(keys), photo).items()}
+      drawn.append((source.path(i).rsplit(".", 1)[-1], made))
+  for strength, s in DEMO_STRENGTHS.items():
+    for name, made in drawn:
+      target = made["target"]
+      yield strength, name, target + s * (made["composite"] - target), made["mask"], target
+
+
 def scores(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict[str, float]:
   from cpjax import metrics  # pylint: disable=g-import-not-at-top
   out = metrics.harmonization_scores(pred[None], target[None], mask[None])
@@ -151,13 +196,13 @@ def rows(per_problem: list[tuple[str, str, dict, dict, dict]]) -> list[dict]:
 
   Returns:
     Rows {'strength', 'photos', 'n', 'composite': {mse, fmse, psnr}, 'model': {...},
-    'change': {mse, fmse}}, strengths in `ORDER`, groups colour, grey, all.
+    'change': {mse, fmse}}, strengths in `ORDER`, groups in order of appearance, then all.
   """
   cells: dict[tuple[str, str], list[tuple[dict, dict, dict]]] = {}
   for strength, group, *scored in per_problem:
     for key in ((strength, group), (strength, "all"), ("all", "all")):
       cells.setdefault(key, []).append(scored)
-  groups = ["colour", "grey", "all"]
+  groups = list(dict.fromkeys(g for _, g, *_ in per_problem)) + ["all"]
   out = []
   for (strength, group), triples in sorted(
       cells.items(), key=lambda c: (ORDER.index(c[0][0]), groups.index(c[0][1]))):
@@ -175,8 +220,12 @@ def main(argv: list[str]) -> None:
   f = flags.FLAGS
   loaded = common.load_system(f.workdir, f.step, "harmonization")
   size = harmonize.model_size(loaded.config)[0]
+  if f.problems == "demo":
+    made = demo_problems(loaded.task, loaded.config.eval.source, size, f.per_cell, f.seed)
+  else:
+    made = problems(size, f.per_cell, f.seed)
   per_problem = []
-  for strength, group, composite, mask, target in problems(size, f.per_cell, f.seed):
+  for strength, group, composite, mask, target in made:
     result = harmonize.harmonize(loaded.task, loaded.state, composite, mask)
     change = scores(result, composite, mask)
     per_problem.append((strength, group, scores(composite, target, mask),

@@ -145,6 +145,8 @@ class SyntheticConfig:
       correction is learnt before telling mild shifts from none); None (or
       curriculum_steps 0): `strength` throughout. Evaluation always uses `strength`.
     curriculum_steps: the length of that curriculum.
+    none_fraction: probability that s = 0 whatever its range (a composite already right,
+      whose answer is itself: teaches leaving good composites alone).
   """
   strength: tuple[float, float] = (1.0, 1.0)
   blob_fraction: float = 0.0
@@ -154,6 +156,7 @@ class SyntheticConfig:
   camera_range: float = 0.4
   strength_start: tuple[float, float] | None = None
   curriculum_steps: int = 0
+  none_fraction: float = 0.0
 
   @classmethod
   def from_dict(cls, d: Any) -> "SyntheticConfig":
@@ -162,11 +165,12 @@ class SyntheticConfig:
     unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
       raise ValueError(f"config.synthetic: unknown keys {unknown}; use strength, "
-                       "blob_fraction, blob_radius, recolor, camera_fraction, camera_range")
+                       "blob_fraction, blob_radius, recolor, camera_fraction, camera_range, "
+                       "strength_start, curriculum_steps, none_fraction")
     pair = lambda v: (float(v[0]), float(v[1]))
     kw = {k: pair(d[k]) for k in ("strength", "blob_radius") if k in d}
-    kw.update({k: float(d[k]) for k in ("blob_fraction", "camera_fraction", "camera_range")
-               if k in d})
+    kw.update({k: float(d[k]) for k in ("blob_fraction", "camera_fraction", "camera_range",
+                                        "none_fraction") if k in d})
     if d.get("strength_start") is not None:
       kw["strength_start"] = pair(d["strength_start"])
     if "curriculum_steps" in d:
@@ -252,6 +256,8 @@ def synthetic_problem(key: jax.Array, image: jax.Array, transform: TransformConf
   made = make_copy_paste_example(key, image, transform)
   lo, hi = synthetic.strength_range(step)
   s = jax.random.uniform(k_strength, (), jnp.float32, lo, hi)
+  none = jax.random.uniform(jax.random.fold_in(k_strength, _SYNTHETIC)) < synthetic.none_fraction
+  s = jnp.where(none, 0.0, s)
   blob = random_blob(k_blob, image.shape[0], image.shape[1], synthetic.blob_radius)
   mask = jnp.where(jax.random.uniform(k_kind) < synthetic.blob_fraction, blob, made["mask"])
   source = made["source"]

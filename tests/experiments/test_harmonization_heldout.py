@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from conftest import load_config
+from cpjax import tasks
 from experiments import harmonization_heldout as heldout
 
 
@@ -37,3 +39,17 @@ def test_rows_order_strengths_and_report_the_change():
   assert none["n"] == 2 and none["change"] == {"mse": 0.75, "fmse": 7.5}
   assert none["model"]["fmse"] == 25.0 and none["composite"]["fmse"] == 15.0
   assert out[-1]["n"] == 4
+
+
+def test_demo_problems_are_the_runs_own_at_fixed_strengths():
+  """--problems=demo: the demo's synthetic problems on its evaluation photos, per photo, at
+  s = 1, 0.5, 0.25, 0: none leaves the (recoloured) target as is, strong changes the most."""
+  task = tasks.build(load_config("harmonization_demo", "tiny"))
+  change: dict[str, list[float]] = {}
+  for strength, photo, composite, mask, target in heldout.demo_problems(
+      task, "samples:eval", 32, 2, seed=0):
+    assert photo in ("chelsea", "coffee") and composite.shape == target.shape == (32, 32, 3)
+    change.setdefault(strength, []).append(float(np.abs(composite - target).max()))
+  assert sorted(change) == sorted(heldout.DEMO_STRENGTHS) and len(change["none"]) == 4
+  assert max(change["none"]) < 1e-6
+  assert np.mean(change["strong"]) > np.mean(change["mild"]) > 0.0

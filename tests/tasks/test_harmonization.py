@@ -85,13 +85,16 @@ def _synthetic(image: np.ndarray, seed: int, **kw) -> dict[str, np.ndarray]:
 
 def test_synthetic_strength_scales_the_change():
   """config.synthetic.strength: s = 0 pastes the unchanged photo (the composite is the target),
-  s = 1 is the plain copy-paste example, s = 0.5 half its change, all inside the same mask."""
+  s = 1 is the plain copy-paste example, s = 0.5 half its change, all inside the same mask;
+  none_fraction=1 makes every s 0."""
   image = _smooth_images(1, 32)[0] / np.float32(255.0)
   plain = _synthetic(image, 3)
   none = _synthetic(image, 3, strength=(0.0, 0.0))
   full = _synthetic(image, 3, strength=(1.0, 1.0))
   half = _synthetic(image, 3, strength=(0.5, 0.5))
+  forced = _synthetic(image, 3, strength=(1.0, 1.0), none_fraction=1.0)
   np.testing.assert_allclose(none["composite"], image, atol=1e-6)
+  np.testing.assert_allclose(forced["composite"], image, atol=1e-6)
   np.testing.assert_allclose(full["composite"], plain["composite"], atol=1e-6)
   np.testing.assert_array_equal(half["mask"], plain["mask"])
   np.testing.assert_allclose(half["composite"] - image, (plain["composite"] - image) / 2,
