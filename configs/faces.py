@@ -28,10 +28,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.image_size = 512                # paper: 512 x 512
   c.transform = dict(
       sigma=15.0,                        # T_geometric corner offsets U(-sigma, sigma) px (faces)
-      saturation=(0.5, 1.5),             # k1, HSV S scale
-      hue=(-0.5, 0.5),                   # Delta1, H shift (wraps)
-      contrast=(0.5, 1.5),               # lambda_i, per channel
-      brightness=(-0.5, 0.5),            # Delta2
+      color=dict(saturation=(0.5, 1.5),  # k1, HSV S scale
+                 hue=(-0.5, 0.5),        # Delta1, H shift (wraps)
+                 contrast=(0.5, 1.5),    # lambda_i, per channel
+                 brightness=(-0.5, 0.5)),  # Delta2
       mix_grid=10,                       # M_mix: 10 x 10 salt-and-pepper, bilinear upsampling
       shading="local",                   # 'local' = T_shading (eq. 3); 'global' = one T_color
   )

@@ -51,8 +51,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model.max_channels = 128
   # Stronger T_color than the iHarmony4 configs' (visible in a 64 px demo): the composite's
   # foreground differs clearly from its surroundings.
-  c.transform.update(dict(brightness=(-0.3, 0.3), contrast=(0.6, 1.4), hue=(-0.1, 0.1),
-                          saturation=(0.4, 1.6)))
+  c.transform.color = dict(brightness=(-0.3, 0.3), contrast=(0.6, 1.4), hue=(-0.1, 0.1),
+                           saturation=(0.4, 1.6))
   # Strengths down to none (else the network learns to always change colours a lot), after a
   # curriculum from strong shifts; object-like blob outlines beside the rectangles; each
   # photo recoloured as a whole first (few photos: else their colours are memorised);

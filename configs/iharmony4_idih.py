@@ -43,14 +43,18 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.resample = "linear"                 # albumentations' resizes: OpenCV INTER_LINEAR
   c.data.workers = 8
   c.model = dict(name="idih", depth=7, ch=64, max_channels=512, batchnorm_from=2,
-                 image_fusion=True, dtype="float32")
+                 image_fusion=True,
+                 input_space="imagenet",    # ImageNet-normalised RGB, the mask as 0..1
+                 dtype="float32")
   c.loss = dict(name="fn_mse", min_area=100.0, lambda1=1.0)   # FN-MSE, A_min = 100
   c.optim = dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, decay=0.1,
                  milestones=(105 * STEPS_PER_EPOCH, 115 * STEPS_PER_EPOCH), backbone_lr_mult=0.1)
   # Synthetic composites for image-only sources (demo, tiny): T_color inside a random
   # rotated rectangle (cpjax.ops.transform keys; the homography is always off).
-  c.transform = dict(shading="global", brightness=(-0.2, 0.2), contrast=(0.7, 1.3),
-                     hue=(-0.05, 0.05), saturation=(0.6, 1.4), mask_size=(0.2, 0.6))
+  c.transform = dict(shading="global",
+                     color=dict(brightness=(-0.2, 0.2), contrast=(0.7, 1.3), hue=(-0.05, 0.05),
+                                saturation=(0.6, 1.4)),
+                     mask=dict(size=(0.2, 0.6)))
   c.checkpoint.every_steps = 5 * STEPS_PER_EPOCH
   c.log_every_steps = 100
   c.sample_every_steps = STEPS_PER_EPOCH

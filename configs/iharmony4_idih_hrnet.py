@@ -51,6 +51,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                  pyramid_channels=pyramid_channels,  # feature pyramid after blocks 1-4; 0: off
                  mask_fusion=mask_fusion,   # the trunk's mask-fusion conv (foreground-aware)
                  backbone_init="",    # converted hrnet_w18s / _w18 / _w32 (required), 'random'
+                 input_space="imagenet",
                  dtype="float32")
   c.total_steps = 180 * idih.STEPS_PER_EPOCH
   c.optim.milestones = (160 * idih.STEPS_PER_EPOCH, 175 * idih.STEPS_PER_EPOCH)

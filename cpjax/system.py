@@ -49,7 +49,7 @@ class System:
     self.root_key = jax.random.key(config.seed)
     shapes = jax.eval_shape(self.task.init, self.root_key)
     self.state_shardings = partitioning.state_shardings(shapes, self.mesh,
-                                                        fsdp=config.get("fsdp", False))
+                                                        fsdp=config.fsdp)
     self.abstract_state = checkpointing.abstract_with_shardings(shapes, self.state_shardings)
 
   def init_state(self) -> Any:
@@ -117,7 +117,8 @@ def load(path: PathLike, step: int | None = None, *, task: str | None = None,
     FileNotFoundError: no checkpoint (of that step) under the workdir.
     checkpointing.DamagedCheckpointError: the checkpoint's files cannot be read; its `intact`
       lists the steps that can.
-    ValueError: converted weights of a part (not a whole system), or a run of another task.
+    ValueError: converted weights of a part (not a whole system), a run of another task, or a
+      saved config that lacks a setting this version reads.
   """
   from cpjax import convert  # pylint: disable=g-import-not-at-top
   from cpjax.convert import checkpoint as converted  # pylint: disable=g-import-not-at-top
@@ -153,13 +154,34 @@ def load(path: PathLike, step: int | None = None, *, task: str | None = None,
     try:
       config = ml_collections.ConfigDict(checkpointer.restore_config(step))
       _check_task(config, task, directory)
-      system = System(config, devices)
+      system = _saved_system(config, devices, directory, step)
       return Loaded(system, system.restore(checkpointer, step), step)
     except checkpointing.DamagedCheckpointError as e:
       e.intact = checkpointer.intact_steps(exclude=[step])   # for the message (`advice`)
       raise
   finally:
     checkpointer.close()
+
+
+def _saved_system(config: ml_collections.ConfigDict, devices: Sequence[jax.Device],
+                  directory: pathlib.Path, step: int) -> System:
+  """The System of a checkpoint's saved config. A config an earlier version saved may lack a
+  setting this version reads, or hold one it no longer knows: one line naming it and the fix
+  (resuming with the config file saves the current settings)."""
+  try:
+    return System(config, devices)
+  except (AttributeError, ValueError) as e:
+    if isinstance(e, AttributeError) and e.args and isinstance(e.args[0], KeyError):
+      problem = f"has no setting {e.args[0].args[0]}"  # ConfigDict: AttributeError(KeyError)
+    elif isinstance(e, ValueError):
+      problem = f"does not build ({e})"
+    else:
+      raise
+    raise ValueError(
+        f"{directory}: the config saved with step {step} {problem}; if an earlier cpjax saved "
+        "it, resume the run once with its config file (python -m cpjax.main --config=CONFIG "
+        f"--workdir={directory} --config.total_steps={step + 1}) to save a checkpoint with the "
+        "current settings") from e
 
 
 def _check_task(config: ml_collections.ConfigDict, task: str | None,

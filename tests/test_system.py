@@ -96,3 +96,28 @@ def test_checkpoint_of_a_config_without_pretrained_weights_still_loads(tmp_path)
   # Leaf by leaf: the two states' TrainState metadata (each system's optimiser) differ.
   jax.tree.map(np.testing.assert_array_equal, jax.tree.leaves(jax.device_get(state)),
                jax.tree.leaves(jax.device_get(trained)))
+
+
+def test_saved_config_without_a_current_setting_is_one_line_with_its_fix(tmp_path):
+  """A checkpoint whose saved config lacks a setting the code now reads (as an earlier version
+  saved it): one line naming the setting and the resume that fixes it; after that resume the
+  run loads."""
+  config = load_config("harmonization_demo", "tiny")
+  config.total_steps, config.checkpoint.async_save = 1, False
+  config.eval.every_steps, config.sample_every_steps = 0, 0
+  trainer.train(config, tmp_path, devices=jax.devices()[:1])
+  metadata = tmp_path / "checkpoints" / "1" / checkpointing.CONFIG / "metadata"
+  saved = json.loads(metadata.read_text())
+  del saved["model"]["input_space"]
+  metadata.write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match=r"saved with step 1 has no setting 'input_space'; .*"
+                                       r"--config.total_steps=2\) to save"):
+    system.load(tmp_path)
+  config.total_steps = 2
+  trainer.train(config, tmp_path, devices=jax.devices()[:1])
+  assert system.load(tmp_path).step == 2
+  saved["transform"]["saturation"] = [0.5, 1.5]   # a flat key of the earlier transform layout
+  (tmp_path / "checkpoints" / "2" / checkpointing.CONFIG / "metadata").write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match=r"saved with step 2 does not build \(.*unknown transform "
+                                       r"keys \['saturation'\].*--config.total_steps=3\) to save"):
+    system.load(tmp_path)

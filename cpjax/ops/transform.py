@@ -54,39 +54,37 @@ class TransformConfig:
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "TransformConfig":
-    """Builds a config from plain values (a dict or an ml_collections ConfigDict).
-
-    Keys (all optional; missing ones keep the defaults; pairs may be lists or tuples):
-      sigma, mix_grid, shading, geometric, fill   as the attributes;
-      saturation, hue, contrast, brightness       (lo, hi) of `ColorRanges`;
-      mask_size, mask_angle, mask_center          (lo, hi) of `MaskRanges` size / angle / center;
-                                                  mask_angle in radians.
-
-    Args:
-      d: the mapping, e.g. `config.transform`.
-
-    Returns:
-      The TransformConfig.
+    """Builds a config from plain values (a dict or an ml_collections ConfigDict) whose keys
+    are the attribute names: sigma, mix_grid, shading, geometric, fill, and the nested
+    `color` (saturation, hue, contrast, brightness of `ColorRanges`) and `mask` (size, angle,
+    center of `MaskRanges`). All optional: missing ones keep the defaults; pairs may be lists
+    or tuples.
 
     Raises:
-      ValueError: on an unknown key.
+      ValueError: on an unknown key (at either level).
     """
-    d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
-    known = set(_TOP_KEYS) | set(_COLOR_KEYS) | set(_MASK_KEYS)
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"cpjax.ops.transform: unknown transform keys {unknown}; "
-                       f"use some of {sorted(known)}.")
-    pair = lambda v: (float(v[0]), float(v[1]))
-    color_kw = {k: pair(d[k]) for k in _COLOR_KEYS if k in d}
-    mask_kw = {field: pair(d[k]) for k, field in _MASK_KEYS.items() if k in d}
-    kw = {k: cast(d[k]) for k, cast in _TOP_KEYS.items() if k in d}
-    return cls(color=color.ColorRanges(**color_kw), mask=masks.MaskRanges(**mask_kw), **kw)
+    d = _plain(d)
+    _check_keys(d, _SCALARS.keys() | {"color", "mask"}, "transform")
+    parts = {}
+    for name, ranges in (("color", color.ColorRanges), ("mask", masks.MaskRanges)):
+      sub = _plain(d.get(name, {}))
+      _check_keys(sub, {f.name for f in dataclasses.fields(ranges)}, f"transform.{name}")
+      parts[name] = ranges(**{k: (float(v[0]), float(v[1])) for k, v in sub.items()})
+    return cls(**{k: cast(d[k]) for k, cast in _SCALARS.items() if k in d}, **parts)
 
 
-_TOP_KEYS = {"sigma": float, "mix_grid": int, "shading": str, "geometric": bool, "fill": str}
-_COLOR_KEYS = ("saturation", "hue", "contrast", "brightness")
-_MASK_KEYS = {"mask_size": "size", "mask_angle": "angle", "mask_center": "center"}
+_SCALARS = {"sigma": float, "mix_grid": int, "shading": str, "geometric": bool, "fill": str}
+
+
+def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
+  return dict(d.to_dict() if hasattr(d, "to_dict") else d)
+
+
+def _check_keys(d: Mapping[str, Any], known: set[str], where: str) -> None:
+  unknown = sorted(set(d) - known)
+  if unknown:
+    raise ValueError(f"cpjax.ops.transform: unknown {where} keys {unknown}; use some of "
+                     f"{sorted(known)}.")
 
 
 def _shade(key: jax.Array, image: jax.Array, cfg: TransformConfig) -> jax.Array:

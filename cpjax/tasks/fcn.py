@@ -112,7 +112,7 @@ def check_initialisation(config: ml_collections.ConfigDict) -> None:
     ValueError: model.vgg_init and init_from both unset; one line naming the file, where it is
       published, the convert command and the flags.
   """
-  if config.model.get("vgg_init") or config.get("init_from"):
+  if config.model.vgg_init or config.init_from:
     return
   model = "vgg16_caffe"
   file = convert_vgg.FILES[model]
@@ -179,11 +179,11 @@ class FCNTask(Task):
   def warm_start(self, state: TrainState) -> TrainState:
     """Pretrained values for a fresh run (module docstring); unchanged without any."""
     params = state.params
-    vgg_init = self.config.model.get("vgg_init", "")
+    vgg_init = self.config.model.vgg_init
     if vgg_init not in ("", RANDOM_INIT):
       vgg = convert_vgg.load_params(vgg_init, "caffe", "model.vgg_init")
       params = put_shared(params, vgg, "model.vgg_init", vgg_init)
-    init_from = self.config.get("init_from")
+    init_from = self.config.init_from
     if init_from:
       source = stage_params(init_from, self.config.model.variant)
       params = put_shared(params, source, "init_from", init_from)

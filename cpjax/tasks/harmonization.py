@@ -22,7 +22,7 @@ saic-vul/image_harmonization resizes masks bilinearly (its `HCompose(no_nearest_
 treats the mask as an image) and feeds and weights the loss with that soft mask; the iHarmony4
 configs resize with data.resample='linear' to match.
 
-Model edge (config.model.input_space). 'imagenet' (iDIH, iDIH-HRNet; the default): the
+Model edge (config.model.input_space). 'imagenet' (iDIH, iDIH-HRNet): the
 network sees the composite ImageNet-normalised (mean/std of `cpjax.ops.color`) concatenated
 with the mask in [0, 1]. 'caffe_bgr' (DIH): the Caffe deploy net's space, BGR on 0..255 minus
 the ImageNet mean and mask * 255 - 128 (`cpjax.models.dih.caffe_inputs`). The network
@@ -276,7 +276,7 @@ class HarmonizationState(TrainState):
 
 def build_model(m: ml_collections.ConfigDict) -> Any:
   """The flax module named by config.model.name."""
-  dtype = jnp.dtype(m.get("dtype", "float32"))
+  dtype = jnp.dtype(m.dtype)
   if m.name == "idih":
     return dih_models.IDIH(depth=m.depth, ch=m.ch, max_channels=m.max_channels,
                            batchnorm_from=m.batchnorm_from, image_fusion=m.image_fusion,
@@ -285,8 +285,8 @@ def build_model(m: ml_collections.ConfigDict) -> Any:
     return dih_models.IDIHHRNet(width=m.hrnet_width, depth=m.depth, ch=m.ch,
                                 max_channels=m.max_channels, batchnorm_from=m.batchnorm_from,
                                 downsize_backbone_input=m.downsize_backbone_input,
-                                pyramid_channels=m.get("pyramid_channels", 0),
-                                mask_fusion=m.get("mask_fusion", True), dtype=dtype)
+                                pyramid_channels=m.pyramid_channels,
+                                mask_fusion=m.mask_fusion, dtype=dtype)
   if m.name == "dih":
     return dih_models.DIH(depth=m.depth, ch=m.ch, max_channels=m.max_channels,
                           fc_features=m.fc_features, parsing_classes=m.parsing_classes,
@@ -364,13 +364,13 @@ class HarmonizationTask(Task):
       return optax.adam(_learning_rate(o, mult), b1=o.b1, b2=o.b2, eps=o.eps)
 
     self.tx = optax.multi_transform(
-        {"default": adam(1.0), "backbone": adam(o.get("backbone_lr_mult", 0.1))}, param_groups)
-    t = dict(config.get("transform", {}))
+        {"default": adam(1.0), "backbone": adam(o.backbone_lr_mult)}, param_groups)
+    t = dict(config.transform)
     t["geometric"] = False   # harmonisation changes appearance only
     self.transform = TransformConfig.from_dict(t)
     self.synthetic = (SyntheticConfig.from_dict(config.synthetic) if "synthetic" in config
                       else None)
-    self.input_space = config.model.get("input_space", "imagenet")
+    self.input_space = config.model.input_space
     if self.input_space not in INPUT_SPACES:
       raise ValueError(f"model.input_space is {self.input_space!r}; use one of "
                        f"{', '.join(INPUT_SPACES)}")
@@ -472,7 +472,7 @@ class HarmonizationTask(Task):
       rec = losses.mse(pred, target)
     else:
       raise ValueError(f"unknown loss.name {cfg.name!r}; use 'fn_mse' or 'mse'")
-    loss = cfg.get("lambda1", 1.0) * rec
+    loss = cfg.lambda1 * rec
     out = {"reconstruction": rec}
     if logits is not None and "label" in ex:
       ce = losses.softmax_cross_entropy(logits, ex["label"])

@@ -112,9 +112,10 @@ def test_jit_vmap_batch_of_keys(rng):
 
 def test_config_from_dict_plain_and_configdict():
   """from_dict reads plain values (lists or tuples, dict or ConfigDict) into the dataclasses."""
-  d = dict(sigma=8.0, saturation=[0.7, 1.3], hue=(-0.1, 0.1), contrast=[0.8, 1.2],
-           brightness=[-0.2, 0.2], mix_grid=6, shading="global", geometric=False, fill="edge",
-           mask_size=[0.2, 0.4], mask_angle=[-0.5, 0.5], mask_center=[0.3, 0.7])
+  d = dict(sigma=8.0, color=dict(saturation=[0.7, 1.3], hue=(-0.1, 0.1), contrast=[0.8, 1.2],
+                                 brightness=[-0.2, 0.2]),
+           mix_grid=6, shading="global", geometric=False, fill="edge",
+           mask=dict(size=[0.2, 0.4], angle=[-0.5, 0.5], center=[0.3, 0.7]))
   expected = transform.TransformConfig(
       sigma=8.0, color=color.ColorRanges((0.7, 1.3), (-0.1, 0.1), (0.8, 1.2), (-0.2, 0.2)),
       mix_grid=6, shading="global", geometric=False, fill="edge",
@@ -132,6 +133,11 @@ def test_config_rejects_bad_values():
   """Unknown keys, shadings and fills raise a ValueError naming the problem."""
   with pytest.raises(ValueError, match="sigmaa"):
     transform.TransformConfig.from_dict({"sigmaa": 3.0})
+  with pytest.raises(ValueError, match=r"unknown transform.mask keys \['sizes'\]; use some of "
+                                       r"\['angle', 'center', 'size'\]"):
+    transform.TransformConfig.from_dict({"mask": {"sizes": (0.1, 0.2)}})
+  with pytest.raises(ValueError, match=r"unknown transform keys \['saturation'\]; .*'color'"):
+    transform.TransformConfig.from_dict({"saturation": (0.5, 1.5)})   # a colour range, nested
   with pytest.raises(ValueError, match="shading"):
     transform.TransformConfig(shading="loca")
   with pytest.raises(ValueError, match="fill"):
