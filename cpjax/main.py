@@ -13,6 +13,7 @@ import difflib
 import logging as logging_lib
 import pathlib
 import sys
+import warnings
 from typing import Any
 
 from absl import app, flags, logging
@@ -70,6 +71,10 @@ def main(argv: list[str]) -> int:
   if not _VERBOSE.value:
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
     sys.unraisablehook = _quiet_closed_event_loops
+    # A failed save also leaves orbax's pending write coroutines unawaited; Python warns about
+    # each at exit, after cpjax's one line about the save.
+    warnings.filterwarnings("ignore", message=r"coroutine '[^']*' was never awaited",
+                            category=RuntimeWarning)
   compilation.setup()
   partitioning.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                       _HEARTBEAT.value)
