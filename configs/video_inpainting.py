@@ -59,6 +59,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       target=2,                          # ours: the middle frame is the target
       zoom=1.15,                         # ours: zoom in, so the camera motion stays in the image
       camera=dict(rotation=0.03, shear=0.02, scale=0.03, translation=0.03),  # ours, per frame
+      static_fraction=0.0,               # sequences without camera motion (paper: none)
       object=dict(radius=(0.1, 0.25), center=(0.25, 0.75), rotation=0.1, shear=0.05,
                   scale=0.05, translation=0.06),      # ours; radius, center: blobs only
       dilate=4,                          # 3x3-cross dilations of holes that come with the data

@@ -5,7 +5,8 @@ own key (`example_keys`):
   * background: T frames X_t = warp(I, A_t o Z) of the host crop I, with Z a zoom about the
     centre (`sequence.zoom`, so that motion reveals little outside the crop; what it reveals is
     mirrored) and A_t a path of successive random affine motions (rotation, shear, scale,
-    translation: `sequence.camera`);
+    translation: `sequence.camera`), or A_t = I for a fraction `sequence.static_fraction` of
+    the sequences (a static camera);
   * holes: an object shape moving along its own random affine path (`sequence.object`): with
     `data.mask_source` (a folder of object masks, e.g. VOC SegmentationObject) the batch's
     'object_mask', drawn and placed on the host (`data_pipelines.mask_folder`), is the hole of
@@ -79,6 +80,8 @@ from data_pipelines import image_ops, mask_folder, video_clips
 # What loss.vgg_weights takes: converted torchvision VGG16 (ImageNet-normalised RGB input).
 _VGG = "vgg16_torchvision"
 _VGG_FILE = convert_vgg.FILES[_VGG]
+# fold_in tag of the static-camera draw of `_sequence`.
+_STATIC = 1
 
 
 class VideoState(TrainState):
@@ -235,12 +238,20 @@ class VideoInpaintingTask(Task):
   def _sequence(self, key: jax.Array, image: jax.Array, shape: jax.Array | None = None
                 ) -> dict[str, jax.Array]:
     """One synthetic example from a still image [H, W, 3]: frames [T, H, W, 3], holes
-    [T, H, W, 1], motions [T, 2, 3]."""
+    [T, H, W, 1], motions [T, 2, 3].
+
+    With probability `sequence.static_fraction` the camera stands still: every frame is the
+    zoomed crop itself (every motion the zoom, so aligning is the identity and the hole's pixels
+    are copied from where the references see them); the hole moves on its own path either way.
+    The draw uses its own key (folded from the camera's), so static_fraction=0 gives the
+    sequences of before."""
     s = self.config.sequence
     h, w = self.size
     k_cam, k_obj = jax.random.split(key)
     zoom = geometry.affine_about_center(h, w, scale=s.zoom)
     path = geometry.random_affine_path(k_cam, self.num_frames, h, w, **s.camera.to_dict())
+    static = jax.random.uniform(jax.random.fold_in(k_cam, _STATIC)) < s.static_fraction
+    path = jnp.where(static, jnp.eye(2, 3, dtype=path.dtype), path)
     motions = jax.vmap(lambda a: geometry.compose_affine(a, zoom))(path)
     frames = jax.vmap(lambda a: geometry.affine_warp(image, a, fill="reflect"))(motions)
     return {"frames": jnp.clip(frames, 0.0, 1.0), "holes": self._holes(k_obj, shape),

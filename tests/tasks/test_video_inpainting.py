@@ -44,6 +44,32 @@ def test_sequence_frames_are_the_photo_warped_by_their_motions(rng):
   assert np.any(holes[0] != holes[4])
 
 
+def test_static_sequences_repeat_the_zoomed_photo_and_keep_their_moving_hole(rng):
+  """sequence.static_fraction=1: every motion is the zoom and every frame the same, while the
+  hole (same key) is the one of the moving camera and still moves; 0.5 makes about half the
+  sequences static, and the moving ones are those of static_fraction=0."""
+  image = jnp.asarray(np.random.default_rng(0).random((32, 32, 3)).astype(np.float32))
+  keys = jax.random.split(rng, 64)
+  got = {}
+  for name, fraction in (("moving", 0.0), ("static", 1.0), ("half", 0.5)):
+    config = load_config("video_inpainting", "tiny")
+    config.sequence.static_fraction = fraction
+    task = tasks.build(config)
+    make = jax.jit(task._sequence)  # pylint: disable=protected-access
+    got[name] = {k: np.asarray(v) for k, v in jax.vmap(make, (0, None))(keys, image).items()}
+  frames, motions = got["static"]["frames"], got["static"]["motions"]
+  np.testing.assert_allclose(motions, np.broadcast_to(motions[:, :1], motions.shape), atol=1e-6)
+  np.testing.assert_allclose(frames, np.broadcast_to(frames[:, :1], frames.shape), atol=1e-6)
+  np.testing.assert_allclose(frames[:, 0], got["moving"]["frames"][:, 0], atol=1e-6)
+  holes = got["static"]["holes"]
+  np.testing.assert_array_equal(holes, got["moving"]["holes"])
+  assert np.any(holes[:, 0] != holes[:, 4])
+  half_frames = got["half"]["frames"]
+  still = np.all(np.abs(half_frames - half_frames[:, :1]) < 1e-6, axis=(1, 2, 3, 4))
+  assert 16 <= still.sum() <= 48, still.sum()
+  np.testing.assert_allclose(half_frames[~still], got["moving"]["frames"][~still], atol=1e-6)
+
+
 def test_a_given_shape_is_the_first_hole_and_moves_like_opencv(rng):
   """moving_shape_masks: frame 0 is the shape; frame t is cv2.warpAffine of it by the object
   path A_t (bilinear, constant 0 border) thresholded at 0.5; the shape does move."""
