@@ -59,7 +59,7 @@ becomes the crop size) -> crop -> flip. Images of any size and aspect ratio can 
 Aligned fields. A source may declare more per-pixel fields than 'image' (`sources.source_fields`:
 masks uint8 [h, w, 1], label maps uint8 [h, w]) and integer scalars (`sources.source_scalars`);
 every field goes through the same geometry (each resized as its kind needs,
-`image_ops.resize_field`), and batches hold each field and scalar (int32) beside the keys below.
+`image_ops.resize_field`), and batches hold each field and scalar (int32).
 
 Training stream and sharding (`train_dataset`, `train_iterator`). The global example stream is
 a shuffle of the source with `seed`, repeated forever with a new shuffle per epoch
@@ -70,11 +70,9 @@ the one-process batch, and each process reads and decodes only its own examples.
 offsets and flips come from `np.random.default_rng([seed, g])`: a function of the seed and the
 stream position only, not of the number of processes, workers or threads; so is the
 'object_mask' of data.mask_source (`mask_folder.mask_rng(seed, g)`, a stream of its own, so the
-crops do not change when it is turned on). Batches are dicts:
-
-  image    uint8 [B/P, h, w, 3]
-  index    int32 [B/P]  the global stream position g (modulo 2**31), for per-example device keys
-  skipped  int32 [B/P]  undecodable items skipped to produce this example (normally 0)
+crops do not change when it is turned on). Batches hold the fields `data_pipelines.schema`
+lists ('index' is the global stream position g modulo 2**31; 'skipped' counts the undecodable
+items passed over to produce the example, normally 0); `batch_fields` names them beforehand.
 
 An item that cannot be decoded is replaced by the next item of the source (order[g] + 1, + 2,
 ... wrapping around) that decodes; `skipped` counts the items passed over and a warning names
@@ -98,8 +96,8 @@ geometry:
             `full_size` (int or (h, w); a larger item is an error) as '<field>_full', with
             'full_extent' int32 [2] = its (h, w): metrics at full resolution.
 
-Batches: image uint8 [B/P, h, w, 3], index int32 [B/P] (the example's position, also on
-padding), valid bool [B/P] (False on padding). An item that cannot be decoded raises an error
+Batches hold 'index' (the example's position, also on padding) and 'valid' (False on
+padding) beside the fields (`data_pipelines.schema`). An item that cannot be decoded raises an error
 naming the file. With data.mask_source, example j's 'object_mask' is drawn with
 `mask_folder.mask_rng(0, j)`: the same at every evaluation.
 
@@ -122,6 +120,7 @@ from absl import logging
 
 from data_pipelines import image_ops
 from data_pipelines import mask_folder
+from data_pipelines import schema
 from data_pipelines import sources
 
 Batch = dict[str, np.ndarray]
@@ -347,10 +346,10 @@ def _prepare_eval(example: dict[str, Any], fields: Fields, settings: _Settings,
   if evaluation.mode in ("resize", "full"):
     out = _resize_all(example, fields, settings.image_size, settings.resample)
     if evaluation.mode == "full":
-      out.update({f"{k}_full": image_ops.pad_field(example[k], evaluation.full_size, kind, path,
-                                                   setting="eval.full_size")
+      out.update({schema.full(k): image_ops.pad_field(example[k], evaluation.full_size, kind,
+                                                      path, setting="eval.full_size")
                   for k, kind in fields.items()})
-      out["full_extent"] = np.asarray(example["image"].shape[:2], np.int32)
+      out[schema.FULL_EXTENT] = np.asarray(example["image"].shape[:2], np.int32)
   elif evaluation.mode == "pad":
     out = _pad_geometry(example, fields, settings, path)
   else:
@@ -444,7 +443,7 @@ class _TrainExample:
     out = _with_scalars(_prepare_train(example, self._fields, self._settings, rng), example,
                         self._scalars)
     out = _with_object_mask(out, self._masks, self._seed, position, self._settings.image_size)
-    return {**out, "index": np.int32(position % 2**31), "skipped": np.int32(skipped)}
+    return {**out, schema.INDEX: np.int32(position % 2**31), schema.SKIPPED: np.int32(skipped)}
 
 
 class _EvalExample:
@@ -466,13 +465,13 @@ class _EvalExample:
       out = _padding_example(self._fields, self._settings.image_size, self._evaluation)
       out.update({k: np.int32(0) for k in self._scalars})
       out = _with_object_mask(out, self._masks, 0, position, self._settings.image_size)
-      return {**out, "index": np.int32(position), "valid": np.bool_(False)}
+      return {**out, schema.INDEX: np.int32(position), schema.VALID: np.bool_(False)}
     example = self._source[position // self._evaluation.repeats]  # a DecodeError names the file
     _check_item(example, self._fields, str(example.get("path", position)))
     out = _with_scalars(_prepare_eval(example, self._fields, self._settings, self._evaluation),
                         example, self._scalars)
     out = _with_object_mask(out, self._masks, 0, position, self._settings.image_size)
-    return {**out, "index": np.int32(position), "valid": np.bool_(True)}
+    return {**out, schema.INDEX: np.int32(position), schema.VALID: np.bool_(True)}
 
 
 def _padding_field(kind: str, size: tuple[int, int]) -> np.ndarray:
@@ -486,9 +485,9 @@ def _padding_example(fields: Fields, image_size: tuple[int, int], evaluation: _E
   """The fields of an evaluation padding example, shaped as `_prepare_eval` shapes real ones."""
   out = {k: _padding_field(kind, image_size) for k, kind in fields.items()}
   if evaluation.mode == "full":
-    out.update({f"{k}_full": _padding_field(kind, evaluation.full_size)
+    out.update({schema.full(k): _padding_field(kind, evaluation.full_size)
                 for k, kind in fields.items()})
-    out["full_extent"] = np.asarray(evaluation.full_size, np.int32)
+    out[schema.FULL_EXTENT] = np.asarray(evaluation.full_size, np.int32)
   return out
 
 
@@ -589,6 +588,18 @@ def eval_dataset(data_cfg: DataConfig, *, batch_size: int, source: str | None = 
                          _mask_folder(settings))
   ds = grain.MapDataset.range(num_batches * local_batch).map(element).batch(local_batch)
   return _to_iter_dataset(ds, settings)
+
+
+def batch_fields(data_cfg: DataConfig, *, train: bool, source: str | None = None,
+                 mode: str = "center") -> frozenset[str]:
+  """The fields of the batches of `train_dataset` (train=True) or of `eval_dataset` (with
+  `source` and `mode`), from the source's declaration: no item is read (`schema.field_names`)."""
+  settings = _settings(data_cfg)
+  items = sources.make_source(source or settings.source, image_key=settings.image_key)
+  return schema.field_names(sources.source_fields(items), sources.source_scalars(items),
+                            train=train,
+                            object_mask=mask_folder.FIELD if settings.mask_source else None,
+                            full_resolution=not train and mode == "full")
 
 
 def eval_batches(data_cfg: DataConfig, *, batch_size: int, **kwargs: Any) -> Iterator[Batch]:

@@ -4,9 +4,10 @@ A task owns its networks, losses and optimisers; the trainer owns devices, shard
 donation, data, checkpoints and logging. Every method below is a pure function of its
 arguments, called inside `jax.jit` by the trainer; a task never mentions devices.
 
-Batches are dicts of global arrays whose leading axis is the global batch:
-  'image': uint8 [B, H, W, 3] (host-decoded crops), 'index': int32 [B] (position of each example
-  in the global data stream, the source of per-example randomness).
+Batches are dicts of global arrays whose leading axis is the global batch, with the fields
+`data_pipelines.schema` lists: always 'image' uint8 [B, H, W, 3] (host-decoded crops) and
+'index' int32 [B] (each example's position in the data stream, the source of its randomness);
+a task that reads more declares it in `batch_needs`.
 """
 from __future__ import annotations
 
@@ -50,6 +51,9 @@ class Task(abc.ABC):
   # Panels of `eval/curves.png`: (title, result path, {baseline label: path}), paths
   # '/'-separated into `summarize_eval`'s result. Empty: one panel per top-level number.
   curves: tuple[tuple[str, str, dict[str, str]], ...] = ()
+  # Batch fields beyond 'image' and 'index' that the steps read -> the sources that give them
+  # (the trainer checks data.source and eval.source before training: `schema.require`).
+  batch_needs: dict[str, str] = {}
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config

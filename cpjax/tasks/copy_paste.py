@@ -8,12 +8,8 @@ One train step, on the sharded global batch:
   3. one generator update: L_G = L1(Y, I) - alpha E[D(Y)], with Y = (G(X) + T(I)) M + I (1 - M).
 Eq. 7 writes the objective as L = L_rec + alpha L_WGAN-GP + gamma E[D(I)^2]; as in every WGAN-GP
 implementation the generator takes the E[D(Y)] part with the sign that raises the critic's score,
-and the critic minimises the rest (the authors' public GAN code does the same).
-
-Config fields: model.generator_widths, model.dilations, model.noise, model.critic_global_widths,
-model.critic_local_widths, model.critic_local_size, model.critic_dense, model.dtype;
-transform.* (`TransformConfig.from_dict`); loss.alpha, loss.gamma, loss.gp_lambda;
-optim.lr, optim.b1, optim.b2, optim.critic_steps; data.image_size.
+and the critic minimises the rest (the authors' public GAN code does the same). The settings
+and their paper values are in configs/faces.py.
 """
 from __future__ import annotations
 

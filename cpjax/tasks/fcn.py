@@ -1,7 +1,7 @@
 """FCN semantic segmentation (Long et al.; the seamless-cloning report's FCN-32s ... 4s).
 
 Batches: 'image' uint8 [B, H, W, 3], 'label' uint8 [B, H, W] class ids (255 = ignored), from a
-source with image + label fields (`voc:...`, `seg_samples`, `ade20k:...`).
+source with label maps (`batch_needs`, checked by the trainer before training).
 
 Loss (config.loss.reduction): 'sum' = per-pixel softmax cross-entropy summed over the pixels of
 each image, averaged over the batch (the reference sums over pixels at batch size 1, where the
@@ -37,10 +37,6 @@ error naming the flag, the parameter and the two shapes.
 Evaluation: per-example confusion matrices [B, K, K] (`cpjax.metrics.confusion_matrix`), summed
 by the trainer over the split; `summarize_eval` gives pixel accuracy, mean accuracy, mean IU and
 frequency-weighted IU of the summed matrix (`cpjax.metrics.segmentation_scores`).
-
-Config fields: model.variant, model.classes (names; K = len), model.widths, model.fc_width,
-model.dropout, model.dtype, model.vgg_init; init_from; loss.reduction; optim.name, optim.lr,
-optim.momentum, optim.b1, optim.b2, optim.weight_decay, optim.bias_lr_mult.
 """
 from __future__ import annotations
 
@@ -158,6 +154,8 @@ class FCNTask(Task):
   sample_columns = ("image", "label", "prediction")
   curves = tuple((title, key, {}) for title, key in (("mean IU", "mean_iu"),
                                                      ("pixel accuracy", "pixel_acc")))
+  batch_needs = {"label": "a source with label maps: voc:ROOT:SPLIT, cityscapes:ROOT:SPLIT, "
+                          "ade20k:ROOT:SPLIT or seg_samples:SPLIT"}
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)

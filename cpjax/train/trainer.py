@@ -36,7 +36,7 @@ from jax.experimental import multihost_utils
 
 from cpjax import system as system_lib
 from cpjax.train import checkpointing, defaults, partitioning, writers
-from data_pipelines import pipeline
+from data_pipelines import pipeline, schema
 
 
 def _to_json(value: Any) -> Any:
@@ -264,6 +264,18 @@ def _check_eval_data(run: _Run) -> None:
   except (ValueError, OSError) as e:
     raise ValueError(f"--config.eval.source={run.config.eval.source}: {e} (checked before "
                      "training, which evaluates at the end)") from e
+  _check_fields(run, train=False)
+
+
+def _check_fields(run: _Run, train: bool) -> None:
+  """The training or evaluation batches hold the fields the task reads (`Task.batch_needs`),
+  from the source's declaration (no item is read)."""
+  c = run.config
+  spec = c.data.source if train else c.eval.source or c.data.source
+  have = pipeline.batch_fields(c.data, train=train, source=spec,
+                               mode="center" if train else c.eval.mode)
+  schema.require(have, run.task.batch_needs, task=c.task,
+                 setting=f"--config.{'data' if train else 'eval'}.source={spec}")
 
 
 def _every(step: int, every: int) -> bool:
@@ -379,6 +391,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   try:
     if not run.checkpointer.all_steps():   # a new run: pretrained weights named?
       run.task.check_warm_start()
+    _check_fields(run, train=True)
     _check_eval_data(run)
   except ValueError:
     run.close()
@@ -481,6 +494,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   """
   run = _Run(config, workdir, devices)
   try:
+    _require_source(config.eval.source, config, "eval.source")
+    _check_fields(run, train=False)
     steps = run.checkpointer.all_steps()
     if not steps and config.get("init_from") and config.eval.step < 0:
       logging.info("no checkpoint in %s: evaluating the weights of init_from=%s as step 0",
@@ -518,6 +533,8 @@ def eval_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   results: dict[int, dict[str, float]] = {}
   damaged: dict[int, checkpointing.DamagedCheckpointError] = {}
   try:
+    _require_source(config.eval.source, config, "eval.source")
+    _check_fields(run, train=False)
     while True:
       todo = [s for s in run.checkpointer.all_steps()
               if not _eval_result_path(run.workdir, s).exists() and s not in results

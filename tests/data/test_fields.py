@@ -7,6 +7,7 @@ import pytest
 
 from data_pipelines import image_ops
 from data_pipelines import pipeline
+from data_pipelines import schema
 from data_pipelines import sources
 
 
@@ -291,6 +292,36 @@ def test_eval_full_mode_adds_full_resolution_fields(monkeypatch):
   assert np.all(batch["image_full"][1, :, 18:] == 0)
   assert np.all(batch["label_full"][1, :, 18:] == 255)
   assert not batch["valid"][3] and batch["mask_full"][3].shape == (24, 32, 1)
+
+
+@pytest.mark.parametrize("train,mode", [(True, "center"), (False, "center"), (False, "full")])
+def test_batch_fields_name_the_keys_of_the_batches(monkeypatch, train, mode):
+  """pipeline.batch_fields (from the source's declaration, nothing read) is exactly the key set
+  of the batches the same settings produce: source fields and scalars, 'index', 'skipped' in
+  training or 'valid' in evaluation, the full-resolution fields in mode 'full'."""
+  monkeypatch.setitem(sources._PLUGINS, "sized", f"{__name__}:_sized_from_spec")
+  cfg = dict(source="sized:", image_size=8)
+  if train:
+    batch = next(pipeline.train_iterator(cfg, global_batch_size=2, seed=0))
+  else:
+    batch = next(pipeline.eval_batches(cfg, batch_size=2, mode=mode, full_size=(24, 32)))
+  fields = pipeline.batch_fields(cfg, train=train, mode=mode)
+  assert fields == set(batch)
+  assert ("skipped" in fields) == train and ("image_full" in fields) == (mode == "full")
+
+
+def test_a_missing_field_a_task_needs_is_one_line(field_source):
+  """schema.require names the setting, what its batches hold and where the missing field comes
+  from; a source with the field passes."""
+  needs = {"label": "a source with label maps", "real": "iharmony4:ROOT"}
+  with pytest.raises(ValueError, match=r"^--config.data.source=samples:train gives batches of "
+                                       r"image, index, skipped, but the fcn task also reads "
+                                       r"'label' \(a source with label maps\); 'real' "
+                                       r"\(iharmony4:ROOT\)$"):
+    schema.require(pipeline.batch_fields({"source": "samples:train"}, train=True), needs,
+                   task="fcn", setting="--config.data.source=samples:train")
+  schema.require(pipeline.batch_fields({"source": field_source}, train=False),
+                 {"label": "-", "subset": "-", "valid": "-"}, task="fcn", setting="x")
 
 
 def test_eval_full_mode_needs_a_large_enough_canvas(monkeypatch):

@@ -142,6 +142,7 @@ def test_training_masks_depend_on_seed_and_position_not_on_processes(folder, tmp
     for g, drawn in zip(batch["index"], batch["object_mask"]):
       np.testing.assert_array_equal(drawn, masks.draw(mask_folder.mask_rng(3, int(g)), SIZE))
   assert len({m.tobytes() for m in batch["object_mask"]}) > 1
+  assert pipeline.batch_fields(cfg, train=True) == set(batch)   # 'object_mask' declared too
 
 
 def test_evaluation_batches_carry_fixed_masks(folder, tmp_path):

@@ -288,6 +288,19 @@ def test_missing_vgg_weights_stop_before_anything_is_built(tmp_path):
   assert not list((tmp_path / "w").glob("checkpoints/[0-9]*"))   # no checkpoint written
 
 
+@pytest.mark.parametrize("setting", ["data", "eval"])
+def test_a_source_without_labels_stops_before_training(tmp_path, setting):
+  """Photos without label maps as the training or the evaluation source: one line naming the
+  setting, the batches' fields and the sources that give 'label' (not a KeyError inside the
+  traced step); no checkpoint is written."""
+  config = _tiny(**{f"{setting}.source": "samples:train"})
+  with pytest.raises(ValueError, match=rf"^--config.{setting}.source=samples:train gives batches "
+                                       r"of image, index, (skipped|valid), but the fcn task also "
+                                       r"reads 'label' \(a source with label maps: voc:ROOT"):
+    trainer.train(config, tmp_path, devices=jax.devices()[:1])
+  assert not list(tmp_path.glob("checkpoints/[0-9]*"))
+
+
 def _full_resolution(voc_root, size: int, **overrides) -> ml_collections.ConfigDict:
   """configs/fcn_voc.py's default (the reference's geometry and schedule) on the tiny VOC tree,
   padded to `size` instead of 500, with a narrow network from random weights."""
