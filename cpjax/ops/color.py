@@ -212,19 +212,6 @@ def _cells_from_uniform(u: jax.Array, grid: int) -> jax.Array:
   return (u < 0.5).astype(jnp.float32).reshape(grid, grid, 1)
 
 
-def salt_and_pepper_grid(key: jax.Array, grid: int = 10) -> jax.Array:
-  """The low-resolution noise of M_mix: each cell 0 or 1 with probability 0.5.
-
-  Args:
-    key: PRNG key.
-    grid: side of the square noise image (paper: 10).
-
-  Returns:
-    [grid, grid, 1] float32 in {0, 1}.
-  """
-  return _cells_from_uniform(jax.random.uniform(key, (grid * grid,), jnp.float32), grid)
-
-
 def upsample_mix_mask(cells: jax.Array, height: int, width: int) -> jax.Array:
   """Bilinear upsampling of the noise grid to the image size (jax.image.resize, 'linear').
 
@@ -239,20 +226,6 @@ def upsample_mix_mask(cells: jax.Array, height: int, width: int) -> jax.Array:
     [height, width, 1] float32 in [0, 1].
   """
   return jax.image.resize(cells, (height, width, cells.shape[-1]), method="linear")
-
-
-def salt_and_pepper_mix_mask(key: jax.Array, height: int, width: int, grid: int = 10) -> jax.Array:
-  """M_mix of eq. 3: grid x grid salt-and-pepper noise, bilinearly upsampled to (height, width).
-
-  Args:
-    key: PRNG key.
-    height, width: output size.
-    grid: side of the noise grid (paper: 10).
-
-  Returns:
-    [height, width, 1] float32 in [0, 1].
-  """
-  return upsample_mix_mask(salt_and_pepper_grid(key, grid), height, width)
 
 
 def sample_shading_params(key: jax.Array, height: int, width: int,
