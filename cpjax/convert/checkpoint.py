@@ -46,6 +46,13 @@ def is_converted(directory: str | pathlib.Path) -> bool:
   return (pathlib.Path(directory).expanduser() / METADATA).is_file()
 
 
+def convert_advice(field: str, model: str, file: str) -> str:
+  """'convert FILE with python -m cpjax.tools.convert ... and pass --config.FIELD=...': how to
+  make what the config `field` takes from the released `file` (`--model=model`)."""
+  return (f"convert {file} with python -m cpjax.tools.convert --from={file} --model={model} "
+          f"--out=weights/{model} and pass --config.{field}=weights/{model}")
+
+
 def require_converted(directory: str, field: str, model: str, file: str) -> None:
   """Refuses a `field` value that is no converted directory, saying how to make one.
 
@@ -61,9 +68,8 @@ def require_converted(directory: str, field: str, model: str, file: str) -> None
   if not is_converted(directory):
     raise FileNotFoundError(
         f"{field}={directory} holds no converted weights ({METADATA} is missing; pretrained "
-        f"weights are read only from converted directories): convert {file} with python -m "
-        f"cpjax.tools.convert --from={file} --model={model} --out=weights/{model} and pass "
-        f"--config.{field}=weights/{model}")
+        f"weights are read only from converted directories): "
+        + convert_advice(field, model, file))
 
 
 def _shape(leaf) -> str:

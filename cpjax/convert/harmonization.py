@@ -185,9 +185,9 @@ def check_initialisation(config: ml_collections.ConfigDict) -> None:
   raise ValueError(
       f"model.backbone_init is not set, and iDIH-HRNet fine-tunes an ImageNet HRNetV2-"
       f"{m.hrnet_width} trunk: download {file} (the ImageNet models of the "
-      "HRNet/HRNet-Image-Classification README), convert it with python -m cpjax.tools.convert "
-      f"--from={file} --model={model} --out=weights/{model} and pass "
-      f"--config.model.backbone_init=weights/{model} (or --config.init_from=DIR: a converted "
+      "HRNet/HRNet-Image-Classification README), "
+      + checkpoint.convert_advice("model.backbone_init", model, file)
+      + " (or --config.init_from=DIR: a converted "
       f"whole network); --config.model.backbone_init={RANDOM_INIT} starts the trunk from "
       "random weights")
 

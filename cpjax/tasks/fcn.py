@@ -116,8 +116,7 @@ def check_initialisation(config: ml_collections.ConfigDict) -> None:
       f"model.vgg_init is not set, and FCN fine-tunes ImageNet VGG16: download {file} "
       "(pytorch-fcn's torchfcn.models.VGG16(pretrained=True) fetches it to "
       "~/data/models/pytorch/), "
-      f"convert it with python -m cpjax.tools.convert --from={file} --model={model} "
-      f"--out=weights/{model} and pass --config.model.vgg_init=weights/{model} (or "
+      + converted_weights.convert_advice("model.vgg_init", model, file) + " (or "
       "--config.init_from=DIR: an earlier stage's workdir or a converted fcn32s/16s/8s); "
       f"--config.model.vgg_init={RANDOM_INIT} starts from random weights")
 
