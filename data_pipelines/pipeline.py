@@ -592,8 +592,9 @@ def eval_dataset(data_cfg: DataConfig, *, batch_size: int, source: str | None = 
 
 def batch_fields(data_cfg: DataConfig, *, train: bool, source: str | None = None,
                  mode: str = "center") -> frozenset[str]:
-  """The fields of the batches of `train_dataset` (train=True) or of `eval_dataset` (with
-  `source` and `mode`), from the source's declaration: no item is read (`schema.field_names`)."""
+  """The fields of the batches of `train_dataset` (train=True; `mode` unused) or of
+  `eval_dataset` (with `source` and `mode`), from the source's declaration: no item is read
+  (`schema.field_names`)."""
   settings = _settings(data_cfg)
   items = sources.make_source(source or settings.source, image_key=settings.image_key)
   return schema.field_names(sources.source_fields(items), sources.source_scalars(items),

@@ -272,8 +272,7 @@ def _check_fields(run: _Run, train: bool) -> None:
   from the source's declaration (no item is read)."""
   c = run.config
   spec = c.data.source if train else c.eval.source or c.data.source
-  have = pipeline.batch_fields(c.data, train=train, source=spec,
-                               mode="center" if train else c.eval.mode)
+  have = pipeline.batch_fields(c.data, train=train, source=spec, mode=c.eval.mode)
   schema.require(have, run.task.batch_needs, task=c.task,
                  setting=f"--config.{'data' if train else 'eval'}.source={spec}")
 
