@@ -94,7 +94,7 @@ def build_model(config: ml_collections.ConfigDict) -> CPNet:
   """The `CPNet` of a config's `model` fields."""
   m = config.model
   return CPNet(align_widths=tuple(m.align_widths), align_size=m.align_size,
-                      regressor_width=m.get("regressor_width", 0), reuse_conv5=m.reuse_conv5,
+                      regressor_width=m.regressor_width, reuse_conv5=m.reuse_conv5,
                       encoder_widths=tuple(m.encoder_widths),
                       decoder_widths=tuple(m.decoder_widths), dilations=tuple(m.dilations),
                       dtype=jnp.dtype(m.dtype))
@@ -218,7 +218,7 @@ class VideoInpaintingTask(Task):
       vgg = convert_vgg.load_params(spec, "imagenet", "loss.vgg_weights")["vgg"]
       state = state.replace(vgg=converted_weights.put(
           {"vgg": state.vgg}, {("vgg",): vgg}, "loss.vgg_weights", spec)["vgg"])
-    init_from = self.config.get("init_from")
+    init_from = self.config.init_from
     if not init_from:
       return state
     released = convert_cpn.load_params(init_from, "init_from", self.config.model)
@@ -361,11 +361,9 @@ class VideoInpaintingTask(Task):
     """
     if self.vgg_losses and not self.use_vgg:
       raise ValueError(
-          "the perceptual and style losses need ImageNet VGG16 weights: set "
-          f"--config.loss.vgg_weights=weights/{_VGG} (convert torchvision's {_VGG_FILE} with "
-          f"python -m cpjax.tools.convert --from={_VGG_FILE} --model={_VGG} --out=weights/{_VGG})"
-          ", or turn them off with --config.loss.perceptual=0 "
-          "--config.loss.style=0")
+          "the perceptual and style losses need ImageNet VGG16 weights: "
+          + converted_weights.convert_advice("loss.vgg_weights", _VGG, _VGG_FILE)
+          + ", or turn them off with --config.loss.perceptual=0 --config.loss.style=0")
     ex = self.problems(batch, key, state.step)
     weights = self.config.loss
 

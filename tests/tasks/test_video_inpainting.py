@@ -296,10 +296,11 @@ def test_vgg_weights_are_needed_for_training_only():
   batch = {"image": jnp.zeros((2, 32, 32, 3), jnp.uint8), "index": jnp.arange(2)}
   scores = jax.eval_shape(task.eval_step, state, batch, key)
   assert scores["psnr"].shape == (2,)
-  with pytest.raises(ValueError, match="--config.loss.vgg_weights=weights/vgg16_torchvision "
-                     r"\(convert .* python -m cpjax.tools.convert --from=vgg16-397923af.pth "
-                     "--model=vgg16_torchvision --out=weights/vgg16_torchvision.*"
-                     "--config.loss.perceptual=0"):
+  with pytest.raises(ValueError, match="need ImageNet VGG16 weights: convert vgg16-397923af.pth "
+                     "with python -m cpjax.tools.convert --from=vgg16-397923af.pth "
+                     "--model=vgg16_torchvision --out=weights/vgg16_torchvision and pass "
+                     "--config.loss.vgg_weights=weights/vgg16_torchvision, or turn them off "
+                     "with --config.loss.perceptual=0"):
     jax.eval_shape(task.train_step, state, batch, key)
 
 
