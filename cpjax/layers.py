@@ -1,5 +1,5 @@
 """Shared building blocks: transposed convolution, pixelwise feature normalisation, noise
-injection, conv blocks.
+injection, conv blocks, repeated blocks compiled once (`repeated`).
 
 Images and feature maps are NHWC. Every module takes `dtype` (compute) and `param_dtype`
 (storage); normalisation statistics are computed in float32 whatever the compute dtype.
@@ -564,3 +564,97 @@ def conv_general_dilated_taps(lhs: jax.Array, rhs: jax.Array, window_strides: Se
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
   return conv_tap_kernel_gradient(lhs, rhs, tuple(tuple(p) for p in padding))
+
+
+# Collections whose variables `repeated` stacks along the scan axis.
+REPEATED_COLLECTIONS = ("params", "batch_stats")
+
+
+class _RepeatStep(nn.Module):
+  """One step of `repeated`'s scan: the carry through `make_block(name='block')`."""
+  make_block: Callable[..., nn.Module]
+  train: bool
+
+  @nn.compact
+  def __call__(self, carry: Any, _: None) -> tuple[Any, None]:
+    return self.make_block(name="block")(carry, self.train), None
+
+
+class _RepeatScan(nn.Module):
+  """`count` steps of `_RepeatStep` as one `nn.scan` ('steps'), variables stacked on axis 0."""
+  make_block: Callable[..., nn.Module]
+  count: int
+  train: bool
+
+  @nn.compact
+  def __call__(self, carry: Any) -> Any:
+    steps = nn.scan(_RepeatStep, variable_axes={c: 0 for c in REPEATED_COLLECTIONS},
+                    split_rngs={"params": True}, length=self.count)
+    return steps(self.make_block, self.train, name="steps")(carry, None)[0]
+
+
+class _RepeatLoop(nn.Module):
+  """The same blocks as a Python loop: children '0', '1', ... (what `repeated` stores)."""
+  make_block: Callable[..., nn.Module]
+  count: int
+  train: bool
+
+  @nn.compact
+  def __call__(self, carry: Any) -> Any:
+    for i in range(self.count):
+      carry = self.make_block(name=str(i))(carry, self.train)
+    return carry
+
+
+def _stack_blocks(count: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+  """Stored variables {'0': tree, '1': tree, ...} -> the scan's {'steps': {'block': stacked}}."""
+  def stack(variables: dict[str, Any]) -> dict[str, Any]:
+    return {col: {"steps": {"block": jax.tree.map(lambda *leaves: jnp.stack(leaves),
+                                                  *(tree[str(i)] for i in range(count)))}}
+            if tree else tree for col, tree in variables.items()}
+  return stack
+
+
+def _unstack_blocks(count: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+  """The inverse of `_stack_blocks`."""
+  def unstack(variables: dict[str, Any]) -> dict[str, Any]:
+    return {col: {str(i): jax.tree.map(lambda leaf, i=i: leaf[i], tree["steps"]["block"])
+                  for i in range(count)}
+            if tree else tree for col, tree in variables.items()}
+  return unstack
+
+
+def repeated(make_block: Callable[..., nn.Module], count: int, *, train: bool,
+             initializing: bool, name: str, scan: bool = True) -> nn.Module:
+  """`count` blocks of one architecture applied in sequence, compiled once.
+
+  carry -> block_{count-1}(... block_1(block_0(carry, train), train) ..., train), every block
+  `make_block(name=...)` (same shapes, its own variables), as a Python loop over
+  `make_block(name=str(i))` would compute and store it: the variables stay children '0', '1',
+  ... of the returned module, so converters and checkpoints see one layout either way. With
+  `scan` (the default) the blocks run as one `jax.lax.scan` over their variables stacked on a
+  new leading axis (`nn.map_variables` stacks them on the way in and splits them, and the
+  updated BatchNorm statistics, on the way out): JAX traces and XLA compiles the block once
+  instead of `count` times. The result equals the loop's up to float rounding (tested); use
+  `scan=False` for the loop itself.
+
+  Args:
+    make_block: the block's constructor (e.g. `functools.partial(BasicBlock, 64)`), called
+      with `name=`; the block is called as `block(carry, train)` and returns a carry of the
+      same structure, shapes and dtypes.
+    count: number of blocks (>= 1).
+    train: passed to every block; batch statistics ('batch_stats') are mutable when True.
+    initializing: the parent's `self.is_initializing()`.
+    name: the returned module's name in its parent.
+    scan: scan (True) or loop (False).
+
+  Returns:
+    An unbound module; call it on the carry.
+  """
+  if not scan:
+    return _RepeatLoop(make_block, count, train, name=name)
+  scanned = nn.map_variables(_RepeatScan, REPEATED_COLLECTIONS,
+                             trans_in_fn=_stack_blocks(count),
+                             trans_out_fn=_unstack_blocks(count), init=initializing,
+                             mutable=train)
+  return scanned(make_block, count, train, name=name)

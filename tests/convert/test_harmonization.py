@@ -1,6 +1,6 @@
 """Converting saic-vul/image_harmonization checkpoints: numerical parity with PyTorch reference
-networks of the released layout (`torch_iharm`; the W18 / W32 iDIH-HRNets with
-CPJAX_FULL_PARITY=1), strict key accounting, and the command line up to the harmonisation task
+networks of the released layout (`torch_iharm`; the iDIH-HRNets of all three widths), strict
+key accounting, and the command line up to the harmonisation task
 starting from the result (init_from)."""
 from __future__ import annotations
 

@@ -1,11 +1,9 @@
 """Converting HRNet-Image-Classification ImageNet weights (hrnet_w18s / w18 / w32) into the
 HRNetV2 trunk, and starting the harmonisation model's backbone from them (model.backbone_init).
 
-Numerical parity with a PyTorch HRNetV2 of the reference layout (`torch_iharm`) for W18s (W18
-and W32 too with CPJAX_FULL_PARITY=1: minutes of XLA:CPU compilation). W18 and W32 differ from
-W18s only in counts and widths, which are checked key by key in the default run: each reference
-tensor sits at the flax path of its own name, in the PyTorch -> flax layout, and the ImageNet
-conversion places the trunk exactly as the iDIH-HRNet conversion does.
+Numerical parity with a PyTorch HRNetV2 of the reference layout (`torch_iharm`) for W18s, W18
+and W32. Each reference tensor sits at the flax path of its own name, in the PyTorch -> flax
+layout, and the ImageNet conversion places the trunk exactly as the iDIH-HRNet conversion does.
 """
 from __future__ import annotations
 

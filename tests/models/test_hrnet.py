@@ -305,9 +305,10 @@ def _inter(tree, path):
 
 @pytest.fixture(scope="module")
 def eval_pass():
-  """Eval-mode W18s at [2, 60, 44] with every module's output captured; also returns the
-  jitted function for more inputs of that shape."""
-  model = hrnet.HRNetOCR("w18s")
+  """Eval-mode W18s at [2, 60, 44] with every module's output captured (Python loops: a scan
+  does not capture its body's intermediates); also returns the jitted function for more
+  inputs of that shape."""
+  model = hrnet.HRNetOCR("w18s", scan=False)
   variables = _fill(_shapes("w18s", hw=(H, W)))
   run = jax.jit(lambda image, mask: model.apply(
       variables, image, mask, False, capture_intermediates=True, mutable=["intermediates"]))
@@ -413,6 +414,41 @@ def test_eval_mode_examples_are_independent(eval_pass):
   _, image, mask, out, _, run = eval_pass
   other = image.at[1].set(image[1] * 3.0 + 1.0)
   np.testing.assert_allclose(np.asarray(run(other, mask)[0][0]), out[0], atol=1e-5)
+
+
+def test_scanned_stages_equal_the_python_loops(eval_pass):
+  """scan=True (each stage's modules and each branch's blocks one `lax.scan`; the default when
+  not training) keeps the loops' variable layout and computes what they compute: the same eval
+  output, and in train mode the same output and BatchNorm statistics, each block's written
+  back to its own place.
+
+  Tolerances: eval mode agrees to 1e-5. Train mode normalises with batch statistics computed
+  in float32 as E[x^2] - E[x]^2, which amplifies rounding: scaling the input by (1 + 1e-7)
+  moves this output by ~5e-4 (max 5), and the loops alone, jitted or not, differ by as much.
+  So train mode is compared to 2e-3 of each array's scale; a block applied out of order or a
+  statistic written to the wrong block differs by O(1). Gradients: the scan is differentiated
+  by JAX itself; the HRNet18s training-parity test checks them against PyTorch."""
+  variables, image, mask, loop_out, _, _ = eval_pass
+  loop, scan = hrnet.HRNetOCR("w18s", scan=False), hrnet.HRNetOCR("w18s", scan=True)
+  init = lambda m: jax.eval_shape(lambda: m.init({"params": jax.random.key(0)}, image, mask, False))
+  assert jax.tree.map(jnp.shape, init(loop)) == jax.tree.map(jnp.shape, init(scan))
+  scan_out = jax.jit(lambda v: scan.apply(v, image, mask, False))(variables)
+  np.testing.assert_allclose(np.asarray(scan_out, np.float64), loop_out, atol=1e-5, rtol=1e-5)
+
+  train = lambda m: jax.jit(lambda v: m.apply(v, image, mask, True, mutable=["batch_stats"],
+                                              rngs={"dropout": jax.random.key(3)}))(variables)
+  (loop_train, loop_state), (scan_train, scan_state) = train(loop), train(scan)
+  expected = [loop_train] + jax.tree.leaves(loop_state["batch_stats"])
+  actual = [scan_train] + jax.tree.leaves(scan_state["batch_stats"])
+  assert jax.tree.structure(loop_state) == jax.tree.structure(scan_state)
+  for e, a in zip(expected, actual):
+    scale = float(np.abs(np.asarray(e)).max())
+    np.testing.assert_allclose(np.asarray(a), np.asarray(e), atol=2e-3 * scale, rtol=0)
+  # The statistics moved (so the comparison above sees the updates, not the old values).
+  old_stats = jax.tree.leaves(variables["batch_stats"])
+  moved = [np.abs(np.asarray(n) - np.asarray(o)).max()
+           for n, o in zip(jax.tree.leaves(scan_state["batch_stats"]), old_stats)]
+  assert min(moved) > 1e-3
 
 
 def test_train_mode_jits_at_256px_with_batch_statistics(train_pass):

@@ -1,4 +1,5 @@
-"""Tests of cpjax.layers: pixel_norm (paper eq. 4), NoiseInjection (StyleGAN), ConvAct.
+"""Tests of cpjax.layers: pixel_norm (paper eq. 4), NoiseInjection (StyleGAN), ConvAct,
+repeated (scanned blocks).
 
 Parameters are filled from NumPy after `jax.eval_shape(init)`: on XLA:CPU each small
 `jax.random` draw of a new shape takes seconds to compile, and these tests check layers, not
@@ -293,3 +294,63 @@ def test_batch_norm_matches_torch_batchnorm2d():
   evaluated = layers.BatchNorm(use_running_average=True).apply(variables, jnp.asarray(x))
   expected = reference.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
   np.testing.assert_allclose(evaluated, expected.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+
+
+# repeated
+
+
+class _AffineBN(nn.Module):
+  """A toy block: x @ W + b, then layers.BatchNorm (train: batch statistics), plus x."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x, train):
+    y = nn.Dense(self.features, name="dense")(x)
+    return x + layers.BatchNorm(use_running_average=not train, name="bn")(y)
+
+
+def _np_blocks(x, params, stats, count, train):
+  """The blocks in float64 NumPy: (output, new running means)."""
+  means = []
+  for i in range(count):
+    p, s = params[str(i)], stats[str(i)]["bn"]
+    y = x @ np.asarray(p["dense"]["kernel"], np.float64) + np.asarray(p["dense"]["bias"])
+    mean, var = (y.mean(0), y.var(0)) if train else (np.asarray(s["mean"]), np.asarray(s["var"]))
+    means.append(0.9 * np.asarray(s["mean"]) + 0.1 * y.mean(0))
+    y = (y - mean) / np.sqrt(var + 1e-5) * np.asarray(p["bn"]["scale"])
+    y = y + np.asarray(p["bn"]["bias"])
+    x = x + y
+  return x, means
+
+
+class _Stack(nn.Module):
+  scan: bool
+
+  @nn.compact
+  def __call__(self, x, train):
+    return layers.repeated(lambda name: _AffineBN(4, name=name), 3, train=train,
+                           initializing=self.is_initializing(), name="blocks", scan=self.scan)(x)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_repeated_scan_equals_the_loop_and_numpy(train):
+  """`repeated` with scan stores the loop's variables ('blocks/0', '1', '2': each block its own),
+  and both compute the blocks in order, block i with its own parameters, as float64 NumPy does;
+  in train mode each block's running mean is updated in its own place."""
+  x = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+  shapes = jax.eval_shape(lambda: _Stack(True).init(jax.random.key(0), x, False))
+  assert jax.tree.structure(shapes) == jax.tree.structure(
+      jax.eval_shape(lambda: _Stack(False).init(jax.random.key(0), x, False)))
+  assert sorted(shapes["params"]["blocks"]) == ["0", "1", "2"]
+  variables = numpy_params(shapes, seed=1)
+  variables["batch_stats"] = jax.tree_util.tree_map_with_path(   # variances > 0
+      lambda path, v: jnp.abs(v) + 0.5 if path[-1].key == "var" else v, variables["batch_stats"])
+  params, stats = variables["params"]["blocks"], variables["batch_stats"]["blocks"]
+  expected, means = _np_blocks(x.astype(np.float64), params, stats, 3, train)
+  for scan in (True, False):
+    out, state = _Stack(scan).apply(variables, x, train, mutable=["batch_stats"])
+    np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5, rtol=1e-5)
+    for i in range(3):
+      new = np.asarray(state["batch_stats"]["blocks"][str(i)]["bn"]["mean"])
+      np.testing.assert_allclose(new, means[i] if train else stats[str(i)]["bn"]["mean"],
+                                 atol=1e-5, rtol=1e-5)
