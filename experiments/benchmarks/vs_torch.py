@@ -370,9 +370,9 @@ def matmul() -> Workload:
                   info={"size": MATMUL_SIZE})
 
 
-def _copy_paste_bench(batch_size: int, size: int):
+def _copy_paste_bench(batch_size: int, size: int, variant: str):
   from cpjax.train import partitioning  # pylint: disable=g-import-not-at-top
-  bench = harness.task_bench(_load_config("faces"), size, batch_size)
+  bench = harness.task_bench(_load_config("faces", variant), size, batch_size)
   rng = np.random.default_rng(0)
   batch = partitioning.global_batch(
       {"image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
@@ -380,17 +380,18 @@ def _copy_paste_bench(batch_size: int, size: int):
   return bench, batch
 
 
-def copy_paste_train(batch_size: int = 4, size: int = 256) -> Workload:
-  """The copy-paste train step (critic with gradient penalty, then generator), cpjax alone."""
-  bench, batch = _copy_paste_bench(batch_size, size)
+def copy_paste_train(batch_size: int = 4, size: int = 256, variant: str = "") -> Workload:
+  """The copy-paste train step (critic with gradient penalty, then generator), cpjax alone;
+  `variant` picks a variant of configs/faces.py ('tiny' for tests)."""
+  bench, batch = _copy_paste_bench(batch_size, size, variant)
   key = jax.random.key(0)
   return Workload("train", bench.train_step, (bench.init(key), batch, key), None, chain=True,
                   info={"batch": batch_size, "size": size})
 
 
-def copy_paste_generate(batch_size: int = 1, size: int = 256) -> Workload:
-  """Copy-paste problems and the generator's output, cpjax alone."""
-  bench, batch = _copy_paste_bench(batch_size, size)
+def copy_paste_generate(batch_size: int = 1, size: int = 256, variant: str = "") -> Workload:
+  """Copy-paste problems and the generator's output, cpjax alone (`variant` as above)."""
+  bench, batch = _copy_paste_bench(batch_size, size, variant)
   task, key = bench.task, jax.random.key(0)
 
   def generate(state, batch, key):
@@ -417,17 +418,20 @@ WORKLOADS: dict[str, Callable[[], Workload]] = {
 }
 DEFAULT = tuple(name for name in WORKLOADS if name not in SLOW)
 
-_WORKLOADS = flags.DEFINE_list(
-    "workloads", list(DEFAULT),
-    f"Workloads to run, in order: {', '.join(WORKLOADS)}. Default: all but "
-    f"{', '.join(SLOW)} (they compile for 1.5-2 minutes each on XLA:CPU; name them to run "
-    "them). The copy-paste rows need the matmul ceiling: it is run first when missing.")
-_ITERS = flags.DEFINE_integer("iters", 5, "Timed calls of each side (medians are reported).")
-_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed calls of each side first.")
-_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads.")
-_OUT = flags.DEFINE_string("out", None, "Append the JSON rows to this file.")
-_PROFILE = flags.DEFINE_bool("profile", False, "Add cpjax's per-op profile to each row: time "
-                             "per op category and the longest ops (xla_profile.top_ops).")
+
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a program, so importing is free)."""
+  flags.DEFINE_list(
+      "workloads", list(DEFAULT),
+      f"Workloads to run, in order: {', '.join(WORKLOADS)}. Default: all but "
+      f"{', '.join(SLOW)} (they compile for 1.5-2 minutes each on XLA:CPU; name them to run "
+      "them). The copy-paste rows need the matmul ceiling: it is run first when missing.")
+  flags.DEFINE_integer("iters", 5, "Timed calls of each side (medians are reported).")
+  flags.DEFINE_integer("warmup", 1, "Untimed calls of each side first.")
+  flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads.")
+  flags.DEFINE_string("out", None, "Append the JSON rows to this file.")
+  flags.DEFINE_bool("profile", False, "Add cpjax's per-op profile to each row: time per op "
+                    "category and the longest ops (xla_profile.top_ops).")
 
 
 # ------------------------------------------------------------------------------ measurement
@@ -501,11 +505,12 @@ def compare(w: Workload, iters: int, warmup: int, profile: bool = False) -> dict
 
 def main(argv):
   del argv
-  unknown = [name for name in _WORKLOADS.value if name not in WORKLOADS]
+  f = flags.FLAGS
+  unknown = [name for name in f.workloads if name not in WORKLOADS]
   if unknown:
     raise app.UsageError(f"unknown workloads {', '.join(unknown)}; known: "
                          f"{', '.join(WORKLOADS)}")
-  names = list(_WORKLOADS.value)
+  names = list(f.workloads)
   if any(n.startswith("copy_paste") for n in names) and "matmul" not in names:
     names.insert(0, "matmul")
   cache = compilation.setup(tempfile.mkdtemp(prefix="cpjax_vs_torch_cache_"))
@@ -514,20 +519,21 @@ def main(argv):
   jax.devices()   # JAX's backend starts before the test helpers are imported (their conftest)
   sys.path.insert(0, str(TESTS))
   import torch  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(_TORCH_THREADS.value)
+  torch.set_num_threads(f.torch_threads)
   env = {**harness.environment(), "torch": torch.__version__,
          "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
          "xla_flags": os.environ.get("XLA_FLAGS", ""), "compilation_cache": str(cache)}
   ceiling = None
   for name in names:
     row = {"benchmark": "vs_torch", "workload": name,
-           **compare(WORKLOADS[name](), _ITERS.value, _WARMUP.value, _PROFILE.value), **env}
+           **compare(WORKLOADS[name](), f.iters, f.warmup, f.profile), **env}
     if name == "matmul":
       ceiling = row["cpjax_gflops_per_sec"]
     elif "torch_seconds" not in row and ceiling:
       row["share_of_matmul_ceiling"] = row["cpjax_gflops_per_sec"] / ceiling
-    harness.write_row(_OUT.value, row)
+    harness.write_row(f.out, row)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax
 import pytest
+from absl import flags
 
 pytest.importorskip("torch")
 
@@ -15,7 +16,7 @@ from experiments.benchmarks import vs_torch  # pylint: disable=g-import-not-at-t
 @pytest.mark.parametrize("name", vs_torch.DEFAULT)
 def test_workload_builds_and_lowers(name):
   if name.startswith("copy_paste"):   # data-parallel over the tests' 8 devices: 1 example each
-    workload = getattr(vs_torch, name)(batch_size=jax.device_count(), size=64)
+    workload = getattr(vs_torch, name)(batch_size=jax.device_count(), size=64, variant="tiny")
   else:
     workload = vs_torch.WORKLOADS[name]()
   assert workload.kind in ("train", "inference", "ceiling")
@@ -24,3 +25,10 @@ def test_workload_builds_and_lowers(name):
   if isinstance(analysis, list):
     analysis = analysis[0]
   assert analysis["flops"] > 0
+
+
+def test_importing_defines_no_flags():
+  """The flags exist only when run as a program: importing must not claim --out and the other
+  names that the tools (imported by other tests in the same process) define."""
+  assert not flags.FLAGS.flags_by_module_dict().get(vs_torch.__name__)
+  assert "out" not in flags.FLAGS
