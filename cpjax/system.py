@@ -4,6 +4,7 @@ The one code path by which the trainer, the tools, the app and the benchmarks bu
 
   system = System(config)                      # task, mesh, state shapes and shardings
   state = system.init_state()                  # fresh: Task.init, then Task.warm_start
+  train_step = system.jit_train_step()         # (state, batch, key) -> (state, metrics)
   state = system.restore(checkpointer, step)   # a checkpoint, in this mesh's shardings
   loaded = load(path, step)                    # a training workdir or converted weights
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
@@ -63,6 +64,13 @@ class System:
       state = jax.jit(self.task.init, out_shardings=self.state_shardings)(self.root_key)
     warm = self.task.warm_start(state)   # pretrained weights, an earlier stage (host side)
     return state if warm is state else jax.device_put(warm, self.state_shardings)
+
+  def jit_train_step(self) -> Callable[..., tuple[Any, Any]]:
+    """`task.train_step` jitted as training runs it: (state, batch, key) -> (state, metrics),
+    the state donated and returned in the state shardings, the metrics replicated."""
+    return jax.jit(self.task.train_step,
+                   out_shardings=(self.state_shardings, partitioning.replicated(self.mesh)),
+                   donate_argnums=0)
 
   def restore(self, checkpointer: checkpointing.Checkpointer, step: int) -> Any:
     """The train state of checkpoint `step`, in this mesh's shardings."""

@@ -112,8 +112,7 @@ class _Run:
         self.workdir, max_to_keep=config.checkpoint.max_to_keep,
         async_save=config.checkpoint.async_save)
     repl = partitioning.replicated(self.mesh)
-    self.train_fn = jax.jit(self.task.train_step,
-                            out_shardings=(self.system.state_shardings, repl), donate_argnums=0)
+    self.train_fn = self.system.jit_train_step()
     self.eval_fn = jax.jit(self._eval_sums, out_shardings=repl)
     self.baseline_fn = jax.jit(self._baseline_sums, out_shardings=repl)
     self._baseline_totals: dict[str, np.ndarray] | None = None

@@ -37,9 +37,9 @@ def main(argv):
   batch = partitioning.global_batch(
       {"image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
        "index": np.arange(batch_size, dtype=np.int32)}, mesh)
-  train_stats = harness.measure(bench.train_step, bench.init(key), batch, key,
+  train_stats = harness.measure(bench.train_step, bench.init(), batch, key,
                                 iters=_ITERS.value, warmup=_WARMUP.value, chain=True)
-  state = bench.init(key)
+  state = bench.init()
 
   def infer(state, batch, key):
     ex = task.problems(batch, key, jnp.zeros((), jnp.int32))

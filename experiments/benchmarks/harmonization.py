@@ -46,16 +46,16 @@ def main(argv):
   size, batch_size = config.data.image_size, config.batch_size
   key = jax.random.key(0)
   batch = partitioning.global_batch(real_pair_batch(batch_size, size), bench.mesh)
-  train_stats = harness.measure(bench.train_step, init(key), batch, key, iters=_ITERS.value,
+  train_stats = harness.measure(bench.train_step, init(), batch, key, iters=_ITERS.value,
                                 warmup=_WARMUP.value, chain=True)
 
   def infer(state, batch):
     ex = task.problems(batch, key, 0, train=False)
     return task.harmonize(state, ex["composite"], ex["mask"])
 
-  infer_stats = harness.measure(jax.jit(infer), init(key), batch, iters=_ITERS.value,
+  infer_stats = harness.measure(jax.jit(infer), init(), batch, iters=_ITERS.value,
                                 warmup=_WARMUP.value)
-  params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(init(key).params))
+  params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(init().params))
   harness.write_row(_OUT.value, {
       "benchmark": "harmonization", "model": config.model.name,
       "hrnet_width": config.model.get("hrnet_width"),

@@ -19,32 +19,41 @@ compilation.set_cpu_flags()   # before JAX's backend starts: benchmarks compile 
 
 
 class TaskBench(NamedTuple):
-  """A task ready to benchmark: its mesh, fresh-state builder and jitted donated train step."""
-  config: Any
-  mesh: Any
-  task: Any
-  init: Callable[[jax.Array], Any]
+  """A system to benchmark, built as training builds it: `system` (`cpjax.system.System`: the
+  task, the mesh over all local devices, the state shardings) and its jitted donated
+  `train_step` (`System.jit_train_step`)."""
+  system: Any
   train_step: Callable[..., Any]
+
+  @property
+  def config(self) -> Any:
+    return self.system.config
+
+  @property
+  def mesh(self) -> Any:
+    return self.system.mesh
+
+  @property
+  def task(self) -> Any:
+    return self.system.task
+
+  def init(self) -> Any:
+    """A fresh train state as a new run starts (`System.init_state`: the trainer's RNG mode,
+    then the config's warm start)."""
+    return self.system.init_state()
 
 
 def task_bench(config: Any, image_size: int | None = None,
                batch_size: int | None = None) -> TaskBench:
-  """Builds `config.task` on all local devices the way the trainer does (state shardings,
-  donated train step), with the image size and global batch optionally overridden."""
-  from cpjax import tasks  # pylint: disable=g-import-not-at-top
-  from cpjax.train import partitioning  # pylint: disable=g-import-not-at-top
+  """`config`'s system and train step (`TaskBench`), with the image size and global batch
+  optionally overridden."""
+  from cpjax import system  # pylint: disable=g-import-not-at-top
   if image_size:
     config.data.image_size = image_size
   if batch_size:
     config.batch_size = batch_size
-  mesh = partitioning.make_mesh()
-  task = tasks.build(config)
-  shapes = jax.eval_shape(task.init, jax.random.key(0))
-  state_sh = partitioning.state_shardings(shapes, mesh, fsdp=config.fsdp)
-  init = jax.jit(task.init, out_shardings=state_sh)
-  train = jax.jit(task.train_step, out_shardings=(state_sh, partitioning.replicated(mesh)),
-                  donate_argnums=0)
-  return TaskBench(config, mesh, task, init, train)
+  built = system.System(config)
+  return TaskBench(built, built.jit_train_step())
 
 
 def _flops(compiled: Any) -> float:

@@ -19,7 +19,6 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from cpjax import tasks
 from cpjax.tools import inpaint_video
 from cpjax.train import partitioning
 from experiments.benchmarks import harness
@@ -58,10 +57,9 @@ def main(argv):
   del argv
   config = _CONFIG.value
   config.loss.vgg_weights = config.loss.vgg_weights or "random"
-  task = tasks.build(config)
-  key = jax.random.key(0)
-  with jax.threefry_partitionable(False):
-    state = jax.jit(task.init)(key)
+  bench = harness.task_bench(config, None, _BATCH.value or None)
+  task, key = bench.task, jax.random.key(0)
+  state = bench.init()
   rng = np.random.default_rng(0)
   n, h, w = _FRAMES.value, _HEIGHT.value, _WIDTH.value
   frames = rng.random((n, h, w, 3)).astype(np.float32)
@@ -72,13 +70,12 @@ def main(argv):
              task, state.params, frames, holes)}
   row["params"] = int(sum(x.size for x in jax.tree.leaves(state.params)))
   if _BATCH.value:
-    mesh = partitioning.make_mesh()
     size = task.size
     batch = partitioning.global_batch(
         {"image": rng.integers(0, 256, (_BATCH.value, *size, 3), dtype=np.uint8),
-         "index": np.arange(_BATCH.value, dtype=np.int32)}, mesh)
-    train = jax.jit(task.train_step, donate_argnums=0)
-    stats = harness.measure(train, state, batch, key, iters=_ITERS.value, warmup=1, chain=True)
+         "index": np.arange(_BATCH.value, dtype=np.int32)}, bench.mesh)
+    stats = harness.measure(bench.train_step, state, batch, key, iters=_ITERS.value, warmup=1,
+                            chain=True)
     row["train"] = {**stats, "batch_size": _BATCH.value, "image_size": list(size),
                     "examples_per_sec": _BATCH.value / stats["seconds_per_call"]}
   harness.write_row(_OUT.value, row)

@@ -385,7 +385,7 @@ def copy_paste_train(batch_size: int = 4, size: int = 256, variant: str = "") ->
   `variant` picks a variant of configs/faces.py ('tiny' for tests)."""
   bench, batch = _copy_paste_bench(batch_size, size, variant)
   key = jax.random.key(0)
-  return Workload("train", bench.train_step, (bench.init(key), batch, key), None, chain=True,
+  return Workload("train", bench.train_step, (bench.init(), batch, key), None, chain=True,
                   info={"batch": batch_size, "size": size})
 
 
@@ -398,7 +398,7 @@ def copy_paste_generate(batch_size: int = 1, size: int = 256, variant: str = "")
     ex = task.problems(batch, key, jnp.zeros((), jnp.int32))
     return task.generate(state.generator, ex, key)
 
-  return Workload("inference", jax.jit(generate), (bench.init(key), batch, key), None,
+  return Workload("inference", jax.jit(generate), (bench.init(), batch, key), None,
                   info={"batch": batch_size, "size": size})
 
 
