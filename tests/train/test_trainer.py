@@ -1,11 +1,11 @@
-"""The shared training loop on the tiny copy-paste config: scale-out equivalence, exact resume,
-preemption, the NaN guard, and the command line end to end."""
+"""The shared training loop on the tiny copy-paste config: 8-device and FSDP equivalence, exact
+resume, preemption, the NaN guard, and the command line end to end (several processes:
+`test_multiprocess.py`)."""
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,53 +14,24 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, evaluate_twice, load_config
+from conftest import REPO, evaluate_twice
 from cpjax.train import trainer
-
-
-def _tiny(total_steps: int = 4, **overrides):
-  c = load_config("demo", "tiny")
-  c.total_steps = total_steps
-  c.checkpoint.async_save = False
-  c.update_from_flattened_dict(overrides)
-  return c
-
-
-def _params(state) -> dict[str, np.ndarray]:
-  leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(
-      {"generator": state.generator, "critic": state.critic}))
-  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
-
-
-def _assert_same_params(a, b, atol=1e-5):
-  pa, pb = _params(a), _params(b)
-  assert pa.keys() == pb.keys()
-  worst = max(float(np.max(np.abs(pa[k] - pb[k]))) for k in pa)
-  assert worst < atol, f"max parameter difference {worst}"
-
-
-def _restore(config, workdir, step=None):
-  run = trainer._Run(config, workdir, jax.devices()[:1])  # pylint: disable=protected-access
-  try:
-    return run.system.restore(run.checkpointer, step or run.checkpointer.latest_step())
-  finally:
-    run.checkpointer.close()
+import trainer_runs
+from trainer_runs import assert_same_params, main_cmd, tiny
 
 
 @pytest.fixture(scope="module")
 def one_device_run(tmp_path_factory):
-  """The reference: 4 steps of the tiny config on one device."""
-  workdir = tmp_path_factory.mktemp("one_device")
-  state = trainer.train(_tiny(), workdir, devices=jax.devices()[:1])
-  return workdir, state
+  """The reference: 4 steps of the tiny config on one device (workdir, state)."""
+  return trainer_runs.one_device_run(tmp_path_factory.mktemp("one_device"))
 
 
 def test_eight_devices_match_one_device(one_device_run, tmp_path):
   """Same global batch on 8 devices gives the same parameters and eval as on 1 (1e-5)."""
   assert jax.device_count() == 8
   ref_dir, ref_state = one_device_run
-  state = trainer.train(_tiny(), tmp_path, devices=jax.devices())
-  _assert_same_params(ref_state, state)
+  state = trainer.train(tiny(), tmp_path, devices=jax.devices())
+  assert_same_params(ref_state, state)
   ref_eval = json.loads((ref_dir / "eval" / "step_00000004.json").read_text())
   got_eval = json.loads((tmp_path / "eval" / "step_00000004.json").read_text())
   for k in ref_eval:
@@ -72,8 +43,8 @@ def test_fsdp_matches_replicated(one_device_run, tmp_path):
   """Sharding params and optimizer state over 8 devices changes nothing numerically, and the
   large arrays really are split."""
   _, ref_state = one_device_run
-  state = trainer.train(_tiny(fsdp=True), tmp_path, devices=jax.devices())
-  _assert_same_params(ref_state, state)
+  state = trainer.train(tiny(fsdp=True), tmp_path, devices=jax.devices())
+  assert_same_params(ref_state, state)
   # The tiny model has no array above the FSDP size threshold, so check the rule directly.
   from cpjax.train import partitioning  # pylint: disable=g-import-not-at-top
   mesh = partitioning.make_mesh()
@@ -84,52 +55,21 @@ def test_fsdp_matches_replicated(one_device_run, tmp_path):
   assert spec["b"].spec == jax.sharding.PartitionSpec()
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _main_cmd(workdir, *extra):
-  return [sys.executable, "-m", "cpjax.main", "--config=configs/demo.py:tiny",
-          f"--workdir={workdir}", "--config.checkpoint.async_save=False", *extra]
-
-
-def test_two_processes_match_one_device(one_device_run, tmp_path):
-  """2 processes (jax.distributed on 127.0.0.1, 2 CPU devices each) give the 1-device result."""
-  ref_dir, ref_state = one_device_run
-  port = _free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
-  procs = [subprocess.Popen(
-      _main_cmd(tmp_path, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                f"--process_id={i}"), cwd=REPO, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outputs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
-  state = _restore(_tiny(), tmp_path)
-  _assert_same_params(ref_state, state)
-  ref_eval = json.loads((ref_dir / "eval" / "step_00000004.json").read_text())
-  got_eval = json.loads((tmp_path / "eval" / "step_00000004.json").read_text())
-  assert got_eval["psnr"] == pytest.approx(ref_eval["psnr"], abs=1e-4)
-
-
 def test_resume_is_exact(one_device_run, tmp_path):
   """2 steps + restart + 2 steps gives the parameters of 4 straight steps."""
   _, ref_state = one_device_run
-  trainer.train(_tiny(total_steps=2), tmp_path, devices=jax.devices()[:1])
-  state = trainer.train(_tiny(total_steps=4), tmp_path, devices=jax.devices()[:1])
-  _assert_same_params(ref_state, state, atol=1e-6)
+  trainer.train(tiny(total_steps=2), tmp_path, devices=jax.devices()[:1])
+  state = trainer.train(tiny(total_steps=4), tmp_path, devices=jax.devices()[:1])
+  assert_same_params(ref_state, state, atol=1e-6)
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
   """A NaN learning rate from step 3 on: step 3's critic update poisons the critic, so the
   generator loss of step 3 is NaN; the error names step 3 and the checkpoint of step 2 stays
   the latest (no checkpoint of the poisoned state is written)."""
-  trainer.train(_tiny(total_steps=2), tmp_path, devices=jax.devices()[:1])
+  trainer.train(tiny(total_steps=2), tmp_path, devices=jax.devices()[:1])
   with pytest.raises(trainer.NonFiniteLossError, match=r"at step 3;.*\(step 2\)"):
-    trainer.train(_tiny(total_steps=8, **{"optim.lr": float("nan")}), tmp_path,
+    trainer.train(tiny(total_steps=8, **{"optim.lr": float("nan")}), tmp_path,
                   devices=jax.devices()[:1])
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
   assert steps[-1] == 2
@@ -138,8 +78,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
 def test_sigterm_saves_checkpoint_and_exits_zero(tmp_path):
   """SIGTERM during training: exit status 0 and a checkpoint at the step it stopped."""
   proc = subprocess.Popen(
-      _main_cmd(tmp_path, "--config.total_steps=100000", "--config.checkpoint.every_steps=100000",
-                "--config.log_every_steps=1"),
+      main_cmd(tmp_path, "--config.total_steps=100000", "--config.checkpoint.every_steps=100000",
+               "--config.log_every_steps=1"),
       cwd=REPO, env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   lines = []
@@ -157,44 +97,16 @@ def test_sigterm_saves_checkpoint_and_exits_zero(tmp_path):
   assert "preempted" in log
 
 
-def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
-  """Multi-host preemption: SIGTERM to process 1 only; jax.distributed's preemption service tells
-  process 0, both agree on a step (orbax's reached_preemption), save it together and exit 0."""
-  port = _free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
-  logs = [tmp_path / f"process{i}.log" for i in range(2)]
-  procs = []
-  for i, log in enumerate(logs):
-    with log.open("w") as out:
-      procs.append(subprocess.Popen(
-          _main_cmd(tmp_path / "w", "--config.total_steps=100000",
-                    "--config.checkpoint.every_steps=100000", "--config.log_every_steps=1",
-                    f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                    f"--process_id={i}"),
-          cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True))
-  deadline = time.time() + 400
-  while "step 3/" not in logs[0].read_text() and time.time() < deadline:
-    assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
-    time.sleep(0.5)
-  procs[1].send_signal(signal.SIGTERM)
-  for p, log in zip(procs, logs):
-    assert p.wait(timeout=300) == 0, log.read_text()[-3000:]
-  steps = [int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir() if p.name.isdigit()]
-  assert len(steps) == 1 and steps[0] >= 3, steps
-  assert all("preempted: saved the checkpoint of step" in log.read_text() for log in logs)
-
-
 def test_command_line_end_to_end(tmp_path):
   """`python -m cpjax.main --config=configs/demo.py:tiny` writes checkpoints, TensorBoard events,
   sample PNGs, eval JSON, the profile of the steps asked for and compiled executables into the
   cache folder given; eval and eval_sweep then work on the same directory."""
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
   cache = tmp_path / "cache"
-  run = subprocess.run(_main_cmd(tmp_path, "--config.total_steps=2",
-                                 "--config.sample_every_steps=1",
-                                 "--config.checkpoint.every_steps=1",
-                                 "--config.profile_steps=2,2", f"--compilation_cache={cache}"),
+  run = subprocess.run(main_cmd(tmp_path, "--config.total_steps=2",
+                                "--config.sample_every_steps=1",
+                                "--config.checkpoint.every_steps=1",
+                                "--config.profile_steps=2,2", f"--compilation_cache={cache}"),
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
   assert (tmp_path / "checkpoints" / "2").is_dir()
@@ -208,11 +120,11 @@ def test_command_line_end_to_end(tmp_path):
   assert result["num_examples"] == 8 and 0 < result["ssim"] <= 1
   assert "steps/s" in run.stderr and "ETA" in run.stderr
   # Overrides reach the config: the sweep re-evaluates checkpoint 1 (none has a result yet).
-  sweep = subprocess.run(_main_cmd(tmp_path, "--mode=eval_sweep", "--config.total_steps=2"),
+  sweep = subprocess.run(main_cmd(tmp_path, "--mode=eval_sweep", "--config.total_steps=2"),
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert sweep.returncode == 0, sweep.stderr[-3000:]
   assert (tmp_path / "eval" / "step_00000001.json").exists()
-  one = subprocess.run(_main_cmd(tmp_path, "--mode=eval", "--config.eval.step=7"),
+  one = subprocess.run(main_cmd(tmp_path, "--mode=eval", "--config.eval.step=7"),
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert one.returncode == 1 and "no checkpoint of step 7" in one.stderr
   assert "Traceback" not in one.stderr
@@ -231,18 +143,18 @@ def test_missing_dataset_message(tmp_path):
 def test_eval_sweep_follow_waits_for_the_final_step(tmp_path):
   """With eval.follow the sweep evaluates what exists, keeps polling while training goes on,
   and exits once the final step's result exists."""
-  trainer.train(_tiny(total_steps=1), tmp_path, devices=jax.devices()[:1])
+  trainer.train(tiny(total_steps=1), tmp_path, devices=jax.devices()[:1])
   (tmp_path / "eval" / "step_00000001.json").unlink()  # leave step 1 to the sweep
   sweep = subprocess.Popen(
-      _main_cmd(tmp_path, "--mode=eval_sweep", "--config.total_steps=2",
-                "--config.eval.follow=True", "--config.eval.poll_secs=1"),
+      main_cmd(tmp_path, "--mode=eval_sweep", "--config.total_steps=2",
+               "--config.eval.follow=True", "--config.eval.poll_secs=1"),
       cwd=REPO, env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 300
   while not (tmp_path / "eval" / "step_00000001.json").exists() and time.time() < deadline:
     time.sleep(1)
   assert sweep.poll() is None, "the sweep stopped before the final step existed"
-  trainer.train(_tiny(total_steps=2), tmp_path, devices=jax.devices()[:1])
+  trainer.train(tiny(total_steps=2), tmp_path, devices=jax.devices()[:1])
   out, _ = sweep.communicate(timeout=300)
   assert sweep.returncode == 0, out[-3000:]
   assert (tmp_path / "eval" / "step_00000002.json").exists()
@@ -253,7 +165,7 @@ def test_bad_profile_steps_are_refused_before_training(spec, tmp_path):
   """profile_steps must be 'A,B' with 1 <= A <= B; anything else is a one-line error that shows
   the form, raised before any step runs."""
   with pytest.raises(ValueError, match="give 'A,B'"):
-    trainer.train(_tiny(profile_steps=spec), tmp_path, devices=jax.devices()[:1])
+    trainer.train(tiny(profile_steps=spec), tmp_path, devices=jax.devices()[:1])
   assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
@@ -262,7 +174,7 @@ def test_evaluations_share_one_event_writer_and_close_it(tmp_path):
   TensorBoard event file per process run, and every writer thread is gone afterwards."""
   import threading  # pylint: disable=import-outside-toplevel
   before = threading.active_count()
-  config = _tiny(total_steps=3, **{"eval.every_steps": 1})
+  config = tiny(total_steps=3, **{"eval.every_steps": 1})
   trainer.train(config, tmp_path, devices=jax.devices()[:1])
   trainer.evaluate(config, tmp_path, devices=jax.devices()[:1])
   assert len(list((tmp_path / "tensorboard" / "eval").glob("events.out.tfevents.*"))) == 2
@@ -274,7 +186,7 @@ def test_curves_plot_loss_and_eval_metrics_with_baselines(tmp_path):
   (train_metrics.jsonl, one line per log interval) and the eval JSONs; the task's panels name
   result and baseline paths that exist in the JSON."""
   from cpjax.train import writers  # pylint: disable=import-outside-toplevel
-  config = _tiny(total_steps=4, **{"eval.every_steps": 2, "log_every_steps": 1})
+  config = tiny(total_steps=4, **{"eval.every_steps": 2, "log_every_steps": 1})
   trainer.train(config, tmp_path, devices=jax.devices()[:1])
   lines = (tmp_path / writers.TRAIN_HISTORY).read_text().splitlines()
   assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
@@ -291,54 +203,7 @@ def test_curves_plot_loss_and_eval_metrics_with_baselines(tmp_path):
 def test_baselines_are_computed_once_per_evaluation_set(tmp_path):
   """Baselines do not depend on the train state: the second evaluation of a run reuses the
   first one's sums (here the jitted baseline function is gone by then) and reports the same."""
-  first, second = evaluate_twice(_tiny(), tmp_path)
+  first, second = evaluate_twice(tiny(), tmp_path)
   assert first["poisson_psnr"] == second["poisson_psnr"]
   assert first["cut_paste_ssim"] == second["cut_paste_ssim"]
   assert first["psnr"] == second["psnr"]
-
-
-@pytest.mark.parametrize("victim", [1, 0])
-def test_a_killed_peer_stops_the_other_with_one_line(victim, tmp_path):
-  """SIGKILL to one of two processes (process 0 is also the coordinator): the survivor exits
-  within 30 s (heartbeat timeout 5 s) with status 3 and, as its last line, which process was
-  lost and how to resume. Restarting both resumes from the latest checkpoint; one more step
-  then gives the parameters that one device gets for that many steps."""
-  port = _free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
-  distributed = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                 "--heartbeat_timeout_secs=5"]
-  logs = [tmp_path / f"process{i}.log" for i in range(2)]
-  procs = []
-  for i, log in enumerate(logs):
-    with log.open("w") as out:
-      procs.append(subprocess.Popen(
-          _main_cmd(tmp_path / "w", "--config.total_steps=100000", "--config.log_every_steps=1",
-                    "--config.checkpoint.every_steps=1", *distributed, f"--process_id={i}"),
-          cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True))
-  deadline = time.time() + 400
-  while "step 3/" not in logs[0].read_text() and time.time() < deadline:
-    assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
-    time.sleep(0.2)
-  procs[victim].kill()
-  killed_at = time.time()
-  survivor = procs[1 - victim]
-  assert survivor.wait(timeout=120) == 3, logs[1 - victim].read_text()[-3000:]
-  assert time.time() - killed_at < 30
-  last = logs[1 - victim].read_text().strip().splitlines()[-1]
-  assert last.startswith(f"cpjax: process {1 - victim} of 2 stops: lost process {victim}"), last
-  assert "Rerun the same command on every host" in last
-  if victim == 0:
-    return
-  latest = max(int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir()
-               if p.name.isdigit())
-  restart = [subprocess.Popen(
-      _main_cmd(tmp_path / "w", f"--config.total_steps={latest + 1}", *distributed,
-                f"--process_id={i}"), cwd=REPO, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outputs = [p.communicate(timeout=600)[0] for p in restart]
-  assert [p.returncode for p in restart] == [0, 0], [out[-2000:] for out in outputs]
-  assert f"resumed from the checkpoint of step {latest}" in outputs[0]
-  reference = trainer.train(_tiny(total_steps=latest + 1), tmp_path / "one",
-                            devices=jax.devices()[:1])
-  _assert_same_params(reference, _restore(_tiny(), tmp_path / "w"))

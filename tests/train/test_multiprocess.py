@@ -1,0 +1,118 @@
+"""Training on several processes (jax.distributed on 127.0.0.1, 2 CPU devices each) of the tiny
+copy-paste config: the one-device result, multi-host preemption, and a lost peer."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import jax
+import pytest
+
+from conftest import REPO
+from cpjax.train import trainer
+import trainer_runs
+from trainer_runs import assert_same_params, free_port, main_cmd, restore, tiny
+
+
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory):
+  """The reference: 4 steps of the tiny config on one device (workdir, state)."""
+  return trainer_runs.one_device_run(tmp_path_factory.mktemp("one_device"))
+
+
+def test_two_processes_match_one_device(one_device_run, tmp_path):
+  """2 processes (jax.distributed on 127.0.0.1, 2 CPU devices each) give the 1-device result."""
+  ref_dir, ref_state = one_device_run
+  port = free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen(
+      main_cmd(tmp_path, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+               f"--process_id={i}"), cwd=REPO, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+  state = restore(tiny(), tmp_path)
+  assert_same_params(ref_state, state)
+  ref_eval = json.loads((ref_dir / "eval" / "step_00000004.json").read_text())
+  got_eval = json.loads((tmp_path / "eval" / "step_00000004.json").read_text())
+  assert got_eval["psnr"] == pytest.approx(ref_eval["psnr"], abs=1e-4)
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
+  """Multi-host preemption: SIGTERM to process 1 only; jax.distributed's preemption service tells
+  process 0, both agree on a step (orbax's reached_preemption), save it together and exit 0."""
+  port = free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  logs = [tmp_path / f"process{i}.log" for i in range(2)]
+  procs = []
+  for i, log in enumerate(logs):
+    with log.open("w") as out:
+      procs.append(subprocess.Popen(
+          main_cmd(tmp_path / "w", "--config.total_steps=100000",
+                   "--config.checkpoint.every_steps=100000", "--config.log_every_steps=1",
+                   f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                   f"--process_id={i}"),
+          cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True))
+  deadline = time.time() + 400
+  while "step 3/" not in logs[0].read_text() and time.time() < deadline:
+    assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
+    time.sleep(0.5)
+  procs[1].send_signal(signal.SIGTERM)
+  for p, log in zip(procs, logs):
+    assert p.wait(timeout=300) == 0, log.read_text()[-3000:]
+  steps = [int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir() if p.name.isdigit()]
+  assert len(steps) == 1 and steps[0] >= 3, steps
+  assert all("preempted: saved the checkpoint of step" in log.read_text() for log in logs)
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_killed_peer_stops_the_other_with_one_line(victim, tmp_path):
+  """SIGKILL to one of two processes (process 0 is also the coordinator): the survivor exits
+  within 30 s (heartbeat timeout 5 s) with status 3 and, as its last line, which process was
+  lost and how to resume. Restarting both resumes from the latest checkpoint; one more step
+  then gives the parameters that one device gets for that many steps."""
+  port = free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  distributed = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                 "--heartbeat_timeout_secs=5"]
+  logs = [tmp_path / f"process{i}.log" for i in range(2)]
+  procs = []
+  for i, log in enumerate(logs):
+    with log.open("w") as out:
+      procs.append(subprocess.Popen(
+          main_cmd(tmp_path / "w", "--config.total_steps=100000", "--config.log_every_steps=1",
+                   "--config.checkpoint.every_steps=1", *distributed, f"--process_id={i}"),
+          cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True))
+  deadline = time.time() + 400
+  while "step 3/" not in logs[0].read_text() and time.time() < deadline:
+    assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
+    time.sleep(0.2)
+  procs[victim].kill()
+  killed_at = time.time()
+  survivor = procs[1 - victim]
+  assert survivor.wait(timeout=120) == 3, logs[1 - victim].read_text()[-3000:]
+  assert time.time() - killed_at < 30
+  last = logs[1 - victim].read_text().strip().splitlines()[-1]
+  assert last.startswith(f"cpjax: process {1 - victim} of 2 stops: lost process {victim}"), last
+  assert "Rerun the same command on every host" in last
+  if victim == 0:
+    return
+  latest = max(int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir()
+               if p.name.isdigit())
+  restart = [subprocess.Popen(
+      main_cmd(tmp_path / "w", f"--config.total_steps={latest + 1}", *distributed,
+               f"--process_id={i}"), cwd=REPO, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in restart]
+  assert [p.returncode for p in restart] == [0, 0], [out[-2000:] for out in outputs]
+  assert f"resumed from the checkpoint of step {latest}" in outputs[0]
+  reference = trainer.train(tiny(total_steps=latest + 1), tmp_path / "one",
+                            devices=jax.devices()[:1])
+  assert_same_params(reference, restore(tiny(), tmp_path / "w"))

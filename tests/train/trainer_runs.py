@@ -1,0 +1,60 @@
+"""What the trainer's tests share: the tiny copy-paste config, parameter comparison, restoring a
+workdir's state, the `cpjax.main` command line, and the one-device reference run."""
+from __future__ import annotations
+
+import pathlib
+import socket
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+
+from conftest import load_config
+from cpjax.train import trainer
+
+
+def tiny(total_steps: int = 4, **overrides):
+  c = load_config("demo", "tiny")
+  c.total_steps = total_steps
+  c.checkpoint.async_save = False
+  c.update_from_flattened_dict(overrides)
+  return c
+
+
+def params(state) -> dict[str, np.ndarray]:
+  leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(
+      {"generator": state.generator, "critic": state.critic}))
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
+
+
+def assert_same_params(a, b, atol=1e-5):
+  pa, pb = params(a), params(b)
+  assert pa.keys() == pb.keys()
+  worst = max(float(np.max(np.abs(pa[k] - pb[k]))) for k in pa)
+  assert worst < atol, f"max parameter difference {worst}"
+
+
+def restore(config, workdir, step=None):
+  run = trainer._Run(config, workdir, jax.devices()[:1])  # pylint: disable=protected-access
+  try:
+    return run.system.restore(run.checkpointer, step or run.checkpointer.latest_step())
+  finally:
+    run.checkpointer.close()
+
+
+def one_device_run(workdir: pathlib.Path) -> tuple[pathlib.Path, Any]:
+  """The reference run: 4 steps of the tiny config on one device in `workdir`; (workdir, the
+  final train state)."""
+  return workdir, trainer.train(tiny(), workdir, devices=jax.devices()[:1])
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def main_cmd(workdir, *extra):
+  return [sys.executable, "-m", "cpjax.main", "--config=configs/demo.py:tiny",
+          f"--workdir={workdir}", "--config.checkpoint.async_save=False", *extra]
