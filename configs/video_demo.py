@@ -57,7 +57,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # lr 1e-3, x0.1 for the last 20 % (the former 3e-4 reached 28.36 dB in 600 steps; this
   # recipe at 3e-4: 28.76 dB after 1000 steps, at 1e-3 28.52). Caveat: either way the
   # alignment regressor's last conv dies (conv5b's biases all negative by step 1000, theta then
-  # the same for every input: no alignment is learnt). See the README's video section.
+  # the same for every input: no alignment is learnt), also with optim.align_lr_mult=0.1. See
+  # the README's video section.
   c.optim.lr = 1e-3
   c.optim.decay_steps = 3600
   c.log_every_steps = 25

@@ -81,7 +81,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.loss = dict(align=1.0, valid=1.0, hole_visible=6.0, hole_invisible=6.0, perceptual=0.05,
                 style=120.0, tv=0.1, vgg_layers=("pool1", "pool2", "pool3"), vgg_weights="")
   c.optim = dict(lr=1e-4, b1=0.9, b2=0.999,   # Adam; lr ours (the paper's value is lost)
-                 decay_steps=1_000_000, decay_rate=0.1)   # paper: x0.1 every 1M iterations
+                 decay_steps=1_000_000, decay_rate=0.1,   # paper: x0.1 every 1M iterations
+                 align_lr_mult=1.0)   # alignment network's lr / lr (paper: one rate for all)
   c.checkpoint.every_steps = 10_000
   c.sample_every_steps = 5_000
   c.eval.num_examples = 256

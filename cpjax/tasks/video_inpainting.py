@@ -42,7 +42,8 @@ Losses (sec. 4.1; weights in `loss.*`, the paper gives none, see configs/video_i
     inference and evaluation run (e.g. converted released weights, whose config keeps the
     paper's loss weights), and `train_step` stops with a message naming the setting.
 
-Optimiser: Adam, learning rate x0.1 every `optim.decay_steps` (paper: 1M iterations).
+Optimiser: Adam, learning rate x0.1 every `optim.decay_steps` (paper: 1M iterations); the
+alignment network's at `optim.align_lr_mult` x that (paper: 1, joint training at one rate).
 
 Evaluation: fixed seeded sequences from held-out images or clips (the same at every checkpoint);
 PSNR and SSIM of the completed target frame against the original (averaged over the examples
@@ -156,6 +157,13 @@ def fill_nearest(image: jax.Array, valid: jax.Array, iterations: int) -> jax.Arr
   return jax.lax.fori_loop(0, iterations, step, (image, valid))[0]
 
 
+def param_groups(params: Any) -> Any:
+  """'align' for the alignment network (encoder and regressor: lr x `optim.align_lr_mult`),
+  'default' for the copy encoder and the paste decoder."""
+  return {name: jax.tree.map(lambda _, n=name: "align" if n.startswith("align_") else "default",
+                             sub) for name, sub in params.items()}
+
+
 class VideoInpaintingTask(Task):
   """Copy-and-Paste Networks trained on synthetic sequences (module docstring)."""
 
@@ -186,9 +194,16 @@ class VideoInpaintingTask(Task):
     self.vgg_losses = loss.perceptual > 0 or loss.style > 0
     self.use_vgg = self.vgg_losses and bool(loss.vgg_weights)
     o = config.optim
-    schedule = optax.exponential_decay(o.lr, transition_steps=o.decay_steps,
-                                       decay_rate=o.decay_rate, staircase=True)
-    self.tx = optax.adam(schedule, b1=o.b1, b2=o.b2)
+
+    def adam(mult: float) -> optax.GradientTransformation:
+      schedule = optax.exponential_decay(o.lr * mult, transition_steps=o.decay_steps,
+                                         decay_rate=o.decay_rate, staircase=True)
+      return optax.adam(schedule, b1=o.b1, b2=o.b2)
+
+    # One Adam at 1x is the paper's joint training (and the optimiser state of runs before
+    # align_lr_mult existed); any other multiplier gives the alignment network its own Adam.
+    self.tx = (adam(1.0) if o.align_lr_mult == 1.0 else optax.multi_transform(
+        {"default": adam(1.0), "align": adam(o.align_lr_mult)}, param_groups))
 
   # ----------------------------------------------------------------------------- state
   def _dummy_inputs(self) -> tuple[jax.Array, ...]:

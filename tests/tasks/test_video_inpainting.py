@@ -336,6 +336,40 @@ def test_vgg_weights_read_converted_directories_only(tmp_path):
     tasks.build(config).warm_start(fresh)
 
 
+def test_align_lr_mult_scales_the_alignment_networks_steps_only():
+  """optim.align_lr_mult=0.1: from the same state and batch, Adam's first step moves every
+  alignment-network parameter by 0.1 x what it moves at 1 (Adam's first step is lr x the
+  gradient's sign wherever the gradient exceeds eps), and the copy encoder and paste decoder
+  exactly as at 1."""
+  config = load_config("video_demo", "tiny")
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3))
+  batch = {"image": jnp.asarray(pixels, jnp.uint8),
+           "index": jnp.arange(2)}
+  key = jax.random.key(0)
+  steps = {}
+  for mult in (1.0, 0.1):
+    config.optim.align_lr_mult = mult
+    task = tasks.build(config)
+    state = task.init(jax.random.key(1))
+    # The regressor's fc starts at zero (theta the identity), which leaves every alignment conv
+    # without a gradient at step 0: give it small random weights.
+    fc = state.params["align_regressor"]["fc"]
+    fc = {**fc, "kernel": 1e-2 * jax.random.normal(key, fc["kernel"].shape)}
+    state = state.replace(params={**state.params, "align_regressor": {
+        **state.params["align_regressor"], "fc": fc}})
+    new_state, _ = jax.jit(task.train_step)(state, batch, key)
+    steps[mult] = jax.tree.map(lambda a, b: np.asarray(a - b), new_state.params, state.params)
+  for scope in ("align_encoder", "align_regressor", "encoder", "decoder"):
+    full, scaled = (np.concatenate([x.ravel() for x in jax.tree.leaves(steps[m][scope])])
+                    for m in (1.0, 0.1))
+    moved = np.abs(full) > 1e-6
+    assert moved.mean() > 0.25, scope   # (some ReLUs are off for this batch)
+    expected = 0.1 * full if scope.startswith("align_") else full
+    # atol: new - old in float32 rounds to the parameters' ulp (~1.5e-8 at their size).
+    np.testing.assert_allclose(scaled[moved], expected[moved], rtol=1e-3, atol=5e-8,
+                               err_msg=scope)
+
+
 def _tiny():
   c = load_config("video_demo", "tiny")
   c.checkpoint.async_save = False
