@@ -343,8 +343,7 @@ def test_align_lr_mult_scales_the_alignment_networks_steps_only():
   exactly as at 1."""
   config = load_config("video_demo", "tiny")
   pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3))
-  batch = {"image": jnp.asarray(pixels, jnp.uint8),
-           "index": jnp.arange(2)}
+  batch = {"image": jnp.asarray(pixels, jnp.uint8), "index": jnp.arange(2)}
   key = jax.random.key(0)
   steps = {}
   for mult in (1.0, 0.1):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import time
@@ -23,16 +24,38 @@ def one_device_run(tmp_path_factory):
   return trainer_runs.one_device_run(tmp_path_factory.mktemp("one_device"))
 
 
+def _launch(workdir: pathlib.Path, port: int, *extra: str,
+            logs: list[pathlib.Path] | None = None) -> list[subprocess.Popen]:
+  """Processes 0 and 1 of `main_cmd(workdir, *extra)`, 2 CPU devices each, coordinated on
+  127.0.0.1:port; each writes to logs[i], or to a pipe without logs."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  procs = []
+  for i in range(2):
+    cmd = main_cmd(workdir, *extra, f"--coordinator_address=127.0.0.1:{port}",
+                   "--num_processes=2", f"--process_id={i}")
+    if logs is None:
+      procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True))
+      continue
+    with logs[i].open("w") as out:
+      procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, text=True))
+  return procs
+
+
+def _wait_for_step_3(procs: list[subprocess.Popen], log: pathlib.Path) -> None:
+  """Until process 0's log shows step 3 (at most 400 s); both processes must still run."""
+  deadline = time.time() + 400
+  while "step 3/" not in log.read_text() and time.time() < deadline:
+    assert all(p.poll() is None for p in procs), log.read_text()[-3000:]
+    time.sleep(0.2)
+
+
 def test_two_processes_match_one_device(one_device_run, tmp_path):
   """2 processes (jax.distributed on 127.0.0.1, 2 CPU devices each) give the 1-device result."""
   ref_dir, ref_state = one_device_run
-  port = free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
-  procs = [subprocess.Popen(
-      main_cmd(tmp_path, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-               f"--process_id={i}"), cwd=REPO, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  procs = _launch(tmp_path, free_port())
   outputs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
@@ -46,23 +69,11 @@ def test_two_processes_match_one_device(one_device_run, tmp_path):
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
   """Multi-host preemption: SIGTERM to process 1 only; jax.distributed's preemption service tells
   process 0, both agree on a step (orbax's reached_preemption), save it together and exit 0."""
-  port = free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
   logs = [tmp_path / f"process{i}.log" for i in range(2)]
-  procs = []
-  for i, log in enumerate(logs):
-    with log.open("w") as out:
-      procs.append(subprocess.Popen(
-          main_cmd(tmp_path / "w", "--config.total_steps=100000",
-                   "--config.checkpoint.every_steps=100000", "--config.log_every_steps=1",
-                   f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                   f"--process_id={i}"),
-          cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True))
-  deadline = time.time() + 400
-  while "step 3/" not in logs[0].read_text() and time.time() < deadline:
-    assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
-    time.sleep(0.5)
+  procs = _launch(tmp_path / "w", free_port(), "--config.total_steps=100000",
+                  "--config.checkpoint.every_steps=100000", "--config.log_every_steps=1",
+                  logs=logs)
+  _wait_for_step_3(procs, logs[0])
   procs[1].send_signal(signal.SIGTERM)
   for p, log in zip(procs, logs):
     assert p.wait(timeout=300) == 0, log.read_text()[-3000:]
@@ -78,22 +89,11 @@ def test_a_killed_peer_stops_the_other_with_one_line(victim, tmp_path):
   lost and how to resume. Restarting both resumes from the latest checkpoint; one more step
   then gives the parameters that one device gets for that many steps."""
   port = free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
-  distributed = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                 "--heartbeat_timeout_secs=5"]
   logs = [tmp_path / f"process{i}.log" for i in range(2)]
-  procs = []
-  for i, log in enumerate(logs):
-    with log.open("w") as out:
-      procs.append(subprocess.Popen(
-          main_cmd(tmp_path / "w", "--config.total_steps=100000", "--config.log_every_steps=1",
-                   "--config.checkpoint.every_steps=1", *distributed, f"--process_id={i}"),
-          cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True))
-  deadline = time.time() + 400
-  while "step 3/" not in logs[0].read_text() and time.time() < deadline:
-    assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
-    time.sleep(0.2)
+  procs = _launch(tmp_path / "w", port, "--config.total_steps=100000",
+                  "--config.log_every_steps=1", "--config.checkpoint.every_steps=1",
+                  "--heartbeat_timeout_secs=5", logs=logs)
+  _wait_for_step_3(procs, logs[0])
   procs[victim].kill()
   killed_at = time.time()
   survivor = procs[1 - victim]
@@ -106,10 +106,8 @@ def test_a_killed_peer_stops_the_other_with_one_line(victim, tmp_path):
     return
   latest = max(int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir()
                if p.name.isdigit())
-  restart = [subprocess.Popen(
-      main_cmd(tmp_path / "w", f"--config.total_steps={latest + 1}", *distributed,
-               f"--process_id={i}"), cwd=REPO, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  restart = _launch(tmp_path / "w", port, f"--config.total_steps={latest + 1}",
+                    "--heartbeat_timeout_secs=5")
   outputs = [p.communicate(timeout=600)[0] for p in restart]
   assert [p.returncode for p in restart] == [0, 0], [out[-2000:] for out in outputs]
   assert f"resumed from the checkpoint of step {latest}" in outputs[0]
