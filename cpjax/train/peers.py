@@ -6,8 +6,8 @@ coordination service terminates them, after `heartbeat_timeout` seconds at most 
 vanishes silently, at once when a process's connections close. Its own report is a C++ check
 failure with a stack trace, and Python's fault handler adds a dump of every thread.
 
-`watch` makes each surviving process end with one line instead, written to stderr last so that
-it is what a user sees:
+`watch` makes each surviving process end with one line instead, written to stderr last (nothing
+another thread writes can follow it) so that it is what a user sees:
 
   cpjax: process 0 of 2 stops: lost process 1 (it died or was preempted). Rerun the same
   command on every host; training resumes from the latest checkpoint.
@@ -44,6 +44,7 @@ _STALE_SECS = 2.0             # a counter that did not move for this long: its p
 _seen_lock = threading.Lock()
 _last_change: dict[int, float] = {}   # process -> when its counter last moved (monotonic)
 _last_reading = time.monotonic()      # when the counters were last read
+_stop_counting = threading.Event()    # set at exit: the counter thread ends before teardown
 # What a collective or coordination call says when the other side is gone.
 _COLLECTIVE_FAILURES = ("Gloo", "UNAVAILABLE", "DEADLINE_EXCEEDED", "Connection closed",
                         "heartbeat")
@@ -86,11 +87,11 @@ def lost_processes(wait: bool = True) -> list[int] | None:
 
 
 def _count_alive(client: Any) -> None:
-  """Every `_ALIVE_EVERY_SECS`: moves this process's liveness counter in the service's store,
-  reads the others' and notes when each last changed (a daemon thread)."""
+  """Every `_ALIVE_EVERY_SECS` until `_stop_counting`: moves this process's liveness counter in
+  the service's store, reads the others' and notes when each last changed (a daemon thread)."""
   me, beat, values = jax.process_index(), 0, {}
   global _last_reading
-  while True:
+  while not _stop_counting.is_set():
     beat += 1
     try:
       client.key_value_set(f"{_ALIVE_DIR}{me}", str(beat), allow_overwrite=True)
@@ -104,7 +105,7 @@ def _count_alive(client: Any) -> None:
         if i != me and values.get(i) != value:
           values[i], _last_change[i] = value, now
       _last_reading = now
-    time.sleep(_ALIVE_EVERY_SECS)
+    _stop_counting.wait(_ALIVE_EVERY_SECS)
 
 
 def message(lost: list[int] | None, error: BaseException | None = None) -> str:
@@ -136,8 +137,16 @@ def stop_if_peer_lost(error: BaseException) -> None:
 
 
 def _say_and_exit(line: str) -> None:
+  """Writes `line` to stderr as the process's last output and exits at once. The coordination
+  service's C++ threads may be logging their fatal error at the same moment: stdout and stderr
+  are pointed at /dev/null first (the line goes to a duplicate of stderr), so nothing they write
+  can follow it."""
   sys.stdout.flush()
-  os.write(2, f"\n{line}\n".encode())
+  stderr = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 1)
+  os.dup2(devnull, 2)
+  os.write(stderr, f"\n{line}\n".encode())
   os._exit(EXIT_LOST_PEER)  # pylint: disable=protected-access
 
 
@@ -157,17 +166,28 @@ def _libc() -> Any:
   return libc
 
 
+def _stop_counter(counter: threading.Thread) -> None:
+  _stop_counting.set()
+  counter.join(timeout=_ANSWER_SECS)
+
+
 def watch() -> None:
   """In a multi-process run: starts this process's liveness counter, and ends the coordination
   service's abort with `message` and `EXIT_LOST_PEER` (a C-level SIGABRT handler; Python-level
   handlers never run on an abort from a C++ thread). No effect in a single-process run."""
   if jax.process_count() == 1 or _installed:
     return
-  threading.Thread(target=_count_alive, args=(_client(),), name="cpjax-alive",
-                   daemon=True).start()
+  counter = threading.Thread(target=_count_alive, args=(_client(),), name="cpjax-alive",
+                             daemon=True)
+  counter.start()
   handler = _ABORT_HANDLER_TYPE(_on_abort)
   _libc().signal(signal.SIGABRT, ctypes.cast(handler, ctypes.c_void_p))
   _installed.append(handler)
   # At exit the interpreter is torn down: an abort then (jax.distributed's shutdown) must not
   # call back into Python.
   atexit.register(lambda: _libc().signal(signal.SIGABRT, None))
+  # The counter thread must end before the interpreter does: a daemon thread still inside a
+  # call to the service then is ended by a forced unwind through C++ that the binding catches
+  # ("terminate called after throwing an instance of ''", SIGABRT). Registered after
+  # jax.distributed's own shutdown, so it runs before it.
+  atexit.register(_stop_counter, counter)
