@@ -114,6 +114,13 @@ class Task(abc.ABC):
     """Images for a sample grid: name -> [B, H, W, 3] float in [0, 1], one grid column each."""
 
 
+def step_decay_schedule(o: ml_collections.ConfigDict, mult: float = 1.0) -> optax.Schedule:
+  """Learning rate o.lr x mult, multiplied by o.decay at each step in o.milestones (a
+  piecewise-constant schedule; no milestones: constant)."""
+  return optax.piecewise_constant_schedule(
+      o.lr * mult, {int(m): float(o.decay) for m in o.milestones})
+
+
 def example_keys(key: jax.Array, step: jax.Array, index: jax.Array) -> jax.Array:
   """Per-example keys fold_in(fold_in(key, step), index): independent of the device layout.
 

@@ -80,7 +80,8 @@ from cpjax.models import dih as dih_models
 from cpjax.models import hrnet
 from cpjax.ops import color, geometry, masks
 from cpjax.ops.transform import TransformConfig, make_copy_paste_example
-from cpjax.tasks.base import Batch, Metrics, Task, TrainState, example_keys
+from cpjax.tasks.base import (Batch, Metrics, Task, TrainState, example_keys,
+                              step_decay_schedule)
 from data_pipelines import iharmony4, image_ops
 
 MODELS = ("dih", "idih", "idih_hrnet")
@@ -309,11 +310,6 @@ def param_groups(params: Any) -> Any:
   return {name: label_subtree(name, sub) for name, sub in params.items()}
 
 
-def _learning_rate(o: ml_collections.ConfigDict, mult: float) -> optax.Schedule:
-  return optax.piecewise_constant_schedule(
-      o.lr * mult, {int(m): float(o.decay) for m in o.milestones})
-
-
 def _groups(ex: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """Each example's membership [B, k] in the foreground-ratio ranges and (real pairs) subsets."""
   groups = {"foreground_ratio": metrics.foreground_ratio_buckets(ex["mask"])}
@@ -361,7 +357,7 @@ class HarmonizationTask(Task):
     o = config.optim
 
     def adam(mult: float) -> optax.GradientTransformation:
-      return optax.adam(_learning_rate(o, mult), b1=o.b1, b2=o.b2, eps=o.eps)
+      return optax.adam(step_decay_schedule(o, mult), b1=o.b1, b2=o.b2, eps=o.eps)
 
     self.tx = optax.multi_transform(
         {"default": adam(1.0), "backbone": adam(o.backbone_lr_mult)}, param_groups)
