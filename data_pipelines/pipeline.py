@@ -610,6 +610,12 @@ def eval_batches(data_cfg: DataConfig, *, batch_size: int, **kwargs: Any) -> Ite
   try:
     yield from iterator
   finally:
-    close = getattr(iterator, "close", None)
-    if close is not None:
-      close()
+    close_iterator(iterator)
+
+
+def close_iterator(iterator: Iterator[Batch]) -> None:
+  """Stops an iterator's reader threads and worker processes now, not when it is collected
+  (grain iterators have close(); others need nothing)."""
+  close = getattr(iterator, "close", None)
+  if close is not None:
+    close()

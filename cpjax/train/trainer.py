@@ -396,8 +396,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     raise
   writer = writers.Writer(run.workdir, "train", enabled=run.is_chief)
   preemption = _Preemption()
+  data: Iterator[dict[str, np.ndarray]] = iter(())
   try:
-    data: Iterator[dict[str, np.ndarray]] = pipeline.train_iterator(
+    data = pipeline.train_iterator(
         config.data, global_batch_size=config.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count())
     state, last_saved = _resume(run, data)
@@ -447,6 +448,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
       if _eval_due(config, step):
         run.evaluate(state, step)
   finally:
+    pipeline.close_iterator(data)   # its worker processes, in a process that goes on
     profiler.stop()
     preemption.restore()
     run.close()

@@ -171,8 +171,7 @@ def _check_restore(cfg) -> list[dict[str, np.ndarray]]:
   _assert_batches_equal(_take(fresh, 2), expected)
   np.testing.assert_array_equal(expected[0]["index"], np.arange(12, 16))
   for iterator in (it, fresh):
-    if hasattr(iterator, "close"):
-      iterator.close()
+    pipeline.close_iterator(iterator)
   return first + expected
 
 
@@ -185,8 +184,9 @@ def test_state_save_restore_with_workers(folder):
   """The same with 2 grain worker processes, which also match the in-process stream."""
   flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
   with_workers = _check_restore(_cfg(folder, workers=2, prefetch=1))
-  _assert_batches_equal(
-      with_workers, _take(pipeline.train_iterator(_cfg(folder), global_batch_size=4, seed=2), 5))
+  in_process = pipeline.train_iterator(_cfg(folder), global_batch_size=4, seed=2)
+  _assert_batches_equal(with_workers, _take(in_process, 5))
+  pipeline.close_iterator(in_process)
 
 
 def test_corrupt_training_image_is_skipped_with_one_warning(folder, caplog):
