@@ -18,7 +18,6 @@ import dataclasses
 from typing import Any
 
 from cpjax.tools import common
-from cpjax.tools.common import ToolError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +65,8 @@ def load(kind: str, directory: str) -> Model:
   """Restores the latest checkpoint of a training run, or converted weights, for `kind`.
 
   Raises:
-    ToolError: no checkpoint in `directory`, or a run of another task (one line, with the fix).
+    common.ToolError: no checkpoint in `directory`, or a run of another task (one line, with
+      the fix).
   """
   loaded = common.load_system(directory, None, KINDS[kind].task, f"--{kind}")
   return Model(kind, str(directory), loaded.config, loaded.task, loaded.state,

@@ -5,7 +5,6 @@ starting from the result (init_from)."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn

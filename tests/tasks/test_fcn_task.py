@@ -20,7 +20,6 @@ from cpjax import convert, system, tasks
 from cpjax.convert import checkpoint
 from cpjax.models import fcn
 from cpjax.tasks import fcn as fcn_task
-from cpjax.tools import common
 from cpjax.train import checkpointing, trainer
 from data_pipelines import pipeline, voc
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import REPO, load_config
 from cpjax import system
-from cpjax.tools import common, harmonize
+from cpjax.tools import harmonize
 from cpjax.tools.common import ToolError
 from cpjax.train import trainer
 
