@@ -580,11 +580,15 @@ class _RepeatStep(nn.Module):
     return self.make_block(name="block")(carry, self.train), None
 
 
-class _RepeatScan(nn.Module):
-  """`count` steps of `_RepeatStep` as one `nn.scan` ('steps'), variables stacked on axis 0."""
+class _Repeat(nn.Module):
+  """`count` blocks `make_block(name=...)`, each called as `block(carry, train)`."""
   make_block: Callable[..., nn.Module]
   count: int
   train: bool
+
+
+class _RepeatScan(_Repeat):
+  """The blocks as one `nn.scan` of `_RepeatStep` ('steps'), variables stacked on axis 0."""
 
   @nn.compact
   def __call__(self, carry: Any) -> Any:
@@ -593,11 +597,8 @@ class _RepeatScan(nn.Module):
     return steps(self.make_block, self.train, name="steps")(carry, None)[0]
 
 
-class _RepeatLoop(nn.Module):
-  """The same blocks as a Python loop: children '0', '1', ... (what `repeated` stores)."""
-  make_block: Callable[..., nn.Module]
-  count: int
-  train: bool
+class _RepeatLoop(_Repeat):
+  """The blocks as a Python loop: children '0', '1', ... (what `repeated` stores)."""
 
   @nn.compact
   def __call__(self, carry: Any) -> Any:

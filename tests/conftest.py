@@ -39,6 +39,22 @@ def load_config(name: str, variant: str = ""):
   return defaults.load_sibling(str(REPO / "configs" / "x.py"), name).get_config(variant)
 
 
+def tiny_config(name: str, **overrides):
+  """configs/<name>.py:tiny with synchronous checkpoint saves (a test reads a step's files as
+  soon as training returns) and `overrides` (flattened keys, e.g. **{"optim.lr": 1e-3})."""
+  c = load_config(name, "tiny")
+  c.checkpoint.async_save = False
+  c.update_from_flattened_dict(overrides)
+  return c
+
+
+def flat_params(tree) -> dict:
+  """{path string: NumPy array} of a parameter tree (fetched from the devices)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(tree))
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
+
+
 def numpy_params(shapes, seed: int = 0):
   """Random parameters for a tree of ShapeDtypeStructs, drawn with NumPy (no XLA compile):
   kernels ~ N(0, 1 / fan_in), everything else ~ N(0, 0.1)."""

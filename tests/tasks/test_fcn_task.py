@@ -4,6 +4,7 @@ split, staged initialisation (32s -> 16s -> 8s), converted VGG weights and their
 and the reference's full-resolution batch-1 geometry (whole images padded to one shape)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config, numpy_params
+from conftest import REPO, load_config, numpy_params, tiny_config
 from data.test_voc import _IDS, _SIZES, _labels_for, voc_root  # noqa: F401  (a fixture)
 from cpjax import convert, system, tasks
 from cpjax.convert import checkpoint
@@ -23,12 +24,7 @@ from cpjax.tasks import fcn as fcn_task
 from cpjax.train import checkpointing, trainer
 from data_pipelines import pipeline, voc
 
-
-def _tiny(**overrides) -> ml_collections.ConfigDict:
-  c = load_config("fcn_voc", "tiny")
-  c.checkpoint.async_save = False
-  c.update_from_flattened_dict(overrides)
-  return c
+_tiny = functools.partial(tiny_config, "fcn_voc")
 
 
 def _main(workdir, *extra, devices: int = 8,

@@ -3,6 +3,7 @@ HRNet learning-rate groups, DIH's two-stage schedule, and the command line on an
 iHarmony4-format tree."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -13,18 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config
+from conftest import REPO, load_config, tiny_config
 from cpjax import tasks
 from cpjax.tasks import harmonization
 from cpjax.train import trainer, writers
 from data.test_iharmony4 import make_tree
 
-
-def _tiny(name: str = "iharmony4_idih", **overrides):
-  c = load_config(name, "tiny")
-  c.checkpoint.async_save = False
-  c.update_from_flattened_dict(overrides)
-  return c
+_tiny = functools.partial(tiny_config, "iharmony4_idih")
 
 
 def _random_trunk(c):
@@ -229,7 +225,7 @@ def test_eight_devices_match_one_device(one_device_run, tmp_path):
 def test_hrnet_trunk_trains_at_a_tenth_of_the_learning_rate():
   """Adam's first step moves each parameter by lr: 1e-4 in the HRNet trunk ('backbone/hrnet'),
   1e-3 in its OCR head, its mask fusion and the iDIH."""
-  task = tasks.build(_tiny("iharmony4_idih_hrnet"))
+  task = tasks.build(tiny_config("iharmony4_idih_hrnet"))
   params = {"backbone": {"hrnet": {"conv1": {"kernel": jnp.zeros(3)}},
                          "ocr_conv3x3": {"0": {"kernel": jnp.zeros(3)}},
                          "mask_conv": {"0": {"kernel": jnp.zeros(3)}}},
@@ -272,7 +268,7 @@ def test_dih_two_stage_schedule():
   """Joint stage (step < stage1_steps): L = L_rec + 100 CE and the parsing decoder learns; then
   L = L_rec and the parsing decoder (weights and BatchNorm statistics) stays fixed while the
   harmonisation decoder keeps learning."""
-  c = _tiny("iharmony4_dih", **{"loss.stage1_steps": 1})
+  c = tiny_config("iharmony4_dih", **{"loss.stage1_steps": 1})
   task = tasks.build(c)
   state = jax.jit(task.init)(jax.random.key(0))
   rng = np.random.default_rng(0)
@@ -403,7 +399,7 @@ def test_random_or_converted_trunk_is_accepted(tmp_path):
   """backbone_init='random' (as the tiny variant sets it) builds the task and its warm start
   reads nothing; init_from (a whole converted network) satisfies the requirement too, and
   an unknown width is named."""
-  task = tasks.build(_tiny("iharmony4_idih_hrnet"))
+  task = tasks.build(tiny_config("iharmony4_idih_hrnet"))
   state = jax.eval_shape(task.init, jax.random.key(0))
   assert task.warm_start(state) is state
   c = load_config("iharmony4_idih_hrnet", "w18")

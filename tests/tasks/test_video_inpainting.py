@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, evaluate_twice, load_config, numpy_params
+from conftest import REPO, evaluate_twice, flat_params, load_config, numpy_params, tiny_config
 from cpjax import convert, tasks
 from cpjax.convert import checkpoint
 from cpjax.ops import masks
@@ -195,7 +195,7 @@ def test_the_trainer_scores_the_baselines_once_for_every_evaluation(tmp_path):
   """Two evaluations of a run: the first computes the baselines (`baseline_step`), the second
   reuses their sums (the baseline function is gone by then) and reports the same baseline
   values, beside the network's own scores."""
-  first, second = evaluate_twice(_tiny(), tmp_path)
+  first, second = evaluate_twice(tiny_config("video_demo"), tmp_path)
   for name in ("psnr", "ssim", "hole_l1"):
     for prefix in ("mean_fill_", "prev_frame_"):
       assert first[prefix + name] == second[prefix + name]
@@ -369,17 +369,6 @@ def test_align_lr_mult_scales_the_alignment_networks_steps_only():
                                err_msg=scope)
 
 
-def _tiny():
-  c = load_config("video_demo", "tiny")
-  c.checkpoint.async_save = False
-  return c
-
-
-def _params(state) -> dict[str, np.ndarray]:
-  leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(state.params))
-  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
-
-
 def test_command_line_trains_and_evaluates(video_demo_tiny_run):
   """`python -m cpjax.main --config=configs/video_demo.py:tiny` trains 2 steps with the losses
   logged, writes checkpoints and the eval JSON with both baselines."""
@@ -403,12 +392,12 @@ def test_eight_devices_match_the_command_line_run(video_demo_tiny_run):
   """Step 2 of the 1-device command-line run, redone on 8 devices from its step-1 checkpoint
   with the same global batch, gives its step-2 parameters within 1e-5."""
   ref_dir, _ = video_demo_tiny_run
-  config = _tiny()
+  config = tiny_config("video_demo")
   run = trainer._Run(config, ref_dir, jax.devices())  # pylint: disable=protected-access
   try:
     assert run.mesh.size == 8
     state = run.system.restore(run.checkpointer, 1)
-    want = _params(run.system.restore(run.checkpointer, 2))
+    want = flat_params(run.system.restore(run.checkpointer, 2).params)
   finally:
     run.close()
   data = pipeline.train_iterator(config.data, global_batch_size=config.batch_size,
@@ -418,7 +407,7 @@ def test_eight_devices_match_the_command_line_run(video_demo_tiny_run):
   local.pop("skipped")
   state, metrics = run.train_fn(state, partitioning.global_batch(local, run.mesh), run.root_key)
   assert int(state.step) == 2 and np.isfinite(float(metrics["loss"]))
-  got = _params(state)
+  got = flat_params(state.params)
   worst = max(float(np.max(np.abs(got[k] - want[k]))) for k in want)
   assert worst < 1e-5, worst
 

@@ -13,20 +13,16 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config
+from conftest import REPO, load_config, tiny_config
 from cpjax import system
 from cpjax.tools import common
 from cpjax.train import checkpointing, trainer
 
 
 def _tiny(total_steps: int = 2, **overrides):
-  c = load_config("demo", "tiny")
-  c.total_steps = total_steps
-  c.checkpoint.async_save = False
-  c.checkpoint.every_steps = 1
-  c.sample_every_steps = 0
-  c.update_from_flattened_dict(overrides)
-  return c
+  """configs/demo.py:tiny for `total_steps`, a checkpoint at every step, no sample grids."""
+  return tiny_config("demo", **{"total_steps": total_steps, "checkpoint.every_steps": 1,
+                                "sample_every_steps": 0, **overrides})
 
 
 def _train(config, workdir):

@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from conftest import load_config
+from conftest import flat_params, tiny_config
 from cpjax.train import trainer
 
 
@@ -25,18 +25,11 @@ PINNED = {"optim.b1": 0.0, "optim.lr": 2e-4, "optim.milestones": (), "transform.
 
 def tiny(total_steps: int = 4, **overrides):
   """configs/demo.py:tiny with the `PINNED` settings."""
-  c = load_config("demo", "tiny")
-  c.update_from_flattened_dict(PINNED)
-  c.total_steps = total_steps
-  c.checkpoint.async_save = False
-  c.update_from_flattened_dict(overrides)
-  return c
+  return tiny_config("demo", **PINNED, total_steps=total_steps, **overrides)
 
 
 def params(state) -> dict[str, np.ndarray]:
-  leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(
-      {"generator": state.generator, "critic": state.critic}))
-  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
+  return flat_params({"generator": state.generator, "critic": state.critic})
 
 
 def assert_same_params(a, b, atol=1e-5):
