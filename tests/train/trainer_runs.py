@@ -25,7 +25,7 @@ PINNED = {"optim.b1": 0.0, "optim.lr": 2e-4, "optim.milestones": (), "transform.
 
 def tiny(total_steps: int = 4, **overrides):
   """configs/demo.py:tiny with the `PINNED` settings."""
-  return tiny_config("demo", **PINNED, total_steps=total_steps, **overrides)
+  return tiny_config("demo", **{**PINNED, "total_steps": total_steps, **overrides})
 
 
 def params(state) -> dict[str, np.ndarray]:
