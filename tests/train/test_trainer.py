@@ -172,7 +172,9 @@ def test_bad_profile_steps_are_refused_before_training(spec, tmp_path):
 def test_evaluations_share_one_event_writer_and_close_it(tmp_path):
   """Evaluating at every step (and then eval / eval_sweep on the same workdir) writes one
   TensorBoard event file per process run, and every writer thread is gone afterwards."""
+  import gc  # pylint: disable=import-outside-toplevel
   import threading  # pylint: disable=import-outside-toplevel
+  gc.collect()   # earlier tests' unreachable grain iterators stop their threads now, not inside
   before = threading.active_count()
   config = tiny(total_steps=3, **{"eval.every_steps": 1})
   trainer.train(config, tmp_path, devices=jax.devices()[:1])
