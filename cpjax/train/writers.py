@@ -86,8 +86,21 @@ class Writer:
     return path
 
   def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
+    """Writes out and closes the event files; every writer thread has ended when it returns.
+
+    tensorboardX hands events to its writer thread through a `multiprocessing.Queue`, whose own
+    feeder thread `SummaryWriter.close()` tells to stop but does not wait for: it is joined here,
+    so a closed writer leaves no thread behind (a run in a notebook or a sweep would otherwise
+    see one more thread for a moment after every close).
+    """
+    if self._tb is None:
+      return
+    queues = [getattr(w.event_writer, "_event_queue", None)   # gone from tensorboardX on close
+              for w in (self._tb.all_writers or {}).values()]   # None once closed
+    self._tb.close()
+    for queue in queues:
+      if queue is not None:
+        queue.join_thread()
 
 
 def parse_step_range(spec: str) -> tuple[int, int] | None:

@@ -183,6 +183,20 @@ def test_evaluations_share_one_event_writer_and_close_it(tmp_path):
   assert threading.active_count() <= before, [t.name for t in threading.enumerate()]
 
 
+def test_a_closed_writer_leaves_no_thread(tmp_path):
+  """Writer.close() returns after every thread the writer started has ended (tensorboardX's
+  event-queue feeder thread included, which its own close() leaves running for a moment)."""
+  import threading  # pylint: disable=import-outside-toplevel
+  from cpjax.train import writers  # pylint: disable=import-outside-toplevel
+  before = set(threading.enumerate())
+  writer = writers.Writer(tmp_path, "train", enabled=True)
+  writer.scalars(1, {"loss": 0.5})
+  writer.grid(1, "train", {"image": np.zeros((2, 4, 4, 3), np.float32)})
+  writer.close()
+  assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
+  writer.close()   # a second close is a no-op
+
+
 def test_curves_plot_loss_and_eval_metrics_with_baselines(tmp_path):
   """Each evaluation writes eval/curves.png from the logged training losses
   (train_metrics.jsonl, one line per log interval) and the eval JSONs; the task's panels name
