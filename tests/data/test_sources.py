@@ -99,7 +99,7 @@ def test_samples_load_offline_with_documented_split():
     assert example["path"].startswith("skimage.data.")
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
     assert min(image.shape[:2]) >= 256 and image.std() > 10  # real photos, not blanks
-  with pytest.raises(ValueError, match="samples:train_plus or samples:eval"):
+  with pytest.raises(ValueError, match="samples:train_wide or samples:eval"):
     sources.make_source("samples:test")
 
 
@@ -122,6 +122,21 @@ def test_samples_train_plus_adds_textures_and_video_frames_not_eval_images():
   assert texture.shape == (512, 512, 3)
   assert plus[7]["image"] is texture and not texture.flags.writeable   # decoded once, shared
   np.testing.assert_array_equal(texture[..., 0], texture[..., 2])   # grey as RGB
+
+
+def test_samples_train_wide_adds_scikit_learns_two_colour_photos():
+  """samples:train_wide = samples:train_plus, then scikit-learn's china and flower photos as
+  read-only RGB (real colour photos, distinct from each other and from samples:eval)."""
+  from sklearn import datasets  # pylint: disable=import-outside-toplevel
+  wide, plus = sources.make_source("samples:train_wide"), sources.make_source("samples:train_plus")
+  paths = [wide.path(i) for i in range(len(wide))]
+  assert len(wide) == 29 and paths[:27] == [plus.path(i) for i in range(27)]
+  assert paths[27:] == ["sklearn/china", "sklearn/flower"]
+  china, flower = wide[27]["image"], wide[28]["image"]
+  np.testing.assert_array_equal(china, datasets.load_sample_image("china.jpg"))
+  assert china.shape == flower.shape == (427, 640, 3) and china.dtype == np.uint8
+  assert not china.flags.writeable and np.abs(china.astype(int) - flower).mean() > 20
+  assert np.abs(china[..., 0].astype(int) - china[..., 2]).mean() > 5   # colour, not grey
 
 
 def test_cityscapes_layout(tmp_path):
