@@ -174,7 +174,8 @@ def test_evaluations_share_one_event_writer_and_close_it(tmp_path):
   TensorBoard event file per process run, and every writer thread is gone afterwards."""
   import gc  # pylint: disable=import-outside-toplevel
   import threading  # pylint: disable=import-outside-toplevel
-  gc.collect()   # earlier tests' unreachable grain iterators stop their threads now, not inside
+  # Earlier tests' unreachable grain iterators stop their threads now, not inside the window.
+  gc.collect()
   before = threading.active_count()
   config = tiny(total_steps=3, **{"eval.every_steps": 1})
   trainer.train(config, tmp_path, devices=jax.devices()[:1])
