@@ -47,7 +47,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   )
   c.loss = dict(alpha=1e-4, gamma=1e-3, gp_lambda=10.0)   # eq. 7 and eq. 5
   c.optim = dict(lr=2e-4, b1=0.0, b2=0.9, critic_steps=1,  # Adam, G and D
-                 decay=0.1, milestones=())                 # no milestones: constant lr
+                 decay=0.1, milestones=(),                 # no milestones: constant lr
+                 ema_decay=0.0)                            # no weight average (the paper)
   c.checkpoint.every_steps = 5000
   c.sample_every_steps = 2000
   c.eval.num_examples = 200

@@ -73,8 +73,21 @@ class System:
                    donate_argnums=0)
 
   def restore(self, checkpointer: checkpointing.Checkpointer, step: int) -> Any:
-    """The train state of checkpoint `step`, in this mesh's shardings."""
-    return checkpointer.restore_state(step, self.abstract_state)
+    """The train state of checkpoint `step`, in this mesh's shardings.
+
+    A checkpoint saved without a field this config adds and the task can derive
+    (`Task.derived_fields`, e.g. a run resumed with the copy-paste generator's moving average
+    turned on) restores without it, and `Task.derive_state` fills it in.
+    """
+    saved = checkpointer.state_metadata(step)
+    missing = tuple(f for f in self.task.derived_fields
+                    if jax.tree_util.tree_leaves(getattr(self.abstract_state, f))
+                    and not jax.tree_util.tree_leaves(saved.get(f)))
+    if not missing:
+      return checkpointer.restore_state(step, self.abstract_state)
+    state = checkpointer.restore_state(step, self.abstract_state.replace(**dict.fromkeys(missing)))
+    return jax.jit(lambda s: self.task.derive_state(s, missing),
+                   out_shardings=self.state_shardings)(state)
 
 
 @dataclasses.dataclass

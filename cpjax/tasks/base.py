@@ -54,6 +54,8 @@ class Task(abc.ABC):
   # Batch fields beyond 'image' and 'index' that the steps read -> the sources that give them
   # (the trainer checks data.source and eval.source before training: `schema.require`).
   batch_needs: dict[str, str] = {}
+  # Top-level train-state fields that a checkpoint may lack, filled in by `derive_state`.
+  derived_fields: tuple[str, ...] = ()
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -67,6 +69,15 @@ class Task(abc.ABC):
     """Raises ValueError (one line naming the flag and the fix) if a fresh run of this config
     lacks what `warm_start` needs, e.g. pretrained weights. Called before `init` for a new run
     only: a checkpoint of such a config still loads. Default: nothing needed."""
+
+  def derive_state(self, state: Any, missing: tuple[str, ...]) -> Any:
+    """`state` restored from a checkpoint saved without the fields `missing` (set to None in
+    it), with those fields filled in from the rest: a setting added since that run, e.g. the
+    copy-paste generator's moving average. Called inside `jax.jit`, only for fields in
+    `derived_fields` (default: none; a checkpoint lacking a field is then an
+    `IncompatibleCheckpointError`)."""
+    del state
+    raise NotImplementedError(f"{type(self).__name__} cannot derive {missing}")
 
   def warm_start(self, state: Any) -> Any:
     """Pretrained values put into a fresh train state (from `init`), on the host.

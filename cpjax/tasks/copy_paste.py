@@ -11,6 +11,14 @@ implementation the generator takes the E[D(Y)] part with the sign that raises th
 and the critic minimises the rest (the authors' public GAN code does the same). Both networks
 use Adam (lr, b1, b2), the learning rate x `decay` at each step in `optim.milestones` (the
 paper: none, a constant rate). The settings and their paper values are in configs/faces.py.
+
+With `optim.ema_decay` > 0 the state also keeps an exponential moving average of the
+generator's parameters, and evaluation, samples and the tools use it (`inference_generator`).
+The paper keeps none; the progressive GAN of Karras et al. (2018), from which eq. 7 takes its
+drift term, evaluates such an average at decay 0.999. It is updated after every generator update
+with the decay min(ema_decay, (1 + t) / (10 + t)) at update t = 0, 1, ... (TensorFlow's
+`ExponentialMovingAverage` with `num_updates`), so the random initial weights fade out in the
+first steps instead of keeping the weight ema_decay**t at step t.
 """
 from __future__ import annotations
 
@@ -40,12 +48,15 @@ class GanState:
   """Generator and critic parameters, each with its own optimiser state; `step` counts generator
   updates. Two `TrainState`s would nest these fields (generator/params, ...): these names are
   the checkpoint tree of every copy-paste run, so `apply_gradients` updates one network through
-  a `TrainState` view of its two fields instead."""
+  a `TrainState` view of its two fields instead. `generator_ema` is the moving average of
+  `generator` (the same tree) with optim.ema_decay > 0, else None: no leaves, so the
+  checkpoint tree is that of the runs saved before it existed."""
   step: jax.Array
   generator: Any
   critic: Any
   generator_opt: optax.OptState
   critic_opt: optax.OptState
+  generator_ema: Any = None
 
   def apply_gradients(self, network: str, grads: Any,
                       tx: optax.GradientTransformation) -> GanState:
@@ -61,6 +72,7 @@ class CopyPasteTask(Task):
   """The copy-paste system as a task of the shared training loop."""
 
   sample_columns = ("original", "cut_paste", "mask", "poisson", "result")
+  derived_fields = ("generator_ema",)
   curves = tuple((title, key, {"cut-and-paste": f"cut_paste_{key}", "Poisson": f"poisson_{key}"})
                  for title, key in (("PSNR (dB)", "psnr"), ("SSIM", "ssim"), ("L1", "l1")))
 
@@ -80,6 +92,8 @@ class CopyPasteTask(Task):
     lr = step_decay_schedule(o) if o.milestones else o.lr
     self.generator_tx = optax.adam(lr, b1=o.b1, b2=o.b2)
     self.critic_tx = optax.adam(lr, b1=o.b1, b2=o.b2)
+    # A config saved before the average existed has no ema_decay: no average.
+    self.ema_decay = float(o.get("ema_decay", 0.0))
 
   def init(self, key: jax.Array) -> GanState:
     h, w = image_ops.pair(self.config.data.image_size)
@@ -87,9 +101,31 @@ class CopyPasteTask(Task):
     x = jnp.zeros((1, h, w, 4), jnp.float32)
     g_params = self.generator.init({"params": g_key, "noise": noise_key}, x)["params"]
     d_params = self.critic.init(d_key, jnp.zeros((1, h, w, 3)), x, jnp.ones((1, h, w, 1)))["params"]
+    # A copy: the average and the weights are separate buffers of the donated state.
+    ema = jax.tree.map(jnp.copy, g_params) if self.ema_decay > 0 else None
     return GanState(step=jnp.zeros((), jnp.int32), generator=g_params, critic=d_params,
                     generator_opt=self.generator_tx.init(g_params),
-                    critic_opt=self.critic_tx.init(d_params))
+                    critic_opt=self.critic_tx.init(d_params), generator_ema=ema)
+
+  def derive_state(self, state: GanState, missing: tuple[str, ...]) -> GanState:
+    """A run saved without the moving average resumes with it started at its generator."""
+    assert missing == ("generator_ema",), missing
+    return state.replace(generator_ema=jax.tree.map(jnp.copy, state.generator))
+
+  def inference_generator(self, state: GanState) -> Any:
+    """The generator parameters that evaluation, samples and the tools run: the moving
+    average with optim.ema_decay > 0, else the trained weights."""
+    return state.generator if state.generator_ema is None else state.generator_ema
+
+  def _average(self, state: GanState) -> GanState:
+    """`state` with the moving average moved towards the generator just updated (update
+    t = state.step), decay min(ema_decay, (1 + t) / (10 + t))."""
+    if state.generator_ema is None:
+      return state
+    t = state.step.astype(jnp.float32)
+    decay = jnp.minimum(self.ema_decay, (1.0 + t) / (10.0 + t))
+    ema = optax.incremental_update(state.generator, state.generator_ema, 1.0 - decay)
+    return state.replace(generator_ema=ema)
 
   def problems(self, batch: Batch, key: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
     """Copy-paste problems built on device: image, source T(I), mask, composite, input X."""
@@ -145,14 +181,14 @@ class CopyPasteTask(Task):
       return loss, {"l1": rec, "generator_adversarial": adversarial}
 
     (loss, g_metrics), grads = jax.value_and_grad(generator_loss, has_aux=True)(state.generator)
-    state = state.apply_gradients("generator", grads, self.generator_tx)
+    state = self._average(state.apply_gradients("generator", grads, self.generator_tx))
     return state.replace(step=state.step + 1), {"loss": loss, **g_metrics, **critic_metrics}
 
   def _fixed_problems(self, state: GanState, batch: Batch,
                       key: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
     """Problems and results that depend only on (key, example index), not on the step."""
     ex = self.problems(batch, key, jnp.zeros((), jnp.int32))
-    y = self.generate(state.generator, ex, jax.random.fold_in(key, _NOISE))
+    y = self.generate(self.inference_generator(state), ex, jax.random.fold_in(key, _NOISE))
     return ex, jnp.clip(y, 0.0, 1.0)
 
   def eval_step(self, state: GanState, batch: Batch, key: jax.Array) -> Metrics:

@@ -135,7 +135,7 @@ def paste(task: Any, state: Any, source: np.ndarray, target: np.ndarray, mask: n
 
   Args:
     task: a `CopyPasteTask` (`common.load_system(...).task`).
-    state: its train state (the generator's parameters are `state.generator`).
+    state: its train state (the generator's parameters: `task.inference_generator(state)`).
     source: [Hs, Ws, 3] in [0, 1].
     target: [Ht, Wt, 3] in [0, 1]; any size (no multiple of anything needed).
     mask: [Hs, Ws, 1] in {0, 1}, in source coordinates; 1 = region to paste.
@@ -164,8 +164,8 @@ def paste(task: Any, state: Any, source: np.ndarray, target: np.ndarray, mask: n
   shape = target.shape[:2]
   placed_source = place(source, shape, offset, fill=target)
   placed_mask = place(mask, shape, offset)
-  y = _paste_on_device(task, downsampling_factor(task.config), state.generator, placed_source,
-                       target, placed_mask, jax.random.key(seed))
+  y = _paste_on_device(task, downsampling_factor(task.config), task.inference_generator(state),
+                       placed_source, target, placed_mask, jax.random.key(seed))
   return np.asarray(jax.device_get(y), np.float32)
 
 

@@ -18,6 +18,7 @@ read (`verify`).
 """
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import re
 from typing import Any, Sequence
@@ -202,15 +203,23 @@ class Checkpointer:
       IncompatibleCheckpointError: the saved arrays are not those of `abstract_state`.
       DamagedCheckpointError: a file of the state cannot be read.
     """
-    differences = layout_differences(self.state_metadata(step), abstract_state)
+    saved = self.state_metadata(step)
+    differences = layout_differences(saved, abstract_state)
     if differences:
       raise IncompatibleCheckpointError(step, self.directory, differences)
+    # A field without arrays (None: a feature turned off) that a checkpoint saved before the
+    # field existed does not name: restore the fields it names and keep that one as it is.
+    names = ([f.name for f in dataclasses.fields(abstract_state)]
+             if dataclasses.is_dataclass(abstract_state) else [])
+    unnamed = [name for name in names if name not in saved.keys()]
+    target = ({name: getattr(abstract_state, name) for name in names if name not in unnamed}
+              if unnamed else abstract_state)
     try:
       restored = self._manager.restore(
-          step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)}))
+          step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)}))
     except Exception as e:  # TensorStore and orbax raise many types for bad files
       raise self._damaged(step, STATE, e) from e
-    return restored[STATE]
+    return abstract_state.replace(**restored[STATE]) if unnamed else restored[STATE]
 
   def state_metadata(self, step: int) -> Any:
     """The saved train state's array metadata (shapes, dtypes), without reading the arrays.

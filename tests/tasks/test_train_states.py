@@ -59,7 +59,8 @@ _CONFIGS = {"copy_paste": ("demo", _GanFieldsState), "fcn": ("fcn_demo", _Fields
 @pytest.mark.parametrize("task", sorted(_CONFIGS))
 def test_a_checkpoint_of_the_earlier_state_fields_restores(task, tmp_path):
   """A checkpoint whose train state is the earlier plain dataclass (same field names) restores
-  into today's state, value for value, with an int32 step; the restored state trains."""
+  into today's state, value for value, with an int32 step. Fields added since (the copy-paste
+  generator's moving average, on in configs/demo.py) are derived from the restored ones."""
   name, fields_class = _CONFIGS[task]
   config = load_config(name, "tiny")
   built = system.System(config, jax.devices()[:1])
@@ -76,9 +77,18 @@ def test_a_checkpoint_of_the_earlier_state_fields_restores(task, tmp_path):
   assert restored.step.dtype == jnp.int32 and int(restored.step) == 3
   want = jax.tree_util.tree_leaves_with_path(jax.device_get(old))
   got = dict(jax.tree_util.tree_leaves_with_path(jax.device_get(restored)))
-  assert len(want) == len(got)
+  added = {path[0].name for path in got} - set(fields_class.__dataclass_fields__)
+  assert added == set(built.task.derived_fields)
+  assert len(want) == len([path for path in got if path[0].name not in added])
   for path, value in want:
     np.testing.assert_array_equal(got[path], value, err_msg=jax.tree_util.keystr(path))
+  if task == "copy_paste":   # the average starts at the restored generator, and trains
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.generator_ema),
+                 jax.device_get(old.generator))
+    size = config.data.image_size
+    batch = {"image": np.zeros((2, size, size, 3), np.uint8), "index": np.arange(2, dtype=np.int32)}
+    trained, _ = built.jit_train_step()(restored, batch, built.root_key)
+    assert int(trained.step) == 4
 
 
 @pytest.mark.parametrize("task", ["fcn", "video_inpainting", "harmonization"])
@@ -123,3 +133,23 @@ def test_copy_paste_step_updates_the_critic_critic_steps_times_and_the_generator
     moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), getattr(state, network),
                          getattr(new, network))
     assert max(jax.tree.leaves(moved)) > 0, network
+
+
+def test_an_earlier_copy_paste_checkpoint_restores_without_the_average(tmp_path):
+  """With optim.ema_decay 0 the state's `generator_ema` is None; a checkpoint saved before the
+  field existed (no such name in it) restores into that state, value for value."""
+  config = load_config("demo", "tiny")
+  config.optim.ema_decay = 0.0
+  built = system.System(config, jax.devices()[:1])
+  state = built.init_state()
+  assert state.generator_ema is None
+  old = _GanFieldsState(**{f: getattr(state, f) for f in _GanFieldsState.__dataclass_fields__})
+  checkpointer = checkpointing.Checkpointer(tmp_path, async_save=False)
+  try:
+    checkpointer.save(0, old, None, config)
+    assert "generator_ema" not in checkpointer.state_metadata(0).keys()
+    restored = built.restore(checkpointer, 0)
+  finally:
+    checkpointer.close()
+  assert restored.generator_ema is None
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(state))

@@ -3,12 +3,14 @@ demo config: Y = (G(X) + S) M + T (1 - M) at sizes that are not multiples of the
 factor, with offsets; and one clear line for every mistake a user can make."""
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -71,7 +73,8 @@ def test_load_reads_the_config_saved_in_the_checkpoint(restored):
 def test_paste_is_target_outside_and_generator_inside_the_moved_mask(restored):
   """37x53 target (not a multiple of 8), 45x60 source, offset (-7, 4): outside the moved mask the
   output is the target to 8-bit rounding; inside it equals clip(G(X) + S) from a direct call of
-  task.generate on the padded canvas (reflect for images, zeros for the mask), within 1e-4."""
+  task.generate on the padded canvas (reflect for images, zeros for the mask), within 1e-4, G
+  with the moving average of the generator's weights that the demo config keeps."""
   config, task, state = restored
   rng = np.random.default_rng(0)
   source_u8, target_u8 = _rgb(rng, 45, 60), _rgb(rng, 37, 53)
@@ -96,11 +99,27 @@ def test_paste_is_target_outside_and_generator_inside_the_moved_mask(restored):
   assert t_p.shape[:2] == (40, 56)
   ex = {"input": np.concatenate([t_p * (1 - m_p) + s_p * m_p, m_p], -1)[None],
         "source": s_p[None], "mask": m_p[None], "image": t_p[None]}
-  ref = np.clip(np.asarray(task.generate(state.generator, ex, jax.random.key(seed),
+  ref = np.clip(np.asarray(task.generate(state.generator_ema, ex, jax.random.key(seed),
                                          deterministic=False))[0, :37, :53], 0, 1)
   inside = ~outside
   np.testing.assert_allclose(out[inside], ref[inside], atol=1e-4)
   assert np.abs(out[inside] - s[inside]).max() > 1e-3   # the generator did change the paste
+
+
+def test_paste_runs_the_generators_moving_average(restored):
+  """With the average's weights all zero (G(X) = 0) the paste is clip(S) inside the mask,
+  whatever the trained weights `state.generator` are."""
+  _, task, state = restored
+  assert state.generator_ema is not None
+  zeroed = state.replace(generator_ema=jax.tree.map(jnp.zeros_like, state.generator_ema))
+  image = _rgb(np.random.default_rng(4), 24, 40) / np.float32(255)
+  mask = np.zeros((24, 40, 1), np.float32)
+  mask[4:18, 6:30] = 1
+  inside = mask[..., 0] == 1
+  out = paste.paste(task, zeroed, image, image[::-1], mask)
+  np.testing.assert_allclose(out[inside], image[inside], atol=1e-6)
+  trained = paste.paste(task, state, image, image[::-1], mask)
+  assert np.abs(trained[inside] - image[inside]).max() > 1e-3
 
 
 def test_seed_selects_the_noise(restored):
@@ -112,8 +131,9 @@ def test_seed_selects_the_noise(restored):
   mask[5:20, 10:30] = 1
   a = paste.paste(task, state, image, image[::-1], mask, seed=0)
   np.testing.assert_array_equal(a, paste.paste(task, state, image, image[::-1], mask, seed=0))
-  noisy = state.replace(generator=jax.tree_util.tree_map_with_path(
-      lambda p, x: x + 1.0 if "noise" in jax.tree_util.keystr(p) else x, state.generator))
+  bump = functools.partial(jax.tree_util.tree_map_with_path,
+                           lambda p, x: x + 1.0 if "noise" in jax.tree_util.keystr(p) else x)
+  noisy = state.replace(generator=bump(state.generator), generator_ema=bump(state.generator_ema))
   b0 = paste.paste(task, noisy, image, image[::-1], mask, seed=0)
   b1 = paste.paste(task, noisy, image, image[::-1], mask, seed=1)
   assert np.abs(b0 - b1).max() > 1e-3

@@ -29,7 +29,8 @@ def tiny(total_steps: int = 4, **overrides):
 
 
 def params(state) -> dict[str, np.ndarray]:
-  return flat_params({"generator": state.generator, "critic": state.critic})
+  return flat_params({"generator": state.generator, "critic": state.critic,
+                      "generator_ema": state.generator_ema})
 
 
 def assert_same_params(a, b, atol=1e-5):
