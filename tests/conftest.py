@@ -48,6 +48,18 @@ def tiny_config(name: str, **overrides):
   return c
 
 
+def first_batches(data_config, n: int, **kwargs) -> list:
+  """The first n batches of a new `data_pipelines.pipeline.train_iterator(data_config,
+  **kwargs)`, which is then closed: its prefetch threads and worker processes end here, not
+  whenever the garbage collector finds the iterator."""
+  from data_pipelines import pipeline  # pylint: disable=g-import-not-at-top
+  iterator = pipeline.train_iterator(data_config, **kwargs)
+  try:
+    return [next(iterator) for _ in range(n)]
+  finally:
+    pipeline.close_iterator(iterator)
+
+
 def flat_params(tree) -> dict:
   """{path string: NumPy array} of a parameter tree (fetched from the devices)."""
   import numpy as np  # pylint: disable=g-import-not-at-top

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import first_batches
 from data_pipelines import image_ops
 from data_pipelines import mask_folder
 from data_pipelines import pipeline
@@ -128,14 +129,14 @@ def test_training_masks_depend_on_seed_and_position_not_on_processes(folder, tmp
   and for 2 processes' concatenated batches; the images equal those without a mask folder."""
   cfg = pipeline.default_data_config()
   cfg.source, cfg.image_size, cfg.prefetch = f"folder:{_image_folder(tmp_path)}", SIZE, 0
-  plain = pipeline.train_iterator(cfg, global_batch_size=4, seed=3)
+  plain = first_batches(cfg, 3, global_batch_size=4, seed=3)
   cfg.mask_source = str(folder)
-  one = pipeline.train_iterator(cfg, global_batch_size=4, seed=3)
-  two = [pipeline.train_iterator(cfg, global_batch_size=4, seed=3, process_index=p,
-                                 process_count=2) for p in range(2)]
+  one = first_batches(cfg, 3, global_batch_size=4, seed=3)
+  two = [first_batches(cfg, 3, global_batch_size=4, seed=3, process_index=p, process_count=2)
+         for p in range(2)]
   masks = mask_folder.MaskFolder(str(folder))
-  for _ in range(3):
-    batch, halves, without = next(one), [next(it) for it in two], next(plain)
+  for step in range(3):
+    batch, halves, without = one[step], [half[step] for half in two], plain[step]
     for key in ("object_mask", "image", "index"):
       np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), batch[key])
     np.testing.assert_array_equal(batch["image"], without["image"])

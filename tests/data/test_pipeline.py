@@ -14,6 +14,7 @@ import pytest
 from absl import flags
 from PIL import Image
 
+from conftest import first_batches
 from data_pipelines import image_ops
 from data_pipelines import pipeline
 
@@ -96,9 +97,9 @@ def test_batch_format(folder):
 def test_two_processes_concatenate_to_one(folder):
   """For P = 2 the two processes' batches concatenated equal the P = 1 batch, over epochs."""
   cfg = _cfg(folder, prefetch=0)
-  one = _take(pipeline.train_iterator(cfg, global_batch_size=4, seed=3), 6)  # 2.4 epochs
-  two = [_take(pipeline.train_iterator(cfg, global_batch_size=4, seed=3, process_index=p,
-                                       process_count=2), 6) for p in range(2)]
+  one = first_batches(cfg, 6, global_batch_size=4, seed=3)  # 2.4 epochs
+  two = [first_batches(cfg, 6, global_batch_size=4, seed=3, process_index=p, process_count=2)
+         for p in range(2)]
   for step in range(6):
     for key in ("image", "index", "skipped"):
       np.testing.assert_array_equal(
@@ -113,26 +114,23 @@ def test_each_process_decodes_only_its_share(folder, monkeypatch):
   monkeypatch.setattr(image_ops, "decode_image",
                       lambda data, path: decoded.append(path) or decode(data, path))
   cfg = _cfg(folder, prefetch=0)  # synchronous: nothing is read ahead
-  _take(pipeline.train_iterator(cfg, global_batch_size=4, seed=1), 3)
+  first_batches(cfg, 3, global_batch_size=4, seed=1)
   single = list(decoded)
   assert len(single) == 12
   for p in range(2):
     decoded.clear()
-    _take(pipeline.train_iterator(cfg, global_batch_size=4, seed=1, process_index=p,
-                                  process_count=2), 3)
+    first_batches(cfg, 3, global_batch_size=4, seed=1, process_index=p, process_count=2)
     assert decoded == [single[s * 4 + p * 2 + k] for s in range(3) for k in range(2)]
 
 
 def test_random_augmentation_depends_on_position_not_layout(folder):
   """Crops and flips come from (seed, position): same with threads or synchronous reading."""
   cfg = _cfg(folder, prefetch=0)
-  sync = _take(pipeline.train_iterator(cfg, global_batch_size=4, seed=5), 3)
-  threaded = _take(pipeline.train_iterator(_cfg(folder, prefetch=3), global_batch_size=4,
-                                           seed=5), 3)
+  sync = first_batches(cfg, 3, global_batch_size=4, seed=5)
+  threaded = first_batches(_cfg(folder, prefetch=3), 3, global_batch_size=4, seed=5)
   _assert_batches_equal(sync, threaded)
   # The augmentation does vary: some example differs from the center crop of its item.
-  centered = _take(pipeline.train_iterator(_cfg(folder, crop="center", flip=False),
-                                           global_batch_size=4, seed=5), 3)
+  centered = first_batches(_cfg(folder, crop="center", flip=False), 3, global_batch_size=4, seed=5)
   assert [_ids(b) for b in sync] == [_ids(b) for b in centered]
   assert any(not np.array_equal(a["image"], b["image"]) for a, b in zip(sync, centered))
 
@@ -140,9 +138,9 @@ def test_random_augmentation_depends_on_position_not_layout(folder):
 def test_same_seed_same_stream_other_seed_other_order(folder):
   """The stream is a function of the seed: equal for equal seeds, reordered for another one."""
   cfg = _cfg(folder)
-  a = _take(pipeline.train_iterator(cfg, global_batch_size=5, seed=0), 2)
-  b = _take(pipeline.train_iterator(cfg, global_batch_size=5, seed=0), 2)
-  c = _take(pipeline.train_iterator(cfg, global_batch_size=5, seed=1), 2)
+  a = first_batches(cfg, 2, global_batch_size=5, seed=0)
+  b = first_batches(cfg, 2, global_batch_size=5, seed=0)
+  c = first_batches(cfg, 2, global_batch_size=5, seed=1)
   _assert_batches_equal(a, b)
   ids_a = [i for batch in a for i in _ids(batch)]
   ids_c = [i for batch in c for i in _ids(batch)]
@@ -152,7 +150,7 @@ def test_same_seed_same_stream_other_seed_other_order(folder):
 
 def test_epochs_are_reshuffled(folder):
   """Every epoch is a permutation of the source, in a new order each epoch."""
-  batches = _take(pipeline.train_iterator(_cfg(folder), global_batch_size=5, seed=0), 6)
+  batches = first_batches(_cfg(folder), 6, global_batch_size=5, seed=0)
   ids = [i for batch in batches for i in _ids(batch)]
   epochs = [ids[e * NUM_ITEMS:(e + 1) * NUM_ITEMS] for e in range(3)]
   for epoch in epochs:
@@ -194,8 +192,8 @@ def test_corrupt_training_image_is_skipped_with_one_warning(folder, caplog):
   bad = folder / "item_03_bad.png"  # sorted between item_03 and item_04: source index 4
   bad.write_bytes(b"\x89PNG broken")
   caplog.set_level(logging.WARNING)
-  batches = _take(pipeline.train_iterator(_cfg(folder, prefetch=0), global_batch_size=11,
-                                          seed=0), 2)  # two epochs of the 11 items
+  batches = first_batches(_cfg(folder, prefetch=0), 2, global_batch_size=11,
+                          seed=0)  # two epochs of the 11 items
   for batch in batches:
     ids, skipped = _ids(batch), batch["skipped"].tolist()
     assert sum(skipped) == 1

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines import pipeline, sources, video, video_clips
+from conftest import first_batches
+from data_pipelines import sources, video, video_clips
 
 
 def _write_sequence(folder, count: int, size=(40, 56), seed: int = 0) -> list[np.ndarray]:
@@ -72,11 +73,9 @@ def test_pipeline_crops_and_flips_every_frame_of_a_clip_alike(davis):
   file of frame k at the offset and flip that reproduce its frame 0."""
   root, _ = davis
   source = sources.make_source(f"video_clips:{root}")
-  data = pipeline.train_iterator(dict(source=f"video_clips:{root}", image_size=32, flip=True),
-                                 global_batch_size=4, seed=3)
   flips = set()
-  for _ in range(3):
-    batch = next(data)
+  for batch in first_batches(dict(source=f"video_clips:{root}", image_size=32, flip=True), 3,
+                             global_batch_size=4, seed=3):
     for b in range(4):
       assert video_clips.clip_length(batch) == 5
       got = [batch[video_clips.frame_field(k)][b] for k in range(5)]

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config, numpy_params, tiny_config
+from conftest import REPO, first_batches, load_config, numpy_params, tiny_config
 from data.test_voc import _IDS, _SIZES, _labels_for, voc_root  # noqa: F401  (a fixture)
 from cpjax import convert, system, tasks
 from cpjax.convert import checkpoint
@@ -320,9 +320,7 @@ def test_full_resolution_batches_pad_whole_images(voc_root):
   labels = _labels_for(image_id)
   item = voc.VOCSegmentationSource(str(voc_root), "val")[0]
   flips = []
-  data = pipeline.train_iterator(c.data, global_batch_size=c.batch_size, seed=0)
-  for _ in range(8):
-    batch = next(data)
+  for batch in first_batches(c.data, 8, global_batch_size=c.batch_size, seed=0):
     assert batch["image"].shape == (1, 32, 32, 3) and batch["label"].shape == (1, 32, 32)
     flipped = not np.array_equal(batch["label"][0, :h, :w], labels)
     flips.append(flipped)

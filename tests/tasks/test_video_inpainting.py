@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, evaluate_twice, flat_params, load_config, numpy_params, tiny_config
+from conftest import (REPO, evaluate_twice, first_batches, flat_params, load_config, numpy_params,
+                      tiny_config)
 from cpjax import convert, tasks
 from cpjax.convert import checkpoint
 from cpjax.ops import masks
 from cpjax.tasks import video_inpainting
 from cpjax.train import partitioning, trainer, writers
-from data_pipelines import pipeline, video_clips
+from data_pipelines import video_clips
 from data_pipelines.voc import PALETTE
 
 
@@ -101,8 +102,7 @@ def test_train_step_with_a_mask_folder_uses_its_masks_as_holes(tmp_path):
   config = load_config("video_inpainting", "tiny")
   config.data.mask_source = str(tmp_path)
   task = tasks.build(config)
-  batch = next(pipeline.train_iterator(config.data, global_batch_size=config.batch_size,
-                                       seed=config.seed))
+  batch, = first_batches(config.data, 1, global_batch_size=config.batch_size, seed=config.seed)
   batch.pop("skipped")
   key = jax.random.key(0)
   ex = jax.jit(task.problems)(batch, key, jnp.zeros((), jnp.int32))
@@ -124,8 +124,7 @@ def test_real_clips_are_used_as_they_are_with_the_same_holes(tmp_path):
   config = load_config("video_inpainting", "tiny")
   config.data.source = f"video_clips:{tmp_path}"
   task = tasks.build(config)
-  batch = next(pipeline.train_iterator(config.data, global_batch_size=config.batch_size,
-                                       seed=config.seed))
+  batch, = first_batches(config.data, 1, global_batch_size=config.batch_size, seed=config.seed)
   batch.pop("skipped")
   key, step = jax.random.key(0), jnp.zeros((), jnp.int32)
   ex = jax.jit(task.problems)(batch, key, step)
@@ -400,10 +399,8 @@ def test_eight_devices_match_the_command_line_run(video_demo_tiny_run):
     want = flat_params(run.system.restore(run.checkpointer, 2).params)
   finally:
     run.close()
-  data = pipeline.train_iterator(config.data, global_batch_size=config.batch_size,
-                                 seed=config.seed)
-  next(data)
-  local = next(data)
+  _, local = first_batches(config.data, 2, global_batch_size=config.batch_size,
+                           seed=config.seed)
   local.pop("skipped")
   state, metrics = run.train_fn(state, partitioning.global_batch(local, run.mesh), run.root_key)
   assert int(state.step) == 2 and np.isfinite(float(metrics["loss"]))
