@@ -79,13 +79,13 @@ class System:
     (`Task.derived_fields`, e.g. a run resumed with the copy-paste generator's moving average
     turned on) restores without it, and `Task.derive_state` fills it in.
     """
-    saved = checkpointer.state_metadata(step)
+    state = checkpointer.restore_state(step, self.abstract_state,
+                                       optional=self.task.derived_fields)
     missing = tuple(f for f in self.task.derived_fields
                     if jax.tree_util.tree_leaves(getattr(self.abstract_state, f))
-                    and not jax.tree_util.tree_leaves(saved.get(f)))
+                    and getattr(state, f) is None)
     if not missing:
-      return checkpointer.restore_state(step, self.abstract_state)
-    state = checkpointer.restore_state(step, self.abstract_state.replace(**dict.fromkeys(missing)))
+      return state
     return jax.jit(lambda s: self.task.derive_state(s, missing),
                    out_shardings=self.state_shardings)(state)
 

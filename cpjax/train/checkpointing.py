@@ -193,17 +193,22 @@ class Checkpointer:
           f"{kept}. Free disk space (or fix the cause), then rerun the same command to resume."
       ) from e
 
-  def restore_state(self, step: int, abstract_state: Any) -> Any:
+  def restore_state(self, step: int, abstract_state: Any, optional: Sequence[str] = ()) -> Any:
     """Restores the train state at `step` into the shardings of `abstract_state`.
 
     Args:
       abstract_state: pytree of `jax.ShapeDtypeStruct` with `.sharding` set.
+      optional: fields of the `abstract_state` dataclass that a checkpoint saved before they
+        existed lacks; each one it lacks comes back None (for the caller to fill in).
 
     Raises:
       IncompatibleCheckpointError: the saved arrays are not those of `abstract_state`.
       DamagedCheckpointError: a file of the state cannot be read.
     """
     saved = self.state_metadata(step)
+    absent = [name for name in optional if not jax.tree_util.tree_leaves(saved.get(name))]
+    if absent:
+      abstract_state = abstract_state.replace(**dict.fromkeys(absent))
     differences = layout_differences(saved, abstract_state)
     if differences:
       raise IncompatibleCheckpointError(step, self.directory, differences)

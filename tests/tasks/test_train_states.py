@@ -153,3 +153,25 @@ def test_an_earlier_copy_paste_checkpoint_restores_without_the_average(tmp_path)
     checkpointer.close()
   assert restored.generator_ema is None
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(state))
+
+
+def test_restore_state_returns_an_optional_field_the_checkpoint_lacks_as_none(tmp_path):
+  """`Checkpointer.restore_state(..., optional=...)`: a field with arrays in today's state that
+  a checkpoint saved before it existed lacks comes back None (the rest value for value);
+  without naming it optional, the checkpoint is incompatible and the message names the field."""
+  config = load_config("demo", "tiny")
+  assert config.optim.ema_decay > 0
+  built = system.System(config, jax.devices()[:1])
+  state = built.init_state()
+  old = _GanFieldsState(**{f: getattr(state, f) for f in _GanFieldsState.__dataclass_fields__})
+  checkpointer = checkpointing.Checkpointer(tmp_path, async_save=False)
+  try:
+    checkpointer.save(0, old, None, config)
+    restored = checkpointer.restore_state(0, built.abstract_state, optional=("generator_ema",))
+    with pytest.raises(checkpointing.IncompatibleCheckpointError, match="generator_ema"):
+      checkpointer.restore_state(0, built.abstract_state)
+  finally:
+    checkpointer.close()
+  assert restored.generator_ema is None
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored),
+               jax.device_get(state.replace(generator_ema=None)))
