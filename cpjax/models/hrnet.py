@@ -54,7 +54,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cpjax.layers import BatchNorm, conv_general_dilated, repeated
+from cpjax.layers import BatchNorm, conv_general_dilated_taps, repeated
 from cpjax.ops.geometry import resize_bilinear_align_corners
 
 Dtype = Any
@@ -93,11 +93,17 @@ SPECS = {"w18s": HRNetSpec(18, 2, (1, 3, 2)), "w18": HRNetSpec(18, 4, (1, 4, 3))
 def _conv(features: int, kernel: int, strides: int, use_bias: bool, dtype: Dtype,
           param_dtype: Dtype, name: str) -> nn.Conv:
   """PyTorch Conv2d(k, stride, padding=k // 2): explicit symmetric padding, so stride-2 maps
-  are ceil(H / 2) and sample the same pixels as the reference ('SAME' would pad (0, 1))."""
+  are ceil(H / 2) and sample the same pixels as the reference ('SAME' would pad (0, 1)).
+
+  On CPU the kernel gradients are one matrix product per tap
+  (`cpjax.layers.conv_general_dilated_taps`): XLA:CPU's own, a convolution over the whole
+  image fed by transposed copies of every activation, made HRNet18's train step (batch 4,
+  256 px) 6.2 s instead of 4.6 s on a 2-core CPU."""
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=strides, padding=((pad, pad), (pad, pad)),
                  use_bias=use_bias, kernel_init=KERNEL_INIT, dtype=dtype,
-                 param_dtype=param_dtype, conv_general_dilated=conv_general_dilated, name=name)
+                 param_dtype=param_dtype, conv_general_dilated=conv_general_dilated_taps,
+                 name=name)
 
 
 def _bn(train: bool, dtype: Dtype, param_dtype: Dtype, name: str) -> BatchNorm:
@@ -314,13 +320,16 @@ class HRNetV2(nn.Module):
     spec: the variant (`SPECS`).
     scan: run the modules of a stage, and the basic blocks of a branch, as one scanned block
       each (`cpjax.layers.repeated`): the same variables and results, traced and compiled once
-      instead of once per module and block. None (default): scan when not training, loops
-      when training. Measured on a 2-core CPU (XLA:CPU, 256 px, the `vs_torch` benchmark):
-      HRNet18's inference compiles in 4.1 s instead of 15 s and runs no slower (0.19 s, 0.30
-      unrolled); its train step (batch 4) compiles in 55 s instead of 119 s, but runs 2x slower
-      (13.6 s instead of 7.1 s): XLA:CPU does not hand the convolutions inside a loop body to
-      its XNNPACK (YNN) kernels, and its own kernel-gradient convolutions there reach 0.5
-      GFLOP/s. True / False force the scan / the loops (False e.g. to capture every module's
+      instead of once per module and block. None (default): scan, except when training a
+      variant whose branches hold fewer than 4 blocks (W18-small). Measured on a 2-core CPU
+      (XLA:CPU, 256 px, the `vs_torch` workloads, both forms compiled and timed alternately
+      in one process): HRNet18's inference compiles in 4.1 s instead of 15 s and runs no
+      slower (0.19 s, 0.30 unrolled); its train step (batch 4) compiles in 56 s instead of
+      173 s and runs as fast (5.15 s per step, 5.32 s unrolled). W18-small's train step
+      compiles in 45 s instead of 50 s but runs 8 % slower scanned (2.61 s, 2.41 s
+      unrolled), so it trains with the loops. (Scanned training was 2x slower while the kernel
+      gradients were XLA's own convolutions, which reach 0.5 GFLOP/s inside a loop body; see
+      `_conv`.) True / False force the scan / the loops (False e.g. to capture every module's
       intermediates).
   """
   spec: HRNetSpec
@@ -349,7 +358,7 @@ class HRNetV2(nn.Module):
     if additional_features is not None:
       x = x + additional_features
     x = nn.relu(_bn(train, name="bn2", **kw)(_conv(64, 3, 2, False, name="conv2", **kw)(x)))
-    scan = not train if self.scan is None else self.scan
+    scan = (not train or spec.blocks >= 4) if self.scan is None else self.scan
     repeat = functools.partial(repeated, train=train, initializing=self.is_initializing())
     # layer1's first bottleneck has a 'downsample' the others lack: a loop, not a scan.
     xs = [repeat(functools.partial(Bottleneck, 64, **kw), spec.blocks, name="layer1",
@@ -495,7 +504,7 @@ class HRNetOCR(nn.Module):
     mask_fusion: the mask-fusion conv ('mask_conv'); False: the trunk sees the image alone (the
       reference's mask_fusion='', the paper's "non foreground-aware HRNet"; OCR's object regions
       still come from the mask).
-    scan: `HRNetV2.scan` (None: scanned stages when not training, loops when training).
+    scan: `HRNetV2.scan` (None: scanned stages, except in training W18-small).
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """

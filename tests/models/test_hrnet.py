@@ -417,17 +417,17 @@ def test_eval_mode_examples_are_independent(eval_pass):
 
 
 def test_scanned_stages_equal_the_python_loops(eval_pass):
-  """scan=True (each stage's modules and each branch's blocks one `lax.scan`; the default when
-  not training) keeps the loops' variable layout and computes what they compute: the same eval
-  output, and in train mode the same output and BatchNorm statistics, each block's written
-  back to its own place.
+  """scan=True (each stage's modules and each branch's blocks one `lax.scan`; the default
+  except in training W18-small) keeps the loops' variable layout and computes what they
+  compute: the same eval output, and in train mode the same output and BatchNorm statistics,
+  each block's written back to its own place (gradients:
+  `test_training_scans_the_stages_of_four_block_variants`).
 
   Tolerances: eval mode agrees to 1e-5. Train mode normalises with batch statistics computed
   in float32 as E[x^2] - E[x]^2, which amplifies rounding: scaling the input by (1 + 1e-7)
   moves this output by ~5e-4 (max 5), and the loops alone, jitted or not, differ by as much.
   So train mode is compared to 2e-3 of each array's scale; a block applied out of order or a
-  statistic written to the wrong block differs by O(1). Gradients: the scan is differentiated
-  by JAX itself; the HRNet18s training-parity test checks them against PyTorch."""
+  statistic written to the wrong block differs by O(1)."""
   variables, image, mask, loop_out, _, _ = eval_pass
   loop, scan = hrnet.HRNetOCR("w18s", scan=False), hrnet.HRNetOCR("w18s", scan=True)
   init = lambda m: jax.eval_shape(lambda: m.init({"params": jax.random.key(0)}, image, mask, False))
@@ -449,6 +449,46 @@ def test_scanned_stages_equal_the_python_loops(eval_pass):
   moved = [np.abs(np.asarray(n) - np.asarray(o)).max()
            for n, o in zip(jax.tree.leaves(scan_state["batch_stats"]), old_stats)]
   assert min(moved) > 1e-3
+
+
+def test_training_scans_the_stages_of_four_block_variants():
+  """The default (`scan=None`) trains variants with 4 blocks per branch (W18, W32) scanned and
+  those with fewer (W18-small) with the loops, and evaluates all scanned. Scanned training
+  computes the loops' parameter gradients and BatchNorm statistics, here on a narrow variant
+  (width 4, 2 blocks, modules (1, 2, 1): a stage scanned over modules, its branches over
+  blocks) at 64 px. Tolerance: as `test_scanned_stages_equal_the_python_loops`'s train mode,
+  2e-3 of each array's scale; a gradient taken through the wrong block is off by O(1)."""
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 64, 64, 3)), jnp.float32)
+  def scans(spec, train):
+    model = hrnet.HRNetV2(spec)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, None, False))
+    jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, None, train, mutable=["batch_stats"]))
+    return "scan[" in str(jaxpr(variables))
+  assert hrnet.SPECS["w18"].blocks == hrnet.SPECS["w32"].blocks == 4
+  assert hrnet.SPECS["w18s"].blocks == 2
+  assert scans(hrnet.HRNetSpec(4, 4, (1, 1, 1)), True)
+  assert not scans(hrnet.HRNetSpec(4, 2, (1, 1, 1)), True)
+  assert scans(hrnet.HRNetSpec(4, 2, (1, 1, 1)), False)
+
+  spec = hrnet.HRNetSpec(4, 2, (1, 2, 1))
+  variables = jax.jit(hrnet.HRNetV2(spec, scan=False).init, static_argnums=3)(
+      jax.random.key(1), x, None, False)
+  weights = jnp.asarray(np.random.default_rng(5).normal(size=(2, 16, 16, 60)), jnp.float32)
+
+  def gradients(scan):
+    def loss(params):
+      out, state = hrnet.HRNetV2(spec, scan=scan).apply(
+          {"params": params, "batch_stats": variables["batch_stats"]}, x, None, True,
+          mutable=["batch_stats"])
+      return jnp.sum(out * weights), state["batch_stats"]
+    return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+
+  loops, scanned = gradients(False), gradients(True)
+  assert jax.tree.structure(loops) == jax.tree.structure(scanned)
+  for e, a in zip(jax.tree.leaves(loops), jax.tree.leaves(scanned)):
+    scale = float(np.abs(np.asarray(e)).max())
+    assert scale > 0
+    np.testing.assert_allclose(np.asarray(a), np.asarray(e), atol=2e-3 * scale, rtol=0)
 
 
 def test_train_mode_jits_at_256px_with_batch_statistics(train_pass):
