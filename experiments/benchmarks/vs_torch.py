@@ -14,8 +14,8 @@ count of the call and cpjax's achieved GFLOP/s, the load average, and the compil
 directory) and warm (the same after `jax.clear_caches()`, the executable read back from that
 cache, as a second process would).
 
-Workloads (`WORKLOADS`; default: all but the HRNet18 / HRNet32 train steps, which compile for
-1.5-2 minutes each on XLA:CPU):
+Workloads (`WORKLOADS`; default: all but the HRNet18 / HRNet32 train steps, which take 2-3
+minutes each on a 2-core CPU, about 1 of them compiling):
   idih256_train, idih256_infer              iDIH at 256 px. Train: batch 4 of real pairs,
   hrnet18s_train, hrnet18s_infer            FN-MSE (A_min 100) + Adam with the HRNet trunk at
   hrnet18_train, hrnet18_infer              0.1x lr, BatchNorm in train mode (saic-vul's trainer
@@ -424,8 +424,8 @@ def define_flags() -> None:
   flags.DEFINE_list(
       "workloads", list(DEFAULT),
       f"Workloads to run, in order: {', '.join(WORKLOADS)}. Default: all but "
-      f"{', '.join(SLOW)} (they compile for 1.5-2 minutes each on XLA:CPU; name them to run "
-      "them). The copy-paste rows need the matmul ceiling: it is run first when missing.")
+      f"{', '.join(SLOW)} (2-3 minutes each on a 2-core CPU, about 1 of them compiling; name "
+      "them to run them). The copy-paste rows need the matmul ceiling: it is run first when missing.")
   flags.DEFINE_integer("iters", 5, "Timed calls of each side (medians are reported).")
   flags.DEFINE_integer("warmup", 1, "Untimed calls of each side first.")
   flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads.")
