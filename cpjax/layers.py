@@ -85,6 +85,27 @@ def _tap_slice(kernel: jax.Array, taps_y: list[int], taps_x: list[int]) -> jax.A
   return kernel[spaced(taps_y), spaced(taps_x)]
 
 
+def _aligned_sub_kernels(kernel: jax.Array, first_y: list[int], first_x: list[int]
+                         ) -> jax.Array:
+  """sub[wy, wx, i, ry, rx, o] = kernel[first_y[ry] + s_y wy, first_x[rx] + s_x wx, i, o]:
+  the sub-kernels of all phases when each phase r has taps first[r] + s j for j < k / s (s
+  divides k), [k_y / s_y, k_x / s_x, I, s_y, s_x, O].
+
+  A phase's first tap is (low - r) mod s, so along each axis the kernel, reshaped to
+  [k / s, s], has its second axis reversed and rolled: a fixed handful of ops whatever the
+  number of phases (FCN-32s's 64x64 stride-32 kernel has 1024; one slice per phase made its
+  gradient take minutes to compile), and no gather (which XLA:CPU would run on every call)."""
+  kh, kw, i, o = kernel.shape
+  sy, sx = len(first_y), len(first_x)
+  x = kernel.reshape(kh // sy, sy, kw // sx, sx, i, o)
+  for axis, first in ((1, first_y), (3, first_x)):
+    s = len(first)
+    if first != [(first[0] - r) % s for r in range(s)]:
+      raise ValueError(f"conv_transpose: phase taps {first} are not (c - r) mod {s}")
+    x = jnp.roll(jnp.flip(x, axis), (first[0] + 1) % s, axis)   # [r] -> [(c - r) mod s]
+  return x.transpose(0, 2, 4, 1, 3, 5)
+
+
 def _phase_inputs(x: jax.Array, plan: _PhasePlan):
   """Yields (r_y, r_x, taps_y, taps_x, input padded for that phase) for every phase."""
   for ry, (taps_y, d_y) in enumerate(plan.phases_y):
@@ -187,9 +208,7 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
 
   if aligned(ph_y) and aligned(ph_x):
     (taps_y, d_y), (taps_x, d_x) = ph_y[0], ph_x[0]
-    # sub[wy, wx, i, ry, rx, o] = kernel[t_{ry, wy}, t_{rx, wx}, i, o]
-    sub = jnp.stack([jnp.stack([_tap_slice(kernel, ty, tx) for tx, _ in ph_x], axis=3)
-                     for ty, _ in ph_y], axis=3)
+    sub = _aligned_sub_kernels(kernel, [t[0] for t, _ in ph_y], [t[0] for t, _ in ph_x])
     sub = sub.reshape(len(taps_y), len(taps_x), -1, sy * sx * out)
     xp = _shift_pad(_shift_pad(x, 1, d_y, m_y, len(taps_y)), 2, d_x, m_x, len(taps_x))
     y = lax.conv_general_dilated(xp, sub, (1, 1), "VALID", dimension_numbers=dims)
