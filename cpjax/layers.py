@@ -80,7 +80,8 @@ def _tap_slice(kernel: jax.Array, taps_y: list[int], taps_x: list[int]) -> jax.A
   call (8 ms for iDIH's 4x4x512x256 kernel, 15 % of its batch-1 inference)."""
   def spaced(taps: list[int]) -> slice:
     step = taps[1] - taps[0] if len(taps) > 1 else 1
-    assert list(range(taps[0], taps[-1] + 1, step)) == list(taps), taps
+    if list(range(taps[0], taps[-1] + 1, step)) != list(taps):
+      raise ValueError(f"conv_transpose: phase taps {taps} are not evenly spaced")
     return slice(taps[0], taps[-1] + 1, step)
   return kernel[spaced(taps_y), spaced(taps_x)]
 
@@ -270,14 +271,10 @@ def _tap_products(dy: jax.Array, taps: list[tuple[int, int, jax.Array]],
   """dK[ty, tx] = X_t^T dY for each tap (ty, tx, X_t [B, h, w, I]) over every batch and pixel
   position: the kernel gradient as one matrix product per tap, in float32."""
   flat_dy = dy.reshape(-1, dy.shape[-1]).astype(jnp.float32)
-  products = [jnp.dot(flat_dy.T, x_t.reshape(-1, x_t.shape[-1]).astype(jnp.float32)).T
-              for _, _, x_t in taps]
-  kh, kw = kernel_shape[:2]
-  if [(ty, tx) for ty, tx, _ in taps] == [(ty, tx) for ty in range(kh) for tx in range(kw)]:
-    return jnp.stack(products).reshape(kernel_shape)   # every tap, in order: one concat
   dk = jnp.zeros(kernel_shape, jnp.float32)
-  for (ty, tx, _), product in zip(taps, products):
-    dk = dk.at[ty, tx].set(product)
+  for ty, tx, x_t in taps:
+    flat_x = x_t.reshape(-1, x_t.shape[-1]).astype(jnp.float32)
+    dk = dk.at[ty, tx].set(jnp.dot(flat_dy.T, flat_x).T)
   return dk
 
 
