@@ -227,7 +227,8 @@ class DeconvDecoder(nn.Module):
 
     def conv1x1(features: int, name: str) -> nn.Conv:
       return nn.Conv(features, (1, 1), kernel_init=KERNEL_INIT, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name=name)
+                     param_dtype=self.param_dtype, conv_general_dilated=conv_general_dilated,
+                     name=name)
 
     rgb = conv1x1(3, "to_rgb")(x).astype(jnp.float32)
     if not self.image_fusion:
@@ -362,7 +363,7 @@ class _TsaiDecoder(nn.Module):
     if self.parsing_head:
       x = DeconvBlock(self.channels[0], padding=1, name="head", **kw)(x, train)
       out = nn.Conv(self.out_features, (1, 1), kernel_init=KERNEL_INIT, name="classifier",
-                    **kw)(x)
+                    conv_general_dilated=conv_general_dilated, **kw)(x)
     else:
       out = ConvTranspose(self.out_features, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
                           kernel_init=KERNEL_INIT, name="output", **kw)(x)

@@ -44,9 +44,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from cpjax.layers import ConvTranspose, subpixel_default
+from cpjax.layers import ConvTranspose, patch_matmul_conv
 from cpjax.models.vgg import VGG16, WIDTHS, caffe_preprocess
 
 Dtype = Any
@@ -82,49 +81,6 @@ def _bilinear_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.fl
   del key  # deterministic
   size, _, channels, _ = shape
   return jnp.asarray(bilinear_kernel(size, channels), dtype)
-
-
-def patch_matmul_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Any, padding: Any,
-                      lhs_dilation: Any = None, rhs_dilation: Any = None,
-                      dimension_numbers: Any = None, feature_group_count: int = 1,
-                      precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
-  """flax `nn.Conv`'s convolution for FCN's unpadded stride-1 layers (fc6, fc7, the score
-  layers): on XLA:CPU, one matrix product of the input's patches with the kernel.
-
-  A 'VALID' stride-1 conv is y[p] = sum_{t, c} x[p + t, c] k[t, c, :] = P[p] K, where P
-  concatenates the kh x kw shifted views of x along channels in the kernel's (ty, tx, c) order
-  and K is the kernel reshaped to [kh kw I, O]. XLA:CPU runs fc6 (7x7, 512 -> 4096 channels on
-  an 18x22 map for a 500x375 image) as a convolution at a third of its matrix-product speed;
-  as a product (the patches are 49x a small map) its forward pass is 2.7x and its gradients
-  2.2x faster, fc7's 1.6x and 2x. Equal to the convolution to float rounding (tested).
-  Anything else (padding, strides, dilations, groups, other backends) is lax's convolution.
-
-  Args:
-    lhs: [B, H, W, I]; rhs: [kh, kw, I, O]; the rest as `lax.conv_general_dilated`.
-
-  Returns:
-    [B, H - kh + 1, W - kw + 1, O].
-  """
-  kh, kw, cin, cout = rhs.shape
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding)
-  plain = (lhs.ndim == 4 and all(s == 1 for s in window_strides)
-           and all(p == (0, 0) for p in map(tuple, padding))
-           and all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-           and feature_group_count == 1
-           and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-           == lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-           and subpixel_default())
-  if not plain:
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
-                                    rhs_dilation, dimension_numbers, feature_group_count,
-                                    precision=precision,
-                                    preferred_element_type=preferred_element_type)
-  height, width = lhs.shape[1] - kh + 1, lhs.shape[2] - kw + 1
-  patches = jnp.concatenate([lhs[:, ty:ty + height, tx:tx + width]
-                             for ty in range(kh) for tx in range(kw)], axis=-1)
-  return lax.dot_general(patches, rhs.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())),
-                         precision=precision, preferred_element_type=preferred_element_type)
 
 
 def crop(x: jax.Array, offset: int, height: int, width: int) -> jax.Array:

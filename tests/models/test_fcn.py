@@ -145,31 +145,3 @@ def test_dropout_only_in_training():
   assert not np.allclose(np.asarray(a), np.asarray(b))
   np.testing.assert_array_equal(np.asarray(fwd(jax.random.key(1), False)),
                                 np.asarray(fwd(jax.random.key(2), False)))
-
-
-@pytest.mark.parametrize("kernel,size", [(7, (9, 11)), (1, (5, 6))])
-def test_patch_matmul_conv_equals_the_convolution(kernel, size):
-  """fc6 (7x7) and fc7 / score (1x1) as one matrix product of patches: the outputs and the
-  input and kernel gradients of lax.conv_general_dilated ('VALID', stride 1), to float
-  rounding."""
-  rng = np.random.default_rng(5)
-  x = jnp.asarray(rng.normal(size=(2, *size, 6)), jnp.float32)
-  k = jnp.asarray(rng.normal(size=(kernel, kernel, 6, 5)), jnp.float32)
-  dims = ("NHWC", "HWIO", "NHWC")
-  ours = lambda x, k: fcn.patch_matmul_conv(x, k, (1, 1), "VALID", dimension_numbers=dims)  # noqa: E731
-  ref = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=dims)  # noqa: E731
-  np.testing.assert_allclose(ours(x, k), ref(x, k), rtol=1e-5, atol=1e-5)
-  for a, b in zip(jax.grad(lambda x, k: jnp.sum(jnp.sin(ours(x, k))), (0, 1))(x, k),
-                  jax.grad(lambda x, k: jnp.sum(jnp.sin(ref(x, k))), (0, 1))(x, k)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
-
-
-def test_patch_matmul_conv_leaves_other_convs_to_lax():
-  """As nn.Conv's hook, padded and strided convs keep nn.Conv's outputs (lax's convolution)."""
-  x = jnp.asarray(np.random.default_rng(6).normal(size=(1, 9, 8, 3)), jnp.float32)
-  for kw in (dict(padding="SAME"), dict(padding="VALID", strides=2)):
-    plain = nn.Conv(4, (3, 3), **kw)
-    params = numpy_params(jax.eval_shape(plain.init, jax.random.key(0), x))
-    hooked = nn.Conv(4, (3, 3), conv_general_dilated=fcn.patch_matmul_conv, **kw)
-    np.testing.assert_allclose(hooked.apply(params, x), plain.apply(params, x), rtol=1e-5,
-                               atol=1e-5)

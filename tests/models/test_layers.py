@@ -269,6 +269,55 @@ def test_conv_hook_routes_only_plain_strided_convs():
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel,size", [(7, (9, 11)), (1, (5, 6))])
+def test_patch_matmul_conv_equals_the_convolution(kernel, size):
+  """FCN's fc6 (7x7) and fc7 / score (1x1) as one matrix product of patches: the outputs and the
+  input and kernel gradients of lax.conv_general_dilated ('VALID', stride 1), to float
+  rounding."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(2, *size, 6)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(kernel, kernel, 6, 5)), jnp.float32)
+  dims = ("NHWC", "HWIO", "NHWC")
+  ours = lambda x, k: layers.patch_matmul_conv(x, k, (1, 1), "VALID", dimension_numbers=dims)  # noqa: E731
+  ref = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=dims)  # noqa: E731
+  np.testing.assert_allclose(ours(x, k), ref(x, k), rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.grad(lambda x, k: jnp.sum(jnp.sin(ours(x, k))), (0, 1))(x, k),
+                  jax.grad(lambda x, k: jnp.sum(jnp.sin(ref(x, k))), (0, 1))(x, k)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+def test_patch_matmul_conv_leaves_other_convs_to_lax():
+  """As nn.Conv's hook, padded and strided convs keep nn.Conv's outputs (lax's convolution)."""
+  x = jnp.asarray(np.random.default_rng(6).normal(size=(1, 9, 8, 3)), jnp.float32)
+  for kw in (dict(padding="SAME"), dict(padding="VALID", strides=2)):
+    plain = nn.Conv(4, (3, 3), **kw)
+    params = numpy_params(jax.eval_shape(plain.init, jax.random.key(0), x))
+    hooked = nn.Conv(4, (3, 3), conv_general_dilated=layers.patch_matmul_conv, **kw)
+    np.testing.assert_allclose(hooked.apply(params, x), plain.apply(params, x), rtol=1e-5,
+                               atol=1e-5)
+@pytest.mark.parametrize("hook", [layers.conv_general_dilated, layers.conv_general_dilated_taps])
+def test_conv_hooks_make_unpadded_1x1_convs_a_matrix_product(hook):
+  """Both hooks turn an unpadded stride-1 1x1 nn.Conv into a dot (no convolution in the
+  forward or backward jaxpr) with nn.Conv's outputs and parameter gradients; a padded 1x1 conv
+  stays a convolution, with nn.Conv's outputs."""
+  x = jnp.asarray(np.random.default_rng(11).normal(size=(2, 9, 8, 6)), jnp.float32)
+  plain = nn.Conv(4, (1, 1))
+  params = numpy_params(jax.eval_shape(plain.init, jax.random.key(0), x))
+  hooked = nn.Conv(4, (1, 1), conv_general_dilated=hook)
+  loss = lambda m: lambda p: jnp.sum(jnp.cos(m.apply(p, x)))  # noqa: E731
+  np.testing.assert_allclose(hooked.apply(params, x), plain.apply(params, x), rtol=1e-5,
+                             atol=1e-5)
+  for a, b in zip(jax.tree.leaves(jax.grad(loss(hooked))(params)),
+                  jax.tree.leaves(jax.grad(loss(plain))(params))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+  primitives = str(jax.make_jaxpr(jax.value_and_grad(loss(hooked)))(params))
+  assert "dot_general" in primitives and "conv_general_dilated" not in primitives
+  padded = nn.Conv(4, (1, 1), padding=1, conv_general_dilated=hook)
+  assert "conv_general_dilated" in str(jax.make_jaxpr(padded.apply)(params, x))
+  np.testing.assert_allclose(padded.apply(params, x), nn.Conv(4, (1, 1), padding=1).apply(
+      params, x), rtol=1e-5, atol=1e-5)
+
+
 def test_batch_norm_matches_torch_batchnorm2d():
   """layers.BatchNorm in training mode = torch.nn.BatchNorm2d: outputs and running averages
   (the running variance averages the unbiased batch variance, n = 2 x 3 x 2 = 12 values per
