@@ -383,15 +383,15 @@ def patch_matmul_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Any, paddi
   Returns:
     [B, H - kh + 1, W - kw + 1, O].
   """
-  kh, kw, cin, cout = rhs.shape
-  padding = _explicit_padding(lhs, rhs, window_strides, padding)
   plain = (_plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
                      feature_group_count, batch_group_count)
-           and all(s == 1 for s in window_strides) and all(p == (0, 0) for p in padding))
+           and all(s == 1 for s in window_strides)
+           and all(p == (0, 0) for p in _explicit_padding(lhs, rhs, window_strides, padding)))
   if not plain:
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     batch_group_count, precision, preferred_element_type)
+  kh, kw, cin, cout = rhs.shape
   height, width = lhs.shape[1] - kh + 1, lhs.shape[2] - kw + 1
   patches = jnp.concatenate([lhs[:, ty:ty + height, tx:tx + width]
                              for ty in range(kh) for tx in range(kw)], axis=-1)
@@ -412,7 +412,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   - unpadded 1x1 convs at stride 1 go to `patch_matmul_conv`, a matrix product. XLA:CPU runs
     them as convolutions up to 30x slower: iDIH's 1x1 output heads (32 -> 1 and 32 -> 3
     channels at 4x256x256) took 34-38 ms forward against 1-4 ms as products, 85-91 ms against
-    24-28 ms with their gradients; HRNet's 256 -> 64 at 64x64 122 ms against 26 ms.
+    24-28 ms with their gradients; a 256 -> 64 conv at 4x64x64 (HRNet's bottlenecks) 122 ms
+    against 26 ms with XLA's own gradients.
   Anything else (stride 1 with a wider kernel, dilations, groups) is lax's own."""
   args = (lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
           precision, preferred_element_type)
@@ -649,8 +650,8 @@ def conv_general_dilated_taps(lhs: jax.Array, rhs: jax.Array, window_strides: Se
   """`conv_general_dilated` (the hook above), with plain stride-1 2-D convs wider than an
   unpadded 1x1 (the hook makes those a matrix product) routed to `conv_tap_kernel_gradient` on
   the backends of `subpixel_default()`: their kernel gradient becomes one matrix product per
-  tap. For VGG16's 3x3 layers on FCN's images (287x349x128,
-  144x175x256) XLA:CPU's own kernel gradient is 2.7-3.7x slower; at 573x698x64 they are even."""
+  tap. For VGG16's 3x3 layers on FCN's images (287x349x128, 144x175x256) XLA:CPU's own
+  kernel gradient is 2.7-3.7x slower; at 573x698x64 they are even."""
   args = (lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
           precision, preferred_element_type)
   plain = (_plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
