@@ -391,6 +391,12 @@ def patch_matmul_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Any, paddi
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     batch_group_count, precision, preferred_element_type)
+  return _patch_product(lhs, rhs, precision, preferred_element_type)
+
+
+def _patch_product(lhs: jax.Array, rhs: jax.Array, precision: Any,
+                   preferred_element_type: Any) -> jax.Array:
+  """`patch_matmul_conv`'s product for a conv already known to be plain and unpadded."""
   kh, kw, cin, cout = rhs.shape
   height, width = lhs.shape[1] - kh + 1, lhs.shape[2] - kw + 1
   patches = jnp.concatenate([lhs[:, ty:ty + height, tx:tx + width]
@@ -409,7 +415,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   (`subpixel_default()`): pass it to flax's `nn.Conv(..., conv_general_dilated=...)`.
 
   - strided convs go to `strided_conv` (fast gradients);
-  - unpadded 1x1 convs at stride 1 go to `patch_matmul_conv`, a matrix product. XLA:CPU runs
+  - unpadded 1x1 convs at stride 1 become `patch_matmul_conv`'s matrix product. XLA:CPU runs
     them as convolutions up to 30x slower: iDIH's 1x1 output heads (32 -> 1 and 32 -> 3
     channels at 4x256x256) took 34-38 ms forward against 1-4 ms as products, 85-91 ms against
     24-28 ms with their gradients; a 256 -> 64 conv at 4x64x64 (HRNet's bottlenecks) 122 ms
@@ -420,7 +426,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   plain = _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
                     feature_group_count, batch_group_count)
   if plain and _pointwise(lhs, rhs, window_strides, padding):
-    return patch_matmul_conv(lhs, rhs, window_strides, padding, *args)
+    return _patch_product(lhs, rhs, precision, preferred_element_type)
   if not (plain and len(window_strides) == 2 and max(window_strides) > 1):
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, *args)
   return strided_conv(lhs, rhs, tuple(window_strides),

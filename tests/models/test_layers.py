@@ -295,6 +295,8 @@ def test_patch_matmul_conv_leaves_other_convs_to_lax():
     hooked = nn.Conv(4, (3, 3), conv_general_dilated=layers.patch_matmul_conv, **kw)
     np.testing.assert_allclose(hooked.apply(params, x), plain.apply(params, x), rtol=1e-5,
                                atol=1e-5)
+
+
 @pytest.mark.parametrize("hook", [layers.conv_general_dilated, layers.conv_general_dilated_taps])
 def test_conv_hooks_make_unpadded_1x1_convs_a_matrix_product(hook):
   """Both hooks turn an unpadded stride-1 1x1 nn.Conv into a dot (no convolution in the
