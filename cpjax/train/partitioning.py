@@ -11,6 +11,7 @@ import os
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -45,9 +46,29 @@ def initialize_distributed(coordinator_address: str | None = None,
                                heartbeat_timeout_seconds=heartbeat_timeout_secs, **kwargs)
   elif _cluster_detected():
     jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_secs)
+  if jax.process_count() > 1:
+    connect_collectives()
   logging.info("process %d of %d; %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
+
+
+def connect_collectives() -> None:
+  """Runs one reduction over all global devices while the processes are still in step.
+
+  On CPU, Gloo connects the devices of a collective the first time it runs, and gives up when a
+  peer has not arrived within 30 s (a fixed limit). Each process compiles the first train step
+  on its own, and on a busy host those compiles can end more than 30 s apart: the first step then
+  fails on the process that finished first. `jax.distributed.initialize` has just brought the
+  processes together, so the connection is made here, once, for the group that every
+  data-parallel collective of `make_mesh()` uses (all global devices); later collectives reuse it
+  and wait for a late peer without that limit. All processes must call this together.
+  """
+  mesh = make_mesh()
+  ones = np.ones((jax.local_device_count(),), np.int32)
+  count = jax.jit(jnp.sum, out_shardings=replicated(mesh))(
+      jax.make_array_from_process_local_data(batch_sharding(mesh), ones))
+  jax.block_until_ready(count)
 
 
 def _cluster_detected() -> bool:
