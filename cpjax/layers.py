@@ -271,11 +271,12 @@ def _tap_products(dy: jax.Array, taps: list[tuple[int, int, jax.Array]],
   """dK[ty, tx] = X_t^T dY for each tap (ty, tx, X_t [B, h, w, I]) over every batch and pixel
   position: the kernel gradient as one matrix product per tap, in float32."""
   flat_dy = dy.reshape(-1, dy.shape[-1]).astype(jnp.float32)
-  dk = jnp.zeros(kernel_shape, jnp.float32)
-  for ty, tx, x_t in taps:
-    flat_x = x_t.reshape(-1, x_t.shape[-1]).astype(jnp.float32)
-    dk = dk.at[ty, tx].set(jnp.dot(flat_dy.T, flat_x).T)
-  return dk
+  products = {(ty, tx): jnp.dot(flat_dy.T, x_t.reshape(-1, x_t.shape[-1]).astype(jnp.float32)).T
+              for ty, tx, x_t in taps}
+  zero = jnp.zeros(kernel_shape[2:], jnp.float32)
+  # Stacked, not written into a zero kernel one tap at a time: k*k scatters compile slowly.
+  return jnp.stack([products.get((ty, tx), zero) for ty in range(kernel_shape[0])
+                    for tx in range(kernel_shape[1])]).reshape(kernel_shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
