@@ -269,12 +269,16 @@ class BatchNorm(nn.Module):
 def _tap_products(dy: jax.Array, taps: list[tuple[int, int, jax.Array]],
                   kernel_shape: tuple[int, ...]) -> jax.Array:
   """dK[ty, tx] = X_t^T dY for each tap (ty, tx, X_t [B, h, w, I]) over every batch and pixel
-  position: the kernel gradient as one matrix product per tap, in float32."""
+  position: the kernel gradient as one matrix product per tap, in float32 (zero for a tap not
+  listed)."""
   flat_dy = dy.reshape(-1, dy.shape[-1]).astype(jnp.float32)
-  products = {(ty, tx): jnp.dot(flat_dy.T, x_t.reshape(-1, x_t.shape[-1]).astype(jnp.float32)).T
+  products = {(ty, tx): lax.dot_general(x_t.reshape(-1, x_t.shape[-1]).astype(jnp.float32),
+                                         flat_dy, (((0,), (0,)), ((), ())))
               for ty, tx, x_t in taps}
   zero = jnp.zeros(kernel_shape[2:], jnp.float32)
-  # Stacked, not written into a zero kernel one tap at a time: k*k scatters compile slowly.
+  # Contracted over rows without transposes, and stacked rather than written into a zero kernel
+  # tap by tap (k*k scatters): the same values, and the tiny copy-paste train step compiles in
+  # 13 s instead of 19 s.
   return jnp.stack([products.get((ty, tx), zero) for ty in range(kernel_shape[0])
                     for tx in range(kernel_shape[1])]).reshape(kernel_shape)
 
