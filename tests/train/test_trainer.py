@@ -119,8 +119,10 @@ def test_command_line_end_to_end(tmp_path):
   result = json.loads((tmp_path / "eval" / "step_00000002.json").read_text())
   assert result["num_examples"] == 8 and 0 < result["ssim"] <= 1
   assert "steps/s" in run.stderr and "ETA" in run.stderr
-  # Overrides reach the config: the sweep re-evaluates checkpoint 1 (none has a result yet).
-  sweep = subprocess.run(main_cmd(tmp_path, "--mode=eval_sweep", "--config.total_steps=2"),
+  # Overrides reach the config: the sweep re-evaluates checkpoint 1 (none has a result yet),
+  # with the evaluation the run compiled into the same cache.
+  sweep = subprocess.run(main_cmd(tmp_path, "--mode=eval_sweep", "--config.total_steps=2",
+                                  f"--compilation_cache={cache}"),
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert sweep.returncode == 0, sweep.stderr[-3000:]
   assert (tmp_path / "eval" / "step_00000001.json").exists()
