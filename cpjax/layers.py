@@ -357,11 +357,16 @@ def _explicit_padding(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[i
   return tuple(tuple(p) for p in padding)
 
 
+def _unpadded_stride_1(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                       padding: Any) -> bool:
+  return (all(s == 1 for s in window_strides)
+          and all(p == (0, 0) for p in _explicit_padding(lhs, rhs, window_strides, padding)))
+
+
 def _pointwise(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
                padding: Any) -> bool:
   """Whether a plain 2-D conv is a 1x1 kernel at stride 1 without padding: a matrix product."""
-  return (rhs.shape[:2] == (1, 1) and all(s == 1 for s in window_strides)
-          and all(p == (0, 0) for p in _explicit_padding(lhs, rhs, window_strides, padding)))
+  return rhs.shape[:2] == (1, 1) and _unpadded_stride_1(lhs, rhs, window_strides, padding)
 
 
 def patch_matmul_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Any, padding: Any,
@@ -390,8 +395,7 @@ def patch_matmul_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Any, paddi
   """
   plain = (_plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
                      feature_group_count, batch_group_count)
-           and all(s == 1 for s in window_strides)
-           and all(p == (0, 0) for p in _explicit_padding(lhs, rhs, window_strides, padding)))
+           and _unpadded_stride_1(lhs, rhs, window_strides, padding))
   if not plain:
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
