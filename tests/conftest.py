@@ -67,6 +67,14 @@ def flat_params(tree) -> dict:
   return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
 
 
+def jit_unoptimized(fn):
+  """jax.jit with XLA's backend optimisations off, for tests that compare numbers: networks of
+  dozens to hundreds of convs that XLA:CPU otherwise compiles for a long time to run once or
+  twice. The numerics are the same float32 operations."""
+  return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0,
+                                       "xla_llvm_disable_expensive_passes": True})
+
+
 def numpy_params(shapes, seed: int = 0):
   """Random parameters for a tree of ShapeDtypeStructs, drawn with NumPy (no XLA compile):
   kernels ~ N(0, 1 / fan_in), everything else ~ N(0, 0.1)."""

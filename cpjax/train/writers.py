@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 import time
 from typing import Any, Sequence
 
@@ -54,6 +55,24 @@ def format_eta(seconds: float) -> str:
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
+def _summary_writer_class() -> type:
+  """tensorboardX's SummaryWriter, imported without PyTorch.
+
+  When PyTorch is installed (the `[torch]` extra), importing tensorboardX imports it too, only to
+  accept torch tensors, which cpjax never passes: 2 s of every run's start on a 2-core CPU. Unless
+  something imported torch already, `import torch` fails while tensorboardX loads.
+  """
+  blocked = "torch" not in sys.modules
+  if blocked:
+    sys.modules["torch"] = None   # `import torch` raises ImportError
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    if blocked:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
 class Writer:
   """TensorBoard scalars and images under `workdir/tensorboard/<name>`, PNGs under `samples/`."""
 
@@ -62,8 +81,7 @@ class Writer:
     self.workdir = pathlib.Path(workdir)
     self._tb = None
     if enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(str(self.workdir / "tensorboard" / name))
+      self._tb = _summary_writer_class()(str(self.workdir / "tensorboard" / name))
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     if not self.enabled:

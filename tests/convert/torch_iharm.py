@@ -313,8 +313,6 @@ def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
 def flax_apply(module, variables, *inputs) -> np.ndarray:
   """module.apply in eval mode, jitted with XLA's backend optimisations off: these networks have
   hundreds of convs, which XLA:CPU otherwise takes minutes to compile for one forward pass."""
-  import jax  # pylint: disable=import-outside-toplevel
-  fn = jax.jit(lambda v, *x: module.apply(v, *x, train=False),
-               compiler_options={"xla_backend_optimization_level": 0,
-                                 "xla_llvm_disable_expensive_passes": True})
+  from conftest import jit_unoptimized  # pylint: disable=import-outside-toplevel
+  fn = jit_unoptimized(lambda v, *x: module.apply(v, *x, train=False))
   return np.asarray(fn(variables, *inputs))

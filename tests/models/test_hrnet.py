@@ -8,6 +8,8 @@ from the captured intermediate outputs; BatchNorm's running-average update rule.
 Forward passes use W18s on 60x44 inputs (not multiples of 32) with parameters filled from NumPy
 (jax.random initialisers of ~300 shapes take long to compile on XLA:CPU); the compiled eval and
 train passes are shared through module-scoped fixtures. W18 and W32 are only shape-evaluated.
+The scanned-versus-loops comparisons compile without XLA's backend optimisations
+(`conftest.jit_unoptimized`: the same float32 operations, compiled in about half the time).
 """
 import functools
 
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import jit_unoptimized
 from cpjax.models import hrnet
 
 B, H, W = 2, 60, 44          # not multiples of 32: ceil(60 / 4) = 15, ceil(44 / 4) = 11
@@ -432,11 +435,11 @@ def test_scanned_stages_equal_the_python_loops(eval_pass):
   loop, scan = hrnet.HRNetOCR("w18s", scan=False), hrnet.HRNetOCR("w18s", scan=True)
   init = lambda m: jax.eval_shape(lambda: m.init({"params": jax.random.key(0)}, image, mask, False))
   assert jax.tree.map(jnp.shape, init(loop)) == jax.tree.map(jnp.shape, init(scan))
-  scan_out = jax.jit(lambda v: scan.apply(v, image, mask, False))(variables)
+  scan_out = jit_unoptimized(lambda v: scan.apply(v, image, mask, False))(variables)
   np.testing.assert_allclose(np.asarray(scan_out, np.float64), loop_out, atol=1e-5, rtol=1e-5)
 
-  train = lambda m: jax.jit(lambda v: m.apply(v, image, mask, True, mutable=["batch_stats"],
-                                              rngs={"dropout": jax.random.key(3)}))(variables)
+  train = lambda m: jit_unoptimized(lambda v: m.apply(
+      v, image, mask, True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(3)}))(variables)
   (loop_train, loop_state), (scan_train, scan_state) = train(loop), train(scan)
   expected = [loop_train] + jax.tree.leaves(loop_state["batch_stats"])
   actual = [scan_train] + jax.tree.leaves(scan_state["batch_stats"])
@@ -460,10 +463,8 @@ def test_training_scans_the_stages_of_four_block_variants():
   2e-3 of each array's scale; a gradient taken through the wrong block is off by O(1)."""
   x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 64, 64, 3)), jnp.float32)
   def scans(spec, train):
-    model = hrnet.HRNetV2(spec)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, None, False))
-    jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, None, train, mutable=["batch_stats"]))
-    return "scan[" in str(jaxpr(variables))
+    init = lambda: hrnet.HRNetV2(spec).init(jax.random.key(0), x, None, train)
+    return "scan[" in str(jax.make_jaxpr(init)())
   assert hrnet.SPECS["w18"].blocks == hrnet.SPECS["w32"].blocks == 4
   assert hrnet.SPECS["w18s"].blocks == 2
   assert scans(hrnet.HRNetSpec(4, 4, (1, 1, 1)), True)
@@ -471,8 +472,8 @@ def test_training_scans_the_stages_of_four_block_variants():
   assert scans(hrnet.HRNetSpec(4, 2, (1, 1, 1)), False)
 
   spec = hrnet.HRNetSpec(4, 2, (1, 2, 1))
-  variables = jax.jit(hrnet.HRNetV2(spec, scan=False).init, static_argnums=3)(
-      jax.random.key(1), x, None, False)
+  variables = _fill(jax.eval_shape(
+      lambda: hrnet.HRNetV2(spec, scan=False).init(jax.random.key(1), x, None, False)))
   weights = jnp.asarray(np.random.default_rng(5).normal(size=(2, 16, 16, 60)), jnp.float32)
 
   def gradients(scan):
@@ -481,7 +482,7 @@ def test_training_scans_the_stages_of_four_block_variants():
           {"params": params, "batch_stats": variables["batch_stats"]}, x, None, True,
           mutable=["batch_stats"])
       return jnp.sum(out * weights), state["batch_stats"]
-    return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+    return jit_unoptimized(jax.grad(loss, has_aux=True))(variables["params"])
 
   loops, scanned = gradients(False), gradients(True)
   assert jax.tree.structure(loops) == jax.tree.structure(scanned)

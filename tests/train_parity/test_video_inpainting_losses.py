@@ -25,7 +25,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import load_config, numpy_params
+from conftest import jit_unoptimized, load_config, numpy_params
 from cpjax.tasks import video_inpainting
 
 torch = pytest.importorskip("torch", reason="the reference losses run in PyTorch: "
@@ -106,10 +106,10 @@ def runs():
   key = jax.random.key(4)
   batches = [{"image": tt.photos(BATCH, config.data.image_size, k * BATCH),
               "index": np.arange(BATCH, dtype=np.int32) + k * BATCH} for k in range(STEPS)]
-  step = tt.jit_unoptimized(task.train_step).lower(state, batches[0], key).compile()
-  problems, forward = jax.jit(task.problems), tt.jit_unoptimized(task.forward)
+  step = jit_unoptimized(task.train_step).lower(state, batches[0], key).compile()
+  problems, forward = jax.jit(task.problems), jit_unoptimized(task.forward)
 
-  @tt.jit_unoptimized
+  @jit_unoptimized
   def pull_back(params, ex, cotangent):
     _, vjp = jax.vjp(lambda p: task.forward(p, ex), params)
     return vjp(cotangent)[0]

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from conftest import jit_unoptimized
 from cpjax.convert.hrnet import module_variables
 from cpjax.convert.state_dict import StateDict
 from cpjax.ops.color import IMAGENET_MEAN, IMAGENET_STD
@@ -116,7 +117,7 @@ def cpjax_training(task: harmonization.HarmonizationTask, variables: dict[str, A
   state = harmonization.HarmonizationState.create(
       apply_fn=task.model.apply, params=params, tx=task.tx,
       batch_stats=jax.tree.map(jnp.asarray, variables["batch_stats"]))
-  step = tt.jit_unoptimized(task.train_step).lower(state, batches[0], jax.random.key(0)).compile()
+  step = jit_unoptimized(task.train_step).lower(state, batches[0], jax.random.key(0)).compile()
   states, losses = [], []
   for batch in batches:
     state, metrics = step(state, batch, jax.random.key(0))

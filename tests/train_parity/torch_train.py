@@ -21,7 +21,7 @@ import torch
 
 from convert.torch_iharm import nchw, nhwc, one_thread, state_dict
 
-__all__ = ["Recorder", "Replay", "flat", "jit_unoptimized", "move_errors", "nchw", "nhwc",
+__all__ = ["Recorder", "Replay", "flat", "move_errors", "nchw", "nhwc",
            "one_thread", "photos", "record_dropout", "state_dict"]
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
@@ -92,14 +92,6 @@ class Replay(torch.nn.Module):
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     return x * nchw(self.masks()).to(x.dtype)
-
-
-def jit_unoptimized(fn: Callable[..., Any]) -> Callable[..., Any]:
-  """jax.jit with XLA's backend optimisations off: the networks here have dozens to hundreds
-  of convs, which XLA:CPU otherwise compiles for a long time for a few steps' use. The
-  numerics are the same float32 operations."""
-  return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0,
-                                       "xla_llvm_disable_expensive_passes": True})
 
 
 def flat(tree: Any) -> dict[str, np.ndarray]:
