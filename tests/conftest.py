@@ -1,15 +1,23 @@
-"""Test session setup: 8 simulated CPU devices, set before JAX starts.
+"""Test session setup: 8 simulated CPU devices and XLA's backend optimisation level 0, set
+before JAX starts.
 
 Tests that need one device build a mesh over `jax.devices()[:1]`; multi-process tests start
 their own subprocesses with their own flags.
 """
 import os
+import re
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-# XLA:CPU's optimisation level of cpjax's entry points (`cpjax.compilation`): tests compile what
-# users compile.
-__import__("cpjax.compilation").compilation.set_cpu_flags()
+# XLA:CPU's backend optimisation level for everything the tests compile, in this process and in
+# the processes they start (`subprocess_env`): 0, where cpjax's entry points use 1
+# (`cpjax.compilation`, tested in tests/test_compilation.py). XLA's HLO passes (fusion, layouts,
+# simplification) are the same at both levels; only LLVM optimises the machine code less. The
+# tests are compile-bound: a cold `configs/demo.py:tiny` run takes 47 CPU seconds instead of 69.
+# An XLA_FLAGS that already sets a level wins.
+_LEVEL = re.search(r"--xla_backend_optimization_level=\S+", os.environ.get("XLA_FLAGS", ""))
+XLA_LEVEL_FLAG = _LEVEL.group(0) if _LEVEL else "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = " ".join(
+    f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8",
+                "" if _LEVEL else XLA_LEVEL_FLAG) if f)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One compilation cache for the session and the subprocesses it starts: runs of the same config
 # on the same devices compile once.
@@ -31,6 +39,14 @@ def rng() -> jax.Array:
 
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def subprocess_env(devices: int = 1) -> dict[str, str]:
+  """The environment of a `cpjax.main` or tool process that a test starts: the CPU, `devices`
+  simulated devices, the tests' XLA level and the session's compilation cache."""
+  flags = [XLA_LEVEL_FLAG] + ([f"--xla_force_host_platform_device_count={devices}"]
+                             if devices > 1 else [])
+  return dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
 
 
 def load_config(name: str, variant: str = ""):
@@ -102,7 +118,7 @@ def video_demo_tiny_run(tmp_path_factory):
   run = subprocess.run(
       [sys.executable, "-m", "cpjax.main", "--config=configs/video_demo.py:tiny",
        f"--workdir={workdir}", "--config.checkpoint.async_save=False"],
-      cwd=REPO, env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"), capture_output=True,
+      cwd=REPO, env=subprocess_env(), capture_output=True,
       text=True, timeout=900)
   assert run.returncode == 0, run.stderr[-3000:]
   return workdir, run.stderr

@@ -3,7 +3,6 @@ keeps serving after a failure, and the command line."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import urllib.error
@@ -12,7 +11,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, subprocess_env
 from cpjax.app import handlers, server
 
 
@@ -100,7 +99,7 @@ def test_bad_requests_get_json_messages_and_the_server_keeps_serving(served, mon
 def test_command_line_serves_and_rejects_a_wrong_directory(tmp_path):
   """`python -m cpjax.app --port=0` prints its address and answers there; a directory without a
   checkpoint is one line and exit status 1 before anything is served."""
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env = subprocess_env()
   process = subprocess.Popen([sys.executable, "-m", "cpjax.app", "--port=0"], cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:

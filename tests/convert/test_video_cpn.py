@@ -11,7 +11,6 @@ convs, nearest x2 upsampling and ImageNet de-normalisation. Weights are random.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -19,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config, numpy_params
+from conftest import REPO, load_config, numpy_params, subprocess_env
 from cpjax import convert, tasks
 from cpjax.convert import ConversionError
 from cpjax.models import video_cpn
@@ -270,7 +269,7 @@ def test_convert_command_and_video_warm_start(reference, tmp_path):
   out = tmp_path / "cpn"
   command = [sys.executable, "-m", "cpjax.tools.convert", f"--from={path}", "--model=cpn_video",
              f"--out={out}"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  env = subprocess_env()
   run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert run.returncode == 0, run.stderr[-2000:]
   assert "dropped unused reference keys: A_Regressor.conv6a.conv.0.bias" in run.stdout

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO, first_batches, load_config, numpy_params, tiny_config
+from conftest import REPO, first_batches, load_config, numpy_params, subprocess_env, tiny_config
 from data.test_voc import _IDS, _SIZES, _labels_for, voc_root  # noqa: F401  (a fixture)
 from cpjax import convert, system, tasks
 from cpjax.convert import checkpoint
@@ -29,8 +28,7 @@ _tiny = functools.partial(tiny_config, "fcn_voc")
 
 def _main(workdir, *extra, devices: int = 8,
           config: str = "configs/fcn_voc.py:tiny") -> subprocess.CompletedProcess:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
+  env = subprocess_env(devices=devices)
   cmd = [sys.executable, "-m", "cpjax.main", f"--config={config}",
          f"--workdir={workdir}", "--config.checkpoint.async_save=False", *extra]
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

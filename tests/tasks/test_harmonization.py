@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config, tiny_config
+from conftest import REPO, load_config, subprocess_env, tiny_config
 from cpjax import tasks
 from cpjax.tasks import harmonization
 from cpjax.train import trainer, writers
@@ -344,7 +343,7 @@ def test_command_line_on_an_iharmony4_tree(tmp_path):
   the eval JSON holds per-subset and foreground-ratio tables for the result and the composite;
   eval_sweep then evaluates the other checkpoint."""
   root = make_tree(tmp_path / "iHarmony4")
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env = subprocess_env()
   spec = f"iharmony4:{root}:{{}}:HCOCO,Hday2night"
   args = ["configs/iharmony4_idih.py:tiny", f"--config.data.source={spec.format('train')}",
           f"--config.eval.source={spec.format('test')}", "--config.eval.mode=resize",
@@ -372,7 +371,7 @@ def test_missing_dataset_message(tmp_path):
   """configs/iharmony4_idih.py without data stops with one line saying how to fix it."""
   run = subprocess.run(_main(tmp_path, "configs/iharmony4_idih.py"), cwd=REPO,
                        capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
+                       env=subprocess_env())
   assert run.returncode == 1
   assert "--config.data.source=iharmony4:" in run.stderr
   assert "harmonization_demo.py" in run.stderr and "Traceback" not in run.stderr
@@ -385,7 +384,7 @@ def test_missing_hrnet_weights_stop_before_anything_is_built(tmp_path):
                              "--config.data.source=samples:train",
                              "--config.eval.source=samples:eval"),
                        cwd=REPO, capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
+                       env=subprocess_env())
   assert run.returncode == 1 and "Traceback" not in run.stderr
   message = [line for line in run.stderr.splitlines() if line.startswith("cpjax.main:")]
   assert len(message) == 1, run.stderr[-3000:]

@@ -4,7 +4,6 @@ devices)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import (REPO, evaluate_twice, first_batches, flat_params, load_config, numpy_params,
-                      tiny_config)
+                      subprocess_env, tiny_config)
 from cpjax import convert, tasks
 from cpjax.convert import checkpoint
 from cpjax.ops import masks
@@ -414,7 +413,7 @@ def test_eval_of_a_missing_step_is_one_clear_line(video_demo_tiny_run):
   workdir, _ = video_demo_tiny_run
   bad = subprocess.run([sys.executable, "-m", "cpjax.main", "--config=configs/video_demo.py:tiny",
                         f"--workdir={workdir}", "--mode=eval", "--config.eval.step=7"], cwd=REPO,
-                       env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+                       env=subprocess_env(),
                        capture_output=True, text=True, timeout=600)
   assert bad.returncode == 1 and "no checkpoint of step 7" in bad.stderr
   assert "Traceback" not in bad.stderr

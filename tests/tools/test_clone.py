@@ -2,7 +2,6 @@
 cv2.seamlessClone), an FCN mask from a tiny checkpoint, mask cleaning, and every bad input."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ import skimage.measure
 import skimage.morphology
 from PIL import Image
 
-from conftest import REPO, load_config
+from conftest import REPO, load_config, subprocess_env
 from cpjax import tasks
 from cpjax.models import fcn
 from cpjax.tools import clone
@@ -278,7 +277,7 @@ def test_command_line_error_is_one_line(photos, tmp_path):
   cmd = [sys.executable, "-m", "cpjax.tools.clone", f"--source={photos['source']}",
          f"--target={photos['target']}", f"--mask={photos['mask']}", f"--out={out}",
          "--mode=mixed", "--offset=40,70"]
-  bad = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+  bad = subprocess.run(cmd, cwd=REPO, env=subprocess_env(),
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 1
   assert bad.stderr.strip().splitlines() == [

@@ -18,7 +18,6 @@ object for the cloning to have a region).
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -27,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, subprocess_env
 from cpjax.models.vgg import CONV_NAMES
 from cpjax.tools import convert as convert_tool
 
@@ -49,7 +48,7 @@ def _convert(state_dict: dict, model: str, tmp_path) -> str:
 
 def _tool(name: str, *flags: str) -> subprocess.CompletedProcess:
   run = subprocess.run([sys.executable, "-m", f"cpjax.tools.{name}", *flags], cwd=REPO,
-                       env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+                       env=subprocess_env(),
                        capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
   return run

@@ -2,7 +2,6 @@
 network's prediction at its own resolution, one-line errors."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, load_config
+from conftest import REPO, load_config, subprocess_env
 from cpjax import system
 from cpjax.tools import harmonize
 from cpjax.tools.common import ToolError
@@ -92,7 +91,7 @@ def test_command_line_error_is_one_line(tmp_path):
        f"--image={tmp_path / 'composite.png'}", f"--mask={tmp_path / 'small_mask.png'}",
        f"--out={tmp_path / 'out.png'}"],
       cwd=REPO, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
+      env=subprocess_env())
   assert run.returncode == 1
   assert run.stderr.strip().splitlines()[-1].startswith("cpjax.tools.harmonize: ")
   assert "is 10x10 but" in run.stderr and "Traceback" not in run.stderr

@@ -3,7 +3,6 @@ blend, mask dilation), a 50-frame clip end to end on CPU, and clear errors for b
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, subprocess_env
 from cpjax.ops import masks as mask_ops
 from cpjax.tools import inpaint_video
 from cpjax.tools.common import ToolError
@@ -207,7 +206,7 @@ def test_command_line_error_is_one_line(tmp_path):
   run = subprocess.run(
       [sys.executable, "-m", "cpjax.tools.inpaint_video", f"--workdir={tmp_path}",
        f"--frames={tmp_path / 'frames'}", f"--masks={tmp_path}", f"--out={tmp_path / 'out'}"],
-      cwd=REPO, env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"), capture_output=True,
+      cwd=REPO, env=subprocess_env(), capture_output=True,
       text=True, timeout=300)
   assert run.returncode == 1
   lines = run.stderr.strip().splitlines()

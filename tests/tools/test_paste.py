@@ -4,7 +4,6 @@ factor, with offsets; and one clear line for every mistake a user can make."""
 from __future__ import annotations
 
 import functools
-import os
 import re
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, load_config
+from conftest import REPO, load_config, subprocess_env
 from cpjax import system
 from cpjax.tools import common, paste
 from cpjax.tools.common import ToolError
@@ -252,7 +251,7 @@ def test_no_checkpoint(tmp_path, workdir):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, "-m", "cpjax.tools.paste", *args], cwd=REPO,
-                        env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+                        env=subprocess_env(),
                         capture_output=True, text=True, timeout=300)
 
 

@@ -4,7 +4,6 @@ lost peer) the one-device result."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -13,7 +12,7 @@ import time
 import jax
 import pytest
 
-from conftest import REPO
+from conftest import REPO, subprocess_env
 from cpjax.train import trainer
 from trainer_runs import assert_same_params, free_port, main_cmd, restore, tiny
 
@@ -22,8 +21,7 @@ def _launch(workdir: pathlib.Path, port: int, *extra: str,
             logs: list[pathlib.Path] | None = None) -> list[subprocess.Popen]:
   """Processes 0 and 1 of `main_cmd(workdir, *extra)`, 2 CPU devices each, coordinated on
   127.0.0.1:port; each writes to logs[i], or to a pipe without logs."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
+  env = subprocess_env(devices=2)
   procs = []
   for i in range(2):
     cmd = main_cmd(workdir, *extra, f"--coordinator_address=127.0.0.1:{port}",

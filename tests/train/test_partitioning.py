@@ -2,11 +2,10 @@
 process."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, subprocess_env
 from trainer_runs import free_port
 
 # Process 1 reaches its first train-step-like collective 35 s after process 0 (Gloo's fixed
@@ -30,8 +29,7 @@ print("total", np.asarray(total.addressable_data(0)).tolist())
 def test_a_peer_that_reaches_the_first_collective_35_s_late_is_waited_for():
   """The first collective after start-up, 35 s apart on the two processes (as when one
   process's first compile is slow): both finish with the all-device sum."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
+  env = subprocess_env(devices=2)
   port = str(free_port())
   procs = [subprocess.Popen([sys.executable, "-c", _LATE_PEER, port, str(i)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

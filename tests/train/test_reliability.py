@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config, tiny_config
+from conftest import REPO, load_config, subprocess_env, tiny_config
 from cpjax import system
 from cpjax.tools import common
 from cpjax.train import checkpointing, trainer
@@ -216,7 +216,7 @@ def test_full_disk_during_a_save_keeps_the_last_checkpoint(run_dir):
              "--config.checkpoint.async_save=False --config.sample_every_steps=0 "
              "--compilation_cache=off")
   run = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True,
-                       env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"), timeout=600)
+                       env=subprocess_env(), timeout=600)
   assert run.returncode == 1, run.stderr[-3000:]
   last = run.stderr.strip().splitlines()[-1]
   assert last.startswith("cpjax.main: saving the checkpoint of step 3"), run.stderr[-3000:]

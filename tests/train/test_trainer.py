@@ -4,7 +4,6 @@ resume, preemption, the NaN guard, and the command line end to end (several proc
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, evaluate_twice
+from conftest import REPO, evaluate_twice, subprocess_env
 from cpjax.train import trainer
 import trainer_runs
 from trainer_runs import assert_same_params, main_cmd, tiny
@@ -80,7 +79,7 @@ def test_sigterm_saves_checkpoint_and_exits_zero(tmp_path):
   proc = subprocess.Popen(
       main_cmd(tmp_path, "--config.total_steps=100000", "--config.checkpoint.every_steps=100000",
                "--config.log_every_steps=1"),
-      cwd=REPO, env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+      cwd=REPO, env=subprocess_env(),
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   lines = []
   deadline = time.time() + 300
@@ -101,7 +100,7 @@ def test_command_line_end_to_end(tmp_path):
   """`python -m cpjax.main --config=configs/demo.py:tiny` writes checkpoints, TensorBoard events,
   sample PNGs, eval JSON, the profile of the steps asked for and compiled executables into the
   cache folder given; eval and eval_sweep then work on the same directory."""
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env = subprocess_env()
   cache = tmp_path / "cache"
   run = subprocess.run(main_cmd(tmp_path, "--config.total_steps=2",
                                 "--config.sample_every_steps=1",
@@ -136,7 +135,7 @@ def test_missing_dataset_message(tmp_path):
   """configs/faces.py without data stops with one line that says how to fix it."""
   run = subprocess.run([sys.executable, "-m", "cpjax.main", "--config=configs/faces.py",
                         f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
-                       timeout=300, env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
+                       timeout=300, env=subprocess_env())
   assert run.returncode == 1
   assert "--config.data.source=folder:" in run.stderr and "configs/demo.py" in run.stderr
   assert "Traceback" not in run.stderr
@@ -150,7 +149,7 @@ def test_eval_sweep_follow_waits_for_the_final_step(tmp_path):
   sweep = subprocess.Popen(
       main_cmd(tmp_path, "--mode=eval_sweep", "--config.total_steps=2",
                "--config.eval.follow=True", "--config.eval.poll_secs=1"),
-      cwd=REPO, env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+      cwd=REPO, env=subprocess_env(),
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 300
   while not (tmp_path / "eval" / "step_00000001.json").exists() and time.time() < deadline:
