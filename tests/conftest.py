@@ -15,9 +15,8 @@ import re
 # An XLA_FLAGS that already sets a level wins.
 _LEVEL = re.search(r"--xla_backend_optimization_level=\S+", os.environ.get("XLA_FLAGS", ""))
 XLA_LEVEL_FLAG = _LEVEL.group(0) if _LEVEL else "--xla_backend_optimization_level=0"
-os.environ["XLA_FLAGS"] = " ".join(
-    f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8",
-                "" if _LEVEL else XLA_LEVEL_FLAG) if f)
+_FLAGS = [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
+os.environ["XLA_FLAGS"] = " ".join(f for f in _FLAGS + ([] if _LEVEL else [XLA_LEVEL_FLAG]) if f)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One compilation cache for the session and the subprocesses it starts: runs of the same config
 # on the same devices compile once.

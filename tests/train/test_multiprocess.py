@@ -3,7 +3,6 @@ copy-paste config: multi-host preemption, a lost peer, and (after the restart th
 lost peer) the one-device result."""
 from __future__ import annotations
 
-import json
 import pathlib
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 
 from conftest import REPO, subprocess_env
 from cpjax.train import trainer
-from trainer_runs import assert_same_params, free_port, main_cmd, restore, tiny
+from trainer_runs import assert_same_eval, assert_same_params, free_port, main_cmd, restore, tiny
 
 
 def _launch(workdir: pathlib.Path, port: int, *extra: str,
@@ -93,10 +92,4 @@ def test_a_killed_peer_stops_the_other_with_one_line(victim, tmp_path):
   reference = trainer.train(tiny(total_steps=latest + 1), tmp_path / "one",
                             devices=jax.devices()[:1])
   assert_same_params(reference, restore(tiny(), tmp_path / "w"))
-  name = f"step_{latest + 1:08d}.json"
-  ref_eval = json.loads((tmp_path / "one" / "eval" / name).read_text())
-  got_eval = json.loads((tmp_path / "w" / "eval" / name).read_text())
-  assert got_eval.keys() == ref_eval.keys()
-  for k, value in ref_eval.items():
-    expected = pytest.approx(value, abs=1e-4) if isinstance(value, float) else value
-    assert got_eval[k] == expected, k
+  assert_same_eval(tmp_path / "one", tmp_path / "w", latest + 1)

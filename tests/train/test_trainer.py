@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, evaluate_twice, subprocess_env
 from cpjax.train import trainer
 import trainer_runs
-from trainer_runs import assert_same_params, main_cmd, tiny
+from trainer_runs import assert_same_eval, assert_same_params, main_cmd, tiny
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +31,7 @@ def test_eight_devices_match_one_device(one_device_run, tmp_path):
   ref_dir, ref_state = one_device_run
   state = trainer.train(tiny(), tmp_path, devices=jax.devices())
   assert_same_params(ref_state, state)
-  ref_eval = json.loads((ref_dir / "eval" / "step_00000004.json").read_text())
-  got_eval = json.loads((tmp_path / "eval" / "step_00000004.json").read_text())
-  for k in ref_eval:
-    if isinstance(ref_eval[k], float):
-      assert got_eval[k] == pytest.approx(ref_eval[k], abs=1e-4), k
+  assert_same_eval(ref_dir, tmp_path, 4)
 
 
 def test_fsdp_matches_replicated(one_device_run, tmp_path):

@@ -2,6 +2,7 @@
 workdir's state, the `cpjax.main` command line, and the one-device reference run."""
 from __future__ import annotations
 
+import json
 import pathlib
 import socket
 import sys
@@ -9,6 +10,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import flat_params, tiny_config
 from cpjax.train import trainer
@@ -38,6 +40,18 @@ def assert_same_params(a, b, atol=1e-5):
   assert pa.keys() == pb.keys()
   worst = max(float(np.max(np.abs(pa[k] - pb[k]))) for k in pa)
   assert worst < atol, f"max parameter difference {worst}"
+
+
+def assert_same_eval(reference_dir: pathlib.Path, workdir: pathlib.Path, step: int,
+                     atol: float = 1e-4) -> None:
+  """The eval JSON of `step` in two workdirs: the same keys, every float within `atol`, the
+  rest (step, source, example count) equal."""
+  name = f"step_{step:08d}.json"
+  reference = json.loads((reference_dir / "eval" / name).read_text())
+  got = json.loads((workdir / "eval" / name).read_text())
+  assert got.keys() == reference.keys()
+  for k, value in reference.items():
+    assert got[k] == (pytest.approx(value, abs=atol) if isinstance(value, float) else value), k
 
 
 def restore(config, workdir, step=None):
