@@ -95,10 +95,12 @@ def _conv(features: int, kernel: int, strides: int, use_bias: bool, dtype: Dtype
   """PyTorch Conv2d(k, stride, padding=k // 2): explicit symmetric padding, so stride-2 maps
   are ceil(H / 2) and sample the same pixels as the reference ('SAME' would pad (0, 1)).
 
-  On CPU the kernel gradients are one matrix product per tap
-  (`cpjax.layers.conv_general_dilated_taps`): XLA:CPU's own, a convolution over the whole
-  image fed by transposed copies of every activation, made HRNet18's train step (batch 4,
-  256 px) 6.2 s instead of 4.6 s on a 2-core CPU."""
+  On CPU the gradients go through `cpjax.layers.conv_general_dilated_taps`: the kernel
+  gradient is one matrix product per tap (XLA:CPU's own, a convolution over the whole image fed
+  by transposed copies of every activation, made HRNet18's train step (batch 4, 256 px) 6.2 s
+  instead of 4.6 s on a 2-core CPU), and the input gradient a plain conv with the flipped
+  kernel, which XLA:CPU runs with XNNPACK inside the scanned stages too (HRNet18's step 6.3 ->
+  4.3 s in consecutive benchmark runs)."""
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=strides, padding=((pad, pad), (pad, pad)),
                  use_bias=use_bias, kernel_init=KERNEL_INIT, dtype=dtype,
@@ -320,20 +322,20 @@ class HRNetV2(nn.Module):
     spec: the variant (`SPECS`).
     scan: run the modules of a stage, and the basic blocks of a branch, as one scanned block
       each (`cpjax.layers.repeated`): the same variables and results, traced and compiled once
-      instead of once per module and block. None (default): scan, except when training a
-      variant whose branches hold fewer than 4 blocks (W18-small). Measured on a 2-core CPU
-      (XLA:CPU, 256 px, the `vs_torch` workloads, both forms compiled and timed alternately
-      in one process): HRNet18's inference compiles in 4.1 s instead of 15 s and runs no
-      slower (0.19 s, 0.30 unrolled); its train step (batch 4) compiles in 56 s instead of
-      173 s and runs as fast (5.15 s per step, 5.32 s unrolled). W18-small's train step
-      compiles in 45 s instead of 50 s but runs 8 % slower scanned (2.61 s, 2.41 s
-      unrolled), so it trains with the loops. (Scanned training was 2x slower while the kernel
-      gradients were XLA's own convolutions, which reach 0.5 GFLOP/s inside a loop body; see
-      `_conv`.) True / False force the scan / the loops (False e.g. to capture every module's
-      intermediates).
+      instead of once per module and block. Measured on a 2-core CPU (XLA:CPU, 256 px, the
+      `vs_torch` workloads, both forms compiled and timed alternately in one process):
+      HRNet18's inference compiles in 4.1 s instead of 15 s and runs no slower (0.19 s, 0.30
+      unrolled); its train step (batch 4) compiles in 56 s instead of 173 s and runs as fast
+      (5.15 s per step, 5.32 s unrolled, before the input-gradient change below); W18-small's
+      train step compiles and runs the same either way (71.6 / 72.1 s, 3.15 s per step). Scanned
+      training used to be slower: inside a loop body XLA:CPU gives a convolution to its
+      XNNPACK kernels only in the plain HWIO form, and JAX's gradients of a conv (its kernel
+      gradient, and its input gradient, a conv reading the kernel as HWOI) ran on XLA's own
+      kernels at 0.3-0.5 GFLOP/s there. `_conv`'s hook writes both gradients in fast forms.
+      False: the loops (e.g. to capture every module's intermediates).
   """
   spec: HRNetSpec
-  scan: bool | None = None
+  scan: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -358,7 +360,6 @@ class HRNetV2(nn.Module):
     if additional_features is not None:
       x = x + additional_features
     x = nn.relu(_bn(train, name="bn2", **kw)(_conv(64, 3, 2, False, name="conv2", **kw)(x)))
-    scan = (not train or spec.blocks >= 4) if self.scan is None else self.scan
     repeat = functools.partial(repeated, train=train, initializing=self.is_initializing())
     # layer1's first bottleneck has a 'downsample' the others lack: a loop, not a scan.
     xs = [repeat(functools.partial(Bottleneck, 64, **kw), spec.blocks, name="layer1",
@@ -366,8 +367,8 @@ class HRNetV2(nn.Module):
     for s, num_modules in zip((2, 3, 4), spec.modules):
       channels = tuple(spec.branch_channels(s))
       xs = Transition(channels, name=f"transition{s - 1}", **kw)(xs, train)
-      module = functools.partial(HighResolutionModule, channels, spec.blocks, scan, **kw)
-      xs = repeat(module, num_modules, name=f"stage{s}", scan=scan)(xs)
+      module = functools.partial(HighResolutionModule, channels, spec.blocks, self.scan, **kw)
+      xs = repeat(module, num_modules, name=f"stage{s}", scan=self.scan)(xs)
     size = xs[0].shape[-3:-1]
     return jnp.concatenate([xs[0]] + [resize_bilinear_align_corners(x, size) for x in xs[1:]],
                            axis=-1)
@@ -504,13 +505,13 @@ class HRNetOCR(nn.Module):
     mask_fusion: the mask-fusion conv ('mask_conv'); False: the trunk sees the image alone (the
       reference's mask_fusion='', the paper's "non foreground-aware HRNet"; OCR's object regions
       still come from the mask).
-    scan: `HRNetV2.scan` (None: scanned stages, except in training W18-small).
+    scan: `HRNetV2.scan`.
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
   width: str
   mask_fusion: bool = True
-  scan: bool | None = None
+  scan: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
