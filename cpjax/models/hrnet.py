@@ -331,7 +331,7 @@ class HRNetV2(nn.Module):
       training used to be slower: inside a loop body XLA:CPU gives a convolution to its
       XNNPACK kernels only in the plain HWIO form, and JAX's gradients of a conv (its kernel
       gradient, and its input gradient, a conv reading the kernel as HWOI) ran on XLA's own
-      kernels at 0.3-0.5 GFLOP/s there. `_conv`'s hook writes both gradients in fast forms.
+      kernels at 0.1-0.5 GFLOP/s there. `_conv`'s hook writes both gradients in fast forms.
       False: the loops (e.g. to capture every module's intermediates).
   """
   spec: HRNetSpec

@@ -1,6 +1,8 @@
 """Tests of cpjax.layers.conv_tap_kernel_gradient and the conv_general_dilated_taps hook: the
 same values and derivatives as lax.conv_general_dilated (the reference), the same nn.Conv
 parameters and outputs."""
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -43,6 +45,29 @@ def test_tap_kernel_gradient_equals_xla(size, kernel, padding):
     _close(a, b)
   for a, b in zip(jax.grad(penalty(ours), (0, 1))(x, k), jax.grad(penalty(lax_conv), (0, 1))(x, k)):
     _close(a, b)
+
+
+def test_gradients_inside_a_scan_are_plain_hwio_convs_and_products():
+  """The gradient of scanned `conv_tap_kernel_gradient`s (HRNet's scanned stages) lowers to
+  convs that all read NHWC with an HWIO kernel: the forward conv and the input gradient (a conv
+  of dY with the flipped, in/out-swapped kernel); the kernel gradient is matrix products.
+  JAX's own transpose of a conv reads the kernel as HWOI (and its kernel gradient is a conv
+  over the whole image), forms that XLA:CPU runs on its slow kernels inside a loop body.
+  lax's own conv, lowered the same way, shows those forms, so the check can fail."""
+  def lowered_convs(conv):
+    def loss(x, kernels):
+      step = lambda carry, k: (jnp.tanh(conv(carry, k)), None)  # noqa: E731
+      return jnp.sum(jax.lax.scan(step, x, kernels)[0])
+    x, kernels = jnp.ones((2, 8, 8, 3)), jnp.ones((2, 3, 3, 3, 3))
+    text = jax.jit(jax.grad(loss, (0, 1))).lower(x, kernels).as_text()
+    return re.findall(r"dim_numbers = (\[[^\]]*\]x\[[^\]]*\])", text)
+
+  padding = ((1, 1), (1, 1))
+  ours = lowered_convs(lambda x, k: layers.conv_tap_kernel_gradient(x, k, padding))
+  assert ours == ["[b, 0, 1, f]x[0, 1, i, o]"] * 2
+  plain = lowered_convs(lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  assert "[b, 0, 1, f]x[0, 1, o, i]" in plain
 
 
 @pytest.mark.parametrize("kw", [dict(strides=1, padding="SAME"), dict(strides=1, padding=100),

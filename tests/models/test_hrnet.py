@@ -422,10 +422,9 @@ def test_eval_mode_examples_are_independent(eval_pass):
 
 def test_scanned_stages_equal_the_python_loops(eval_pass):
   """scan=True (each stage's modules and each branch's blocks one `lax.scan`; the default)
-  keeps the loops' variable layout and computes what they
-  compute: the same eval output, and in train mode the same output and BatchNorm statistics,
-  each block's written back to its own place (gradients:
-  `test_training_and_evaluation_scan_the_stages_by_default`).
+  keeps the loops' variable layout and computes what they compute: the same eval output, and
+  in train mode the same output and BatchNorm statistics, each block's written back to its
+  own place (gradients: `test_training_and_evaluation_scan_the_stages_by_default`).
 
   Tolerances: eval mode agrees to 1e-5. Train mode normalises with batch statistics computed
   in float32 as E[x^2] - E[x]^2, which amplifies rounding: scaling the input by (1 + 1e-7)
