@@ -283,6 +283,12 @@ def _tap_products(dy: jax.Array, taps: list[tuple[int, int, jax.Array]],
                     for tx in range(kernel_shape[1])]).reshape(kernel_shape)
 
 
+def _adjoint_kernel(kernel: jax.Array) -> jax.Array:
+  """[kh, kw, I, O] -> [kh, kw, O, I], flipped spatially: the HWIO kernel of the conv that is a
+  conv's transpose (its input gradient) and of a transposed conv's direct form."""
+  return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def strided_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
                  padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
@@ -323,8 +329,7 @@ def _strided_conv_bwd(strides, padding, residuals, dy):
   for size, k, s, low, out in ((x.shape[1], kh, sy, ly, out_h), (x.shape[2], kw, sx, lx, out_w)):
     first = k - 1 - low
     pads.append((first, size + k - 2 - s * (out - 1) - first))
-  flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
-  dx = conv_transpose(dy, flipped, strides, tuple(pads)).astype(x.dtype)
+  dx = conv_transpose(dy, _adjoint_kernel(kernel), strides, tuple(pads)).astype(x.dtype)
   xp = jnp.pad(x, ((0, 0), (ly, hy), (lx, hx), (0, 0)))
   taps = [(ty, tx, xp[:, ty:ty + sy * (out_h - 1) + 1:sy, tx:tx + sx * (out_w - 1) + 1:sx])
           for ty in range(kh) for tx in range(kw)]
@@ -486,7 +491,7 @@ class ConvTranspose(nn.Module):
                                        else (in_features, self.features))
     kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
     if self.transpose_kernel:  # lax: flip spatially, swap in/out
-      kernel = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+      kernel = _adjoint_kernel(kernel)
     bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
@@ -652,9 +657,8 @@ def _conv_tap_bwd(padding, residuals, dy):
   x, kernel = residuals
   (ly, hy), (lx, hx) = padding
   kh, kw = kernel.shape[:2]
-  flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
-  dx = lax.conv_general_dilated(dy, flipped, (1, 1), ((kh - 1 - ly, kh - 1 - hy),
-                                                      (kw - 1 - lx, kw - 1 - hx)),
+  dx = lax.conv_general_dilated(dy, _adjoint_kernel(kernel), (1, 1),
+                                ((kh - 1 - ly, kh - 1 - hy), (kw - 1 - lx, kw - 1 - hx)),
                                 dimension_numbers=_NHWC)
   xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (ly, hy, 0), (lx, hx, 0), (0, 0, 0)))
   height, width = dy.shape[1:3]
