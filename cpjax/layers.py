@@ -220,6 +220,69 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
   return y[:, :len_y, :len_x]
 
 
+def _batch_statistics(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float):
+  """Batch normalisation with batch statistics: (y, mean, var, 1 / sqrt(var + epsilon))."""
+  axes = tuple(range(x.ndim - 1))
+  count = x.size // x.shape[-1]
+  mean = jnp.sum(x, axes) / count
+  var = jnp.maximum(jnp.sum(x * x, axes) / count - mean * mean, 0.0)
+  inv_std = lax.rsqrt(var + epsilon)
+  return (x - mean) * (inv_std * scale) + bias, mean, var, inv_std
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Batch normalisation in training mode, with a hand-written backward pass.
+
+  y = (x - mean) / sqrt(var + epsilon) * scale + bias, with the batch statistics over every
+  axis but the last: mean = E[x] and var = max(E[x^2] - mean^2, 0) (the biased variance).
+
+  The gradient is the textbook one: dx = scale / sqrt(var + epsilon) * (dy - E[dy] - x_hat
+  E[dy x_hat]). It takes two reductions and one elementwise pass. XLA's differentiation of the
+  forward pass makes twice as many passes over the activations, and BatchNorm lies on the
+  train step's critical path (each layer's input gradient waits for it). A BatchNorm followed
+  by an ELU, forward and gradients, took 14-16 ms that way and 11-12 ms this way at
+  4x128x128x64; at 4x64x64x270 (HRNet's concatenated features) it took 26-31 ms and 12 ms.
+  The cotangents of mean and var are included: they are outputs, so they can be
+  differentiated. Where var is clamped at 0 the gradient is taken as if it were not. Reverse
+  mode only (no `jax.jvp`); the backward pass is itself differentiable.
+
+  Args:
+    x: [..., C] float32.
+    scale, bias: [C] float32.
+    epsilon: added to the variance.
+
+  Returns:
+    (y [..., C], mean [C], var [C]).
+  """
+  y, mean, var, _ = _batch_statistics(x, scale, bias, epsilon)
+  return y, mean, var
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon):
+  y, mean, var, inv_std = _batch_statistics(x, scale, bias, epsilon)
+  return (y, mean, var), (x, mean, inv_std, scale)
+
+
+def _batch_norm_train_bwd(epsilon, residuals, cotangents):
+  del epsilon
+  x, mean, inv_std, scale = residuals
+  dy, dmean, dvar = cotangents
+  axes = tuple(range(x.ndim - 1))
+  count = x.size // x.shape[-1]
+  centred = x - mean
+  sum_dy = jnp.sum(dy, axes)
+  sum_dy_centred = jnp.sum(dy * centred, axes)
+  dx = ((scale * inv_std) * (dy - sum_dy / count
+                             - centred * (inv_std * inv_std * sum_dy_centred / count))
+        + dmean / count + centred * (2.0 * dvar / count))
+  return dx, sum_dy_centred * inv_std, sum_dy
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
 class BatchNorm(nn.Module):
   """Batch normalisation over the last (feature) axis with PyTorch's (and Caffe's) running
   averages: flax `nn.BatchNorm`'s variables ('params': scale, bias; 'batch_stats': mean, var)
@@ -250,20 +313,18 @@ class BatchNorm(nn.Module):
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
     scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
-    x32 = x.astype(jnp.float32)
+    x32, scale32, bias32 = (a.astype(jnp.float32) for a in (x, scale, bias))
     if self.use_running_average:
-      mean, var = ra_mean.value, ra_var.value
-    else:
-      axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(x32, axes)
-      var = jnp.maximum(jnp.mean(jnp.square(x32), axes) - jnp.square(mean), 0.0)
-      if not self.is_initializing():
-        n = x.size // features
-        unbiased = var * (n / max(n - 1, 1))
-        ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
-        ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * unbiased
-    y = (x32 - mean) * (lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32))
-    return (y + bias.astype(jnp.float32)).astype(self.dtype)
+      y = ((x32 - ra_mean.value) * (lax.rsqrt(ra_var.value + self.epsilon) * scale32)
+           + bias32)
+      return y.astype(self.dtype)
+    y, mean, var = batch_norm_train(x32, scale32, bias32, self.epsilon)
+    if not self.is_initializing():
+      n = x.size // features
+      unbiased = var * (n / max(n - 1, 1))
+      ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * unbiased
+    return y.astype(self.dtype)
 
 
 def _tap_products(dy: jax.Array, taps: list[tuple[int, int, jax.Array]],

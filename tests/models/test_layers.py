@@ -347,6 +347,46 @@ def test_batch_norm_matches_torch_batchnorm2d():
   np.testing.assert_allclose(evaluated, expected.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
 
 
+def test_batch_norm_gradients_match_torch_and_autodiff():
+  """batch_norm_train's hand-written backward pass: dx, dscale, dbias equal torch.nn.BatchNorm2d's
+  autograd in training mode; with the mean and var outputs also in the loss, first and second
+  derivatives equal JAX's differentiation of the same forward formulas."""
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(12)
+  x = rng.normal(1.5, 2.0, size=(3, 4, 5, 6)).astype(np.float32)
+  weights = rng.normal(size=x.shape).astype(np.float32)
+  scale = rng.uniform(0.5, 1.5, size=6).astype(np.float32)
+  bias = rng.uniform(-0.5, 0.5, size=6).astype(np.float32)
+
+  reference = torch.nn.BatchNorm2d(6, eps=1e-5).train()
+  with torch.no_grad():
+    reference.weight.copy_(torch.from_numpy(scale))
+    reference.bias.copy_(torch.from_numpy(bias))
+  x_t = torch.from_numpy(x.transpose(0, 3, 1, 2)).requires_grad_()
+  torch.sum(torch.tanh(reference(x_t)) * torch.from_numpy(weights.transpose(0, 3, 1, 2))).backward()
+  got = jax.grad(lambda x, s, b: jnp.sum(jnp.tanh(layers.batch_norm_train(x, s, b, 1e-5)[0])
+                                         * weights), (0, 1, 2))(x, scale, bias)
+  for a, b in zip(got, (x_t.grad.numpy().transpose(0, 2, 3, 1), reference.weight.grad.numpy(),
+                        reference.bias.grad.numpy())):
+    np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(np.max(np.abs(b))))
+
+  def loss(norm):
+    def value(x, s, b):
+      y, mean, var = norm(x, s, b, 1e-5)
+      return jnp.sum(jnp.tanh(y) * weights) + jnp.sum(jnp.sin(mean)) + jnp.sum(jnp.sqrt(var))
+    return value
+
+  plain = lambda x, s, b, e: layers._batch_statistics(x, s, b, e)[:3]  # noqa: E731
+  ours, theirs = loss(layers.batch_norm_train), loss(plain)
+  for a, b in zip(jax.grad(ours, (0, 1, 2))(x, scale, bias),
+                  jax.grad(theirs, (0, 1, 2))(x, scale, bias)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(b))))
+  penalty = lambda f: lambda x, s, b: jnp.sum(jnp.square(jax.grad(f)(x, s, b)))  # noqa: E731
+  for a, b in zip(jax.grad(penalty(ours), (0, 1, 2))(x, scale, bias),
+                  jax.grad(penalty(theirs), (0, 1, 2))(x, scale, bias)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * float(jnp.max(jnp.abs(b))))
+
+
 # repeated
 
 
