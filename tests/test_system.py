@@ -2,6 +2,7 @@
 workdir's checkpoint or converted released weights), with errors that name the fix."""
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from cpjax import convert, system
+from cpjax import convert, system, tasks
 from cpjax.convert import checkpoint
 from cpjax.convert import harmonization as harmonization_convert
 from cpjax.train import checkpointing, trainer
@@ -42,6 +43,29 @@ def test_part_of_a_system_is_not_loadable(tmp_path):
                           {"path": "w18s.pth", "sha256": "0"})
   with pytest.raises(ValueError, match="hrnet_w18s weights, a part of a system .* idih256"):
     system.load(saved)
+
+
+def test_a_fresh_state_traces_init_once(monkeypatch):
+  """`System` (the state's shapes) and `init_state` (the state) share one trace of
+  `Task.init`, and the state is what `Task.init` jitted on its own gives, bit for bit, laid
+  out in the state shardings."""
+  config = load_config("demo", "tiny")
+  task_class = type(tasks.build(config))
+  original, traces = task_class.init, []
+  def counted(self, key):
+    traces.append(key)
+    return original(self, key)
+  monkeypatch.setattr(task_class, "init", counted)
+  built = system.System(config)
+  state = built.init_state()
+  assert len(traces) == 1
+  with jax.threefry_partitionable(False):
+    expected = jax.jit(functools.partial(original, built.task))(built.root_key)
+  assert jax.tree.structure(state) == jax.tree.structure(expected)
+  for got, want, sharding in zip(jax.tree.leaves(state), jax.tree.leaves(expected),
+                                 jax.tree.leaves(built.state_shardings)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert got.sharding == sharding
 
 
 @pytest.mark.parametrize("task,demo", [("harmonization", "configs/harmonization_demo.py"),
