@@ -228,10 +228,15 @@ def _normalize(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array,
   return (x - mean) * (inv_std * scale) + bias, inv_std
 
 
+def _per_channel(x: jax.Array) -> tuple[tuple[int, ...], int]:
+  """The axes that a per-channel statistic of [..., C] reduces (all but the last), and the
+  number of values per channel."""
+  return tuple(range(x.ndim - 1)), x.size // x.shape[-1]
+
+
 def _batch_statistics(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float):
   """Batch normalisation with batch statistics: (y, mean, var, 1 / sqrt(var + epsilon))."""
-  axes = tuple(range(x.ndim - 1))
-  count = x.size // x.shape[-1]
+  axes, count = _per_channel(x)
   mean = jnp.sum(x, axes) / count
   var = jnp.maximum(jnp.sum(x * x, axes) / count - mean * mean, 0.0)
   y, inv_std = _normalize(x, mean, var, scale, bias, epsilon)
@@ -277,8 +282,7 @@ def _batch_norm_train_bwd(epsilon, residuals, cotangents):
   del epsilon
   x, mean, inv_std, scale = residuals
   dy, dmean, dvar = cotangents
-  axes = tuple(range(x.ndim - 1))
-  count = x.size // x.shape[-1]
+  axes, count = _per_channel(x)
   centred = x - mean
   sum_dy = jnp.sum(dy, axes)
   sum_dy_centred = jnp.sum(dy * centred, axes)
@@ -327,7 +331,7 @@ class BatchNorm(nn.Module):
       return y.astype(self.dtype)
     y, mean, var = batch_norm_train(x32, scale32, bias32, self.epsilon)
     if not self.is_initializing():
-      n = x.size // features
+      _, n = _per_channel(x)
       unbiased = var * (n / max(n - 1, 1))
       ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * unbiased
