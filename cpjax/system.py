@@ -67,8 +67,7 @@ class System:
     """
     self.task.check_warm_start()
     with jax.threefry_partitionable(False):
-      state = jax.jit(lambda key: self._init(key),
-                      out_shardings=self.state_shardings)(self.root_key)
+      state = jax.jit(self._init, out_shardings=self.state_shardings)(self.root_key)
     warm = self.task.warm_start(state)   # pretrained weights, an earlier stage (host side)
     return state if warm is state else jax.device_put(warm, self.state_shardings)
 
