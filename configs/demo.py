@@ -1,4 +1,4 @@
-"""Smart copy-paste on photos bundled with pip packages: no dataset needed, ~25 CPU minutes.
+"""Smart copy-paste on photos bundled with pip packages: no dataset needed, 22-33 CPU minutes.
 
 The paper's system, losses and transform T (configs/faces.py, sigma scaled to the crop size)
 with a narrow network, at 128 px. Training data (`samples:train_wide`, 29 images): scikit-image's
@@ -15,9 +15,9 @@ Recipe choices beside the paper's (the README's demo section has the results):
   steps of batch 8 at 26.36 dB (both on `samples:train_plus`);
 - the learning rate x 0.1 for the last 700 steps;
 - evaluation (and the paste tool) runs a moving average of the generator's weights, decay 0.999
-  (`cpjax.tasks.copy_paste`): it scored 24.33 / 25.89 / 26.73 / 27.22 / 27.42 dB at steps
-  800-4000 where the trained weights of the same run scored 22.73 / 25.07 / 26.39 / 26.89 /
-  27.41, so it helps until the learning-rate drop and ties after it;
+  (`cpjax.tasks.copy_paste`): in runs of 2026-12-06 it scored 24.33 / 25.89 / 26.73 / 27.22 /
+  27.42 dB at steps 800-4000 where the trained weights of the same run scored 22.73 / 25.07 /
+  26.39 / 26.89 / 27.41, so it helps until the learning-rate drop and ties after it;
 - 29 photos and frames (`samples:train_wide`) instead of the 7 photos of `samples:train`: the
   network fits its training photos better than Poisson blending does and falls short on new
   ones, and more varied photos are what narrowed that gap (26.97 dB on the 27 images of
