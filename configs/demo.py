@@ -1,4 +1,4 @@
-"""Smart copy-paste on photos bundled with pip packages: no dataset needed, 22-33 CPU minutes.
+"""Smart copy-paste on photos bundled with pip packages: no dataset needed, 25-33 CPU minutes.
 
 The paper's system, losses and transform T (configs/faces.py, sigma scaled to the crop size)
 with a narrow network, at 128 px. Training data (`samples:train_wide`, 29 images): scikit-image's

@@ -5,8 +5,9 @@ One train step, on the sharded global batch:
      X = (I (1 - M) + T(I) M, M);
   2. `critic_steps` critic updates (default 1, on the same batch, fresh GP interpolates each):
      L_D = E[D(Y)] - E[D(I)] + lambda GP + gamma E[D(I)^2]   (eq. 5 and the drift term of eq. 7);
-  3. one generator update: L_G = L1(Y, I) - alpha E[D(Y)], with Y = (G(X) + T(I)) M + I (1 - M)
-     the critic's fake of step 2 (one generator pass per step) and D the updated critic.
+  3. one generator update: L_G = L1(Y, I) - alpha E[D(Y)], with Y = (G(X) + T(I)) M + I (1 - M),
+     the same Y as the critic's fake in step 2 (one generator pass per step), and D the updated
+     critic.
 Eq. 7 writes the objective as L = L_rec + alpha L_WGAN-GP + gamma E[D(I)^2]; as in every WGAN-GP
 implementation the generator takes the E[D(Y)] part with the sign that raises the critic's score,
 and the critic minimises the rest (the authors' public GAN code does the same). Both networks
