@@ -82,6 +82,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                 style=120.0, tv=0.1, vgg_layers=("pool1", "pool2", "pool3"), vgg_weights="")
   c.optim = dict(lr=1e-4, b1=0.9, b2=0.999,   # Adam; lr ours (the paper's value is lost)
                  decay_steps=1_000_000, decay_rate=0.1,   # paper: x0.1 every 1M iterations
+                 warmup_steps=0,        # linear lr warm-up (paper: none); 300 kept a batch-4
+                                        # lr-1e-3 demo run from a dead decoder (README)
                  align_lr_mult=1.0)   # alignment network's lr / lr (paper: one rate for all)
   c.checkpoint.every_steps = 10_000
   c.sample_every_steps = 5_000

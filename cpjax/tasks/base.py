@@ -132,6 +132,22 @@ def step_decay_schedule(o: ml_collections.ConfigDict, mult: float = 1.0) -> opta
       o.lr * mult, {int(m): float(o.decay) for m in o.milestones})
 
 
+def with_warmup(schedule: optax.Schedule, o: ml_collections.ConfigDict) -> optax.Schedule:
+  """`schedule` x min(1, (s + 1) / o.warmup_steps) at step s: a linear warm-up that leaves the
+  schedule's own steps in place. o.warmup_steps 0 or absent (configs saved before it existed):
+  `schedule` itself.
+
+  Raises:
+    ValueError: a negative o.warmup_steps.
+  """
+  warmup = int(o.get("warmup_steps", 0))
+  if warmup < 0:
+    raise ValueError(f"--config.optim.warmup_steps={warmup}; give 0 (no warm-up) or more.")
+  if not warmup:
+    return schedule
+  return lambda step: schedule(step) * jnp.minimum(1.0, (step + 1) / warmup)
+
+
 def example_keys(key: jax.Array, step: jax.Array, index: jax.Array) -> jax.Array:
   """Per-example keys fold_in(fold_in(key, step), index): independent of the device layout.
 

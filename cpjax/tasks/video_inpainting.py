@@ -44,6 +44,10 @@ Losses (sec. 4.1; weights in `loss.*`, the paper gives none, see configs/video_i
 
 Optimiser: Adam, learning rate x0.1 every `optim.decay_steps` (paper: 1M iterations); the
 alignment network's at `optim.align_lr_mult` x that (paper: 1, joint training at one rate).
+With `optim.warmup_steps` = N > 0 (ours; the paper has none) the rate of step s is also scaled
+by min(1, (s + 1) / N), a linear warm-up; the decay steps still count from step 0. The network
+has no normalisation: at full rate from the first step, Adam's first updates (each about lr
+per weight, whatever the gradient's scale) can leave whole ReLU layers dead.
 
 Evaluation: fixed seeded sequences from held-out images or clips (the same at every checkpoint);
 PSNR and SSIM of the completed target frame against the original (averaged over the examples
@@ -74,7 +78,7 @@ from cpjax.models.vgg import VGG16
 from cpjax.models.video_cpn import CPNet, resize_bilinear
 from cpjax.ops import geometry, masks
 from cpjax.ops.color import IMAGENET_MEAN, imagenet_normalize
-from cpjax.tasks.base import Batch, Metrics, Task, TrainState, example_keys
+from cpjax.tasks.base import Batch, Metrics, Task, TrainState, example_keys, with_warmup
 from data_pipelines import image_ops, mask_folder, video_clips
 
 
@@ -157,6 +161,14 @@ def fill_nearest(image: jax.Array, valid: jax.Array, iterations: int) -> jax.Arr
   return jax.lax.fori_loop(0, iterations, step, (image, valid))[0]
 
 
+def learning_rate(optim: ml_collections.ConfigDict, mult: float = 1.0) -> optax.Schedule:
+  """The rate of step s (module docstring): mult x lr x decay_rate^floor(s / decay_steps),
+  with `base.with_warmup`'s linear warm-up over optim.warmup_steps."""
+  return with_warmup(optax.exponential_decay(
+      optim.lr * mult, transition_steps=optim.decay_steps, decay_rate=optim.decay_rate,
+      staircase=True), optim)
+
+
 def param_groups(params: Any) -> Any:
   """'align' for the alignment network (encoder and regressor: lr x `optim.align_lr_mult`),
   'default' for the copy encoder and the paste decoder."""
@@ -196,9 +208,7 @@ class VideoInpaintingTask(Task):
     o = config.optim
 
     def adam(mult: float) -> optax.GradientTransformation:
-      schedule = optax.exponential_decay(o.lr * mult, transition_steps=o.decay_steps,
-                                         decay_rate=o.decay_rate, staircase=True)
-      return optax.adam(schedule, b1=o.b1, b2=o.b2)
+      return optax.adam(learning_rate(o, mult), b1=o.b1, b2=o.b2)
 
     # One Adam at 1x is the paper's joint training (and the optimiser state of runs before
     # align_lr_mult existed); any other multiplier gives the alignment network its own Adam.

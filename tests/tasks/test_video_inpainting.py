@@ -367,6 +367,45 @@ def test_align_lr_mult_scales_the_alignment_networks_steps_only():
                                err_msg=scope)
 
 
+def test_warmup_scales_the_rate_linearly_and_leaves_the_decay_steps_in_place():
+  """optim.warmup_steps=N: the rate of step s is lr x 0.1^floor(s / decay_steps) x
+  min(1, (s + 1) / N); N=0 (and a config without the field) is the paper's staircase decay; and
+  the task's first Adam step moves every parameter by 1/N of what it moves without warm-up."""
+  config = load_config("video_demo", "tiny")
+  o = config.optim
+  o.lr, o.decay_steps, o.decay_rate = 1e-3, 6, 0.1
+  steps = np.arange(15)
+  staircase = 1e-3 * 0.1 ** (steps // 6)
+  o.warmup_steps = 0
+  np.testing.assert_allclose([video_inpainting.learning_rate(o)(s) for s in steps], staircase,
+                             rtol=1e-6)
+  del o["warmup_steps"]
+  np.testing.assert_allclose([video_inpainting.learning_rate(o, 0.5)(s) for s in steps],
+                             0.5 * staircase, rtol=1e-6)
+  o.warmup_steps = 4
+  np.testing.assert_allclose([video_inpainting.learning_rate(o)(s) for s in steps],
+                             staircase * np.minimum(1.0, (steps + 1) / 4), rtol=1e-6)
+  o.warmup_steps = -1
+  with pytest.raises(ValueError, match=r"^--config.optim.warmup_steps=-1; give 0"):
+    tasks.build(config)
+
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3))
+  batch = {"image": jnp.asarray(pixels, jnp.uint8), "index": jnp.arange(2)}
+  moves = {}
+  for warmup in (0, 4):
+    o.warmup_steps = warmup
+    task = tasks.build(config)
+    state = task.init(jax.random.key(1))
+    new_state, _ = jax.jit(task.train_step)(state, batch, jax.random.key(0))
+    moves[warmup] = np.concatenate([np.ravel(a - b) for a, b in zip(
+        jax.tree.leaves(new_state.params), jax.tree.leaves(state.params))])
+  moved = np.abs(moves[0]) > 1e-6
+  assert moved.mean() > 0.25
+  # Adam's first step is lr x the gradient's sign (module test above); atol: float32 rounding
+  # of new - old at the parameters' size.
+  np.testing.assert_allclose(moves[4][moved], moves[0][moved] / 4, rtol=1e-3, atol=5e-8)
+
+
 def test_command_line_trains_and_evaluates(video_demo_tiny_run):
   """`python -m cpjax.main --config=configs/video_demo.py:tiny` trains 2 steps with the losses
   logged, writes checkpoints and the eval JSON with both baselines."""
