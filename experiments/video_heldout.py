@@ -21,6 +21,13 @@ of the previous frame copied where it is not itself a hole, nearest fill elsewhe
 'prev_frame' baseline with identity motions), and of the mean colour of the visible pixels
 (its 'mean_fill'). Means per photo and over all problems are printed as JSON rows, then as a
 markdown table; `--out` also writes the rows as JSON.
+
+Regions: where the error lies, as PSNR of the squared error pooled over all problems, on three
+kinds of target pixels: 'visible' (not in the hole: the network's raw output, clipped to
+[0, 1], where it only has to reproduce its input), 'hole_seen' (hole pixels that some reference
+sees, as the network's own visibility map `c_mask` marks them) and 'hole_unseen' (the rest of
+the hole); the model's and the previous frame's (on visible pixels the previous frame is the
+input itself). Printed as one more JSON line {'step', 'regions'}, and under 'regions' in `--out`.
 """
 from __future__ import annotations
 
@@ -115,6 +122,48 @@ def hole_scores(pred: np.ndarray, ex: dict[str, np.ndarray], target: int) -> dic
           "hole_l1": float(np.sum(np.abs(pred - gt) * hole) / count)}
 
 
+REGIONS = ("visible", "hole_seen", "hole_unseen")
+
+
+def region_sums(outputs: dict[str, np.ndarray], ex: dict[str, np.ndarray], target: int,
+                c_mask: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+  """Summed squared error and pixel-channel count per method and region of one problem.
+
+  Args:
+    outputs: {'model': the network's raw prediction, 'prev_frame': the baseline} [1, H, W, 3].
+    ex: `static_clip`'s problem.
+    target: the target frame's index.
+    c_mask: [1, h, w, 1] the network's `c_mask` (1 = no reference sees the pixel).
+
+  Returns:
+    {method: {region: [sum of squared error, count]}}; the previous frame has no 'visible'.
+  """
+  from cpjax.models.video_cpn import resize_bilinear  # pylint: disable=g-import-not-at-top
+  gt, hole = ex["frames"][:, target], ex["holes"][:, target]
+  unseen = (np.asarray(resize_bilinear(c_mask, gt.shape[1:3])) > 0.5).astype(np.float32)
+  masks_of = {"visible": 1.0 - hole, "hole_seen": hole * (1.0 - unseen),
+              "hole_unseen": hole * unseen}
+  sums = {}
+  for method, pred in outputs.items():
+    err = (np.clip(pred, 0.0, 1.0) - gt) ** 2
+    sums[method] = {r: np.array([np.sum(err * m), 3.0 * np.sum(m)])
+                    for r, m in masks_of.items() if method == "model" or r != "visible"}
+  return sums
+
+
+def region_psnr(per_problem: list[dict[str, dict[str, np.ndarray]]]) -> dict[str, Any]:
+  """Pooled PSNR (dB) per method and region of `region_sums` rows, and the seen fraction of the
+  hole pixels ('seen_fraction'); a region with no pixel is left out."""
+  out: dict[str, Any] = {}
+  for method in per_problem[0]:
+    totals = {r: sum(p[method][r] for p in per_problem) for r in per_problem[0][method]}
+    out[method] = {r: round(float(10.0 * np.log10(t[1] / max(t[0], 1e-10 * t[1]))), 2)
+                   for r, t in totals.items() if t[1] > 0}
+  seen, unseen = (sum(p["model"][r][1] for p in per_problem) for r in REGIONS[1:])
+  out["seen_fraction"] = round(float(seen / max(seen + unseen, 1.0)), 3)
+  return out
+
+
 def rows(per_problem: list[tuple[str, dict[str, dict[str, float]]]]) -> list[dict]:
   """Mean scores of every method per photo (in order of appearance), then over all problems.
 
@@ -151,20 +200,25 @@ def main(argv: list[str]) -> None:
   f = flags.FLAGS
   loaded = common.load_system(f.workdir, f.step, "video_inpainting")
   task = loaded.task
-  forward = jax.jit(lambda params, ex: task.forward(params, ex)["comp"])
+  forward = jax.jit(task.forward)
   baselines = jax.jit(task._baselines)  # pylint: disable=protected-access
-  per_problem = []
+  per_problem, per_region = [], []
   for name, ex in problems(task, f.per_photo, f.seed):
-    preds = {"model": forward(loaded.state.params, ex), **baselines(ex)}
+    out = forward(loaded.state.params, ex)
+    preds = {"model": out["comp"], **baselines(ex)}
     per_problem.append((name, {m: hole_scores(np.asarray(preds[m]), ex, task.target)
                                for m in METHODS}))
-  table = rows(per_problem)
+    per_region.append(region_sums(
+        {"model": np.asarray(out["pred"]), "prev_frame": np.asarray(preds["prev_frame"])},
+        ex, task.target, np.asarray(out["c_mask"])))
+  table, regions = rows(per_problem), region_psnr(per_region)
   for row in table:
     print(json.dumps({"step": int(loaded.step), **row}))
+  print(json.dumps({"step": int(loaded.step), "regions": regions}))
   print(markdown(table))
   if f.out:
     with open(f.out, "w", encoding="utf-8") as out:
-      json.dump({"step": int(loaded.step), "rows": table}, out, indent=1)
+      json.dump({"step": int(loaded.step), "rows": table, "regions": regions}, out, indent=1)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,26 @@ def test_rows_average_per_photo_then_over_all_and_tabulate():
   assert len(table) == 5 and table[-1].startswith("| all | 3 | 20.00 dB (2.000) |")
 
 
+def test_region_psnr_pools_squared_errors_over_problems_per_region():
+  """region_sums/region_psnr against a hand count: two 1x2-pixel problems, the left pixel
+  visible, the right one a hole seen (c_mask 0) in the first problem and unseen in the second;
+  PSNR = 10 log10(count / summed squared error) per region; the output is clipped to [0, 1]."""
+  gt = np.zeros((1, 5, 1, 2, 3), np.float32)
+  holes = np.zeros((1, 5, 1, 2, 1), np.float32)
+  holes[:, 2, 0, 1] = 1.0
+  ex = {"frames": gt, "holes": holes}
+  model = np.array([[[[0.1] * 3, [0.2] * 3]]], np.float32)
+  prev = np.array([[[[0.0] * 3, [-0.5] * 3]]], np.float32)   # clipped to 0: no error
+  sums = [video_heldout.region_sums({"model": model, "prev_frame": prev}, ex, 2,
+                                    np.full((1, 1, 1, 1), c, np.float32)) for c in (0.0, 1.0)]
+  got = video_heldout.region_psnr(sums)
+  assert got["model"] == {"visible": round(10 * np.log10(1 / 0.01), 2),
+                          "hole_seen": round(10 * np.log10(1 / 0.04), 2),
+                          "hole_unseen": round(10 * np.log10(1 / 0.04), 2)}
+  assert got["prev_frame"] == {"hole_seen": 100.0, "hole_unseen": 100.0}
+  assert got["seen_fraction"] == 0.5
+
+
 def test_command_line_scores_the_tiny_run(video_demo_tiny_run, tmp_path):
   """The check on the tiny demo run: a row per photo and 'all', every method scored; on a
   static camera the previous frame beats the mean fill; --out holds the printed rows."""
@@ -61,7 +81,8 @@ def test_command_line_scores_the_tiny_run(video_demo_tiny_run, tmp_path):
       cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
       timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
-  printed = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+  lines = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+  printed, (regions,) = lines[:-1], lines[-1:]
   assert [r["photos"] for r in printed] == [*video_heldout.PHOTOS, "all"]
   assert printed[-1]["n"] == 8 and printed[-1]["step"] == 2
   everything = printed[-1]
@@ -70,3 +91,7 @@ def test_command_line_scores_the_tiny_run(video_demo_tiny_run, tmp_path):
   assert "| all | 8 |" in run.stdout
   saved = json.loads(out.read_text())
   assert saved["rows"] == [{k: v for k, v in r.items() if k != "step"} for r in printed]
+  assert regions["step"] == 2 and saved["regions"] == regions["regions"]
+  assert set(regions["regions"]["model"]) == set(video_heldout.REGIONS)
+  assert set(regions["regions"]["prev_frame"]) <= set(video_heldout.REGIONS[1:])
+  assert 0 <= regions["regions"]["seen_fraction"] <= 1
