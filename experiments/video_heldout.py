@@ -113,12 +113,18 @@ def problems(task: Any, per_photo: int, seed: int) -> Iterator[tuple[str, dict[s
         yield name, static_clip(frame, holes)
 
 
+def psnr_of_mse(mse: float) -> float:
+  """PSNR (dB) of a mean squared error of [0, 1] pixel values, capped at 100 dB (mse 1e-10),
+  as `cpjax.metrics.psnr` caps it."""
+  return float(10.0 * np.log10(1.0 / max(mse, 1e-10)))
+
+
 def hole_scores(pred: np.ndarray, ex: dict[str, np.ndarray], target: int) -> dict[str, float]:
   """Hole PSNR (dB) and hole L1 of a target completion [1, H, W, 3] over the target's hole."""
   gt, hole = ex["frames"][:, target], ex["holes"][:, target]
   count = 3.0 * hole.sum()
   mse = float(np.sum((pred - gt) ** 2 * hole) / count)
-  return {"hole_psnr": 10.0 * np.log10(1.0 / max(mse, 1e-10)),
+  return {"hole_psnr": psnr_of_mse(mse),
           "hole_l1": float(np.sum(np.abs(pred - gt) * hole) / count)}
 
 
@@ -157,8 +163,7 @@ def region_psnr(per_problem: list[dict[str, dict[str, np.ndarray]]]) -> dict[str
   out: dict[str, Any] = {}
   for method in per_problem[0]:
     totals = {r: sum(p[method][r] for p in per_problem) for r in per_problem[0][method]}
-    out[method] = {r: round(float(10.0 * np.log10(t[1] / max(t[0], 1e-10 * t[1]))), 2)
-                   for r, t in totals.items() if t[1] > 0}
+    out[method] = {r: round(psnr_of_mse(t[0] / t[1]), 2) for r, t in totals.items() if t[1] > 0}
   seen, unseen = (sum(p["model"][r][1] for p in per_problem) for r in REGIONS[1:])
   out["seen_fraction"] = round(float(seen / max(seen + unseen, 1.0)), 3)
   return out
