@@ -74,7 +74,7 @@ from data_pipelines import image_ops
 from data_pipelines.image_ops import DecodeError
 
 __all__ = ["DecodeError", "FileSource", "FolderSource", "CityscapesSource", "TfdsSource",
-           "SamplesSource", "image_paths", "make_source", "source_fields", "source_scalars",
+           "SamplesSource", "image_paths", "make_source", "sample_image", "source_fields", "source_scalars",
            "FIELD_KINDS", "IMAGE_SUFFIXES", "SAMPLES_TRAIN", "SAMPLES_EVAL", "SAMPLES_TRAIN_PLUS",
            "SAMPLES_TRAIN_WIDE", "SAMPLES_TRAIN_WEIGHTED"]
 
@@ -324,8 +324,9 @@ def _sample_loader(name: str) -> tuple[str, Callable[[], np.ndarray]]:
 
 
 @functools.lru_cache(maxsize=None)
-def _sample_image(name: str) -> np.ndarray:
-  """A bundled photo or frame as read-only uint8 [H, W, 3], decoded once per process (the
+def sample_image(name: str) -> np.ndarray:
+  """A bundled photo or frame by its name in a `samples:` split (e.g. 'coffee',
+  'matplotlib/grace_hopper') as read-only uint8 [H, W, 3], decoded once per process (the
   training pipeline reads each of these few images thousands of times)."""
   path, load = _sample_loader(name)
   try:
@@ -362,7 +363,7 @@ class SamplesSource:
 
   def __getitem__(self, index: int) -> Example:
     name = self._names[index]
-    return {"image": _sample_image(name), "path": _sample_loader(name)[0]}
+    return {"image": sample_image(name), "path": _sample_loader(name)[0]}
 
   def __repr__(self) -> str:
     return f"SamplesSource({self._split}, {len(self)} images)"

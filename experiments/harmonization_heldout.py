@@ -34,7 +34,6 @@ rows this is how far the run moves a composite that needs nothing). One JSON row
 from __future__ import annotations
 
 import json
-import os
 from typing import Iterator
 
 import numpy as np
@@ -64,11 +63,10 @@ CHANGE_SCORES = ("mse", "fmse")
 
 def photos() -> dict[str, list[np.ndarray]]:
   """{'colour': [...], 'grey': [...]} uint8 RGB photos outside the demo's training/eval sets."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   from skimage import data  # pylint: disable=g-import-not-at-top
-  path = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
-  hopper = np.asarray(Image.open(path).convert("RGB"))
+
+  from data_pipelines import sources  # pylint: disable=g-import-not-at-top
+  hopper = sources.sample_image("matplotlib/grace_hopper")
   h, w = hopper.shape[:2]
   colour = [hopper, hopper[: h // 2, : w // 2], hopper[h // 2:, w // 2:]]
   grey = [np.repeat(getattr(data, n)()[..., None], 3, axis=-1) for n in ("camera", "clock", "moon")]

@@ -55,13 +55,12 @@ def define_flags() -> None:
 
 def photos() -> dict[str, np.ndarray]:
   """{name: uint8 RGB photo} for `PHOTOS`, none of them in samples:train."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   from skimage import data  # pylint: disable=g-import-not-at-top
-  path = f"{matplotlib.get_data_path()}/sample_data/grace_hopper.jpg"
+
+  from data_pipelines import sources  # pylint: disable=g-import-not-at-top
   out = {n: getattr(data, n)() for n in PHOTOS[:3]}
   out["camera"] = np.repeat(out["camera"][..., None], 3, axis=-1)
-  out["grace_hopper"] = np.asarray(Image.open(path).convert("RGB"))
+  out["grace_hopper"] = sources.sample_image("matplotlib/grace_hopper")
   return out
 
 
