@@ -49,6 +49,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.optim = dict(lr=2e-4, b1=0.0, b2=0.9, critic_steps=1,  # Adam, G and D
                  decay=0.1, milestones=(),                 # no milestones: constant lr
                  ema_decay=0.0)                            # no weight average (the paper)
+  c.curriculum = dict(low_res_steps=0,   # the paper: none; first steps at 1 / low_res_factor
+                      low_res_factor=2)  # of data.image_size (cpjax.tasks.copy_paste)
   c.checkpoint.every_steps = 5000
   c.sample_every_steps = 2000
   c.eval.num_examples = 200

@@ -5,6 +5,7 @@ The one code path by which the trainer, the tools, the app and the benchmarks bu
   system = System(config)                      # task, mesh, state shapes and shardings
   state = system.init_state()                  # fresh: Task.init, then Task.warm_start
   train_step = system.jit_train_step()         # (state, batch, key) -> (state, metrics)
+  phase_step = system.jit_train_step(phase)    # the same, for a task with phases
   state = system.restore(checkpointer, step)   # a checkpoint, in this mesh's shardings
   loaded = load(path, step)                    # a training workdir or converted weights
 
@@ -16,6 +17,7 @@ trunks) happen on the host and are then laid out in the state's shardings.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 from typing import Any, Callable, Sequence
@@ -71,10 +73,14 @@ class System:
     warm = self.task.warm_start(state)   # pretrained weights, an earlier stage (host side)
     return state if warm is state else jax.device_put(warm, self.state_shardings)
 
-  def jit_train_step(self) -> Callable[..., tuple[Any, Any]]:
+  def jit_train_step(self, phase: int | None = None) -> Callable[..., tuple[Any, Any]]:
     """`task.train_step` jitted as training runs it: (state, batch, key) -> (state, metrics),
-    the state donated and returned in the state shardings, the metrics replicated."""
-    return jax.jit(self.task.train_step,
+    the state donated and returned in the state shardings, the metrics replicated; with a
+    `phase` (`Task.train_phase`), the step of that phase."""
+    step = self.task.train_step
+    if phase is not None:
+      step = functools.partial(step, phase=phase)
+    return jax.jit(step,
                    out_shardings=(self.state_shardings, partitioning.replicated(self.mesh)),
                    donate_argnums=0)
 

@@ -89,7 +89,18 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def train_step(self, state: Any, batch: Batch, key: jax.Array) -> tuple[Any, Metrics]:
-    """One optimisation step. `key` is the run's root key; returns scalar metrics with 'loss'."""
+    """One optimisation step. `key` is the run's root key; returns scalar metrics with 'loss'.
+
+    A task whose step changes its array shapes during a run (`train_phase`) also takes a
+    static keyword `phase`."""
+
+  def train_phase(self, step: int) -> int | None:
+    """The phase of the update after `step` updates, for a task whose train step changes its
+    array shapes during a run (the copy-paste task's low-resolution first steps): the trainer
+    compiles `train_step(..., phase=p)` once per phase and runs each step's. None (the
+    default): `train_step(state, batch, key)`, one program for the whole run."""
+    del step
+    return None
 
   @abc.abstractmethod
   def eval_step(self, state: Any, batch: Batch, key: jax.Array) -> Metrics:

@@ -14,6 +14,20 @@ and the critic minimises the rest (the authors' public GAN code does the same). 
 use Adam (lr, b1, b2), the learning rate x `decay` at each step in `optim.milestones` (the
 paper: none, a constant rate). The settings and their paper values are in configs/faces.py.
 
+With `curriculum.low_res_steps` = N > 0 the first N generator updates train at 1 / f of the
+image size (f = `curriculum.low_res_factor`): the batch's crops are average-pooled f x f on
+device, T's homography offset sigma is divided by f, and the mask keeps its size as a fraction
+of the image, so each step poses the same problem as at full size, at a resolution where the
+generator costs about 1 / f^2 as much. The critic keeps one set of parameters for the whole run
+(its dense layers' input depends on the image size): in this phase it scores the images, the
+generator's input and the mask repeated f x f back to full size. Which phase a step is in
+depends only on its step number (`train_phase`), so a run resumes in its phase; the trainer
+compiles one step per phase. The paper has no such phase; it is a curriculum for short runs
+(configs/demo.py), after the progressive resizing of fast.ai's ImageNet training (DAWNBench,
+2018) and the lower training resolution of Touvron et al. (2019): the network learns to take
+the colours from the context at low resolution, where steps are cheap, then the detail at full
+size. Evaluation is always at full size.
+
 With `optim.ema_decay` > 0 the state also keeps an exponential moving average of the
 generator's parameters, and evaluation, samples and the tools use it (`inference_generator`).
 The paper keeps none; the progressive GAN of Karras et al. (2018), from which eq. 7 takes its
@@ -24,10 +38,12 @@ first steps instead of keeping the weight ema_decay**t at step t.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -96,6 +112,31 @@ class CopyPasteTask(Task):
     self.critic_tx = optax.adam(lr, b1=o.b1, b2=o.b2)
     # A config saved before the average existed has no ema_decay: no average.
     self.ema_decay = float(o.get("ema_decay", 0.0))
+    # Nor one saved before the curriculum: no low-resolution phase.
+    curriculum = config.get("curriculum") or {}
+    self.low_res_steps = int(curriculum.get("low_res_steps", 0))
+    self.low_res_factor = int(curriculum.get("low_res_factor", 2))
+    if self.low_res_steps > 0:
+      self._check_low_res(config)
+    self.low_res_transform = dataclasses.replace(
+        self.transform, sigma=self.transform.sigma / max(self.low_res_factor, 1))
+
+  def _check_low_res(self, config: ml_collections.ConfigDict) -> None:
+    """The low-resolution phase needs crops that pool to a size the generator takes."""
+    f = self.low_res_factor
+    if f < 2:
+      raise ValueError(f"curriculum.low_res_factor={f}: the low-resolution phase divides the "
+                       "image size by this integer; use 2 or more, or curriculum.low_res_steps=0 "
+                       "for no such phase.")
+    # The generator halves the image once per level after its stem.
+    multiple = f * 2 ** (len(config.model.generator_widths) - 1)
+    h, w = image_ops.pair(config.data.image_size)
+    if h % multiple or w % multiple:
+      raise ValueError(f"data.image_size={config.data.image_size} with "
+                       f"curriculum.low_res_factor={f}: both sides must be multiples of {multiple} "
+                       f"(the factor times the generator's down-sampling, "
+                       f"2^{len(config.model.generator_widths) - 1}); choose such a size or "
+                       "factor, or set curriculum.low_res_steps=0.")
 
   def init(self, key: jax.Array) -> GanState:
     h, w = image_ops.pair(self.config.data.image_size)
@@ -129,11 +170,20 @@ class CopyPasteTask(Task):
     ema = optax.incremental_update(state.generator, state.generator_ema, 1.0 - decay)
     return state.replace(generator_ema=ema)
 
-  def problems(self, batch: Batch, key: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
-    """Copy-paste problems built on device: image, source T(I), mask, composite, input X."""
+  def problems(self, batch: Batch, key: jax.Array, step: jax.Array,
+               factor: int = 1) -> dict[str, jax.Array]:
+    """Copy-paste problems built on device: image, source T(I), mask, composite, input X.
+
+    factor > 1: the problems of the low-resolution phase, on the crops average-pooled
+    factor x factor ([B, H / factor, W / factor, C]) with T's sigma divided by factor.
+    """
     images = batch["image"].astype(jnp.float32) / 255.0
+    transform = self.transform
+    if factor > 1:
+      images = nn.avg_pool(images, (factor, factor), strides=(factor, factor))
+      transform = self.low_res_transform
     keys = example_keys(key, step, batch["index"])
-    ex = jax.vmap(make_copy_paste_example, in_axes=(0, 0, None))(keys, images, self.transform)
+    ex = jax.vmap(make_copy_paste_example, in_axes=(0, 0, None))(keys, images, transform)
     ex["input"] = jnp.concatenate([ex["composite"], ex["mask"]], axis=-1)
     return ex
 
@@ -165,8 +215,31 @@ class CopyPasteTask(Task):
     grads, aux = jax.grad(critic_loss, has_aux=True)(state.critic)
     return state.apply_gradients("critic", grads, self.critic_tx), aux
 
-  def train_step(self, state: GanState, batch: Batch, key: jax.Array) -> tuple[GanState, Metrics]:
-    ex = self.problems(batch, key, state.step)
+  def train_phase(self, step: int) -> int | None:
+    """The image-size divisor of the update after `step` updates: `low_res_factor` in the
+    low-resolution phase, then 1; None without that phase."""
+    if self.low_res_steps <= 0:
+      return None
+    return self.low_res_factor if step < self.low_res_steps else 1
+
+  def train_step(self, state: GanState, batch: Batch, key: jax.Array,
+                 phase: int | None = None) -> tuple[GanState, Metrics]:
+    """One step; `phase` (static) is `train_phase` of the step. None: the phase is read from
+    state.step in the step (`jax.lax.cond`; on XLA:CPU a conditional's branch ran the demo's
+    low-resolution step 4x slower than the same step compiled alone, so the trainer passes it)."""
+    if phase is not None or self.low_res_steps <= 0:
+      return self._train_step_at(phase or 1, state, batch, key)
+    return jax.lax.cond(state.step < self.low_res_steps,
+                        functools.partial(self._train_step_at, self.low_res_factor),
+                        functools.partial(self._train_step_at, 1), state, batch, key)
+
+  def _train_step_at(self, factor: int, state: GanState, batch: Batch,
+                     key: jax.Array) -> tuple[GanState, Metrics]:
+    """One step on the problems at 1 / factor of the image size (`problems`)."""
+    ex = self.problems(batch, key, state.step, factor)
+    # The critic's view: its inputs at full size (the low-resolution ones repeated).
+    seen = functools.partial(_repeat_pixels, factor=factor)
+    critic_ex = {name: seen(ex[name]) for name in ("image", "input", "mask")}
     step_key = jax.random.fold_in(key, state.step)
     noise_key = jax.random.fold_in(step_key, _NOISE)
     # One generator pass serves both updates: the critic updates leave the generator as it is,
@@ -178,18 +251,21 @@ class CopyPasteTask(Task):
     critic_metrics: Metrics = {}
     for i in range(self.config.optim.critic_steps):
       gp_key = jax.random.fold_in(jax.random.fold_in(step_key, _GP), i)
-      state, critic_metrics = self._critic_update(state, ex, fake, gp_key)
+      state, critic_metrics = self._critic_update(state, critic_ex, seen(fake), gp_key)
 
     def generator_loss(y):
       rec = losses.l1(y, ex["image"])
-      adversarial = losses.wgan_generator_loss(self._score(state.critic, y, ex))
+      adversarial = losses.wgan_generator_loss(self._score(state.critic, seen(y), critic_ex))
       loss = rec + self.config.loss.alpha * adversarial
       return loss, {"l1": rec, "generator_adversarial": adversarial}
 
     (loss, g_metrics), loss_grad_y = jax.value_and_grad(generator_loss, has_aux=True)(fake)
     (grads,) = pull_back(loss_grad_y)
     state = self._average(state.apply_gradients("generator", grads, self.generator_tx))
-    return state.replace(step=state.step + 1), {"loss": loss, **g_metrics, **critic_metrics}
+    step_metrics = {"loss": loss, **g_metrics, **critic_metrics}
+    if self.low_res_steps > 0:   # which phase the logged steps were in (a mean across a switch)
+      step_metrics["image_scale"] = jnp.float32(1.0 / factor)
+    return state.replace(step=state.step + 1), step_metrics
 
   def _fixed_problems(self, state: GanState, batch: Batch,
                       key: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
@@ -217,6 +293,14 @@ class CopyPasteTask(Task):
     return {"original": ex["image"], "cut_paste": ex["composite"],
             "mask": jnp.broadcast_to(ex["mask"], ex["image"].shape),
             "poisson": poisson_blend(ex), "result": y}
+
+
+def _repeat_pixels(x: jax.Array, factor: int) -> jax.Array:
+  """[B, H, W, C] -> [B, H factor, W factor, C], each pixel repeated factor x factor (nearest
+  up-sampling: a binary mask stays binary)."""
+  if factor == 1:
+    return x
+  return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
 
 
 def _scores(pred: jax.Array, image: jax.Array) -> Metrics:

@@ -112,13 +112,21 @@ class _Run:
         self.workdir, max_to_keep=config.checkpoint.max_to_keep,
         async_save=config.checkpoint.async_save)
     repl = partitioning.replicated(self.mesh)
-    self.train_fn = self.system.jit_train_step()
+    self._train_fns: dict[int | None, Callable[..., Any]] = {}
     self.eval_fn = jax.jit(self._eval_sums, out_shardings=repl)
     self.baseline_fn = jax.jit(self._baseline_sums, out_shardings=repl)
     self._baseline_totals: dict[str, np.ndarray] | None = None
     self._samples_fn = jax.jit(self.task.samples, out_shardings=repl)
     self.is_chief = jax.process_index() == 0
     self._eval_writer: writers.Writer | None = None
+
+  def train_fn(self, step: int) -> Callable[..., Any]:
+    """The jitted train step of the update after `step` updates: that of its phase
+    (`Task.train_phase`), compiled at its first use."""
+    phase = self.task.train_phase(step)
+    if phase not in self._train_fns:
+      self._train_fns[phase] = self.system.jit_train_step(phase)
+    return self._train_fns[phase]
 
   @property
   def eval_writer(self) -> writers.Writer:
@@ -431,7 +439,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
       skipped_files += int(np.sum(local.pop("skipped", 0)))
       batch = partitioning.global_batch(local, run.mesh)
       profiler.before_step(step + 1)
-      state, metrics = run.train_fn(state, batch, run.root_key)
+      state, metrics = run.train_fn(step)(state, batch, run.root_key)
       step += 1
       profiler.after_step(step, metrics)
       pending.append((step, metrics))

@@ -46,14 +46,15 @@ class TaskBench(NamedTuple):
 def task_bench(config: Any, image_size: int | None = None,
                batch_size: int | None = None) -> TaskBench:
   """`config`'s system and train step (`TaskBench`), with the image size and global batch
-  optionally overridden."""
+  optionally overridden. For a task with phases (`Task.train_phase`), the step of the run's
+  last phase: the copy-paste step at full size after a low-resolution phase."""
   from cpjax import system  # pylint: disable=g-import-not-at-top
   if image_size:
     config.data.image_size = image_size
   if batch_size:
     config.batch_size = batch_size
   built = system.System(config)
-  return TaskBench(built, built.jit_train_step())
+  return TaskBench(built, built.jit_train_step(built.task.train_phase(config.total_steps - 1)))
 
 
 def _flops(compiled: Any) -> float:

@@ -1,8 +1,11 @@
-"""The copy-paste task's evaluation baselines and optimisers."""
+"""The copy-paste task: evaluation baselines, optimisers, weight average, low-resolution phase."""
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import numpy as np
+import pytest
 
 from cpjax import system
 from cpjax.tasks.copy_paste import CopyPasteTask, poisson_blend
@@ -104,3 +107,73 @@ def test_evaluation_and_samples_run_the_moving_average():
     jax.tree.map(np.testing.assert_array_equal, got, same)
     assert max(float(np.max(np.abs(a - b))) for a, b in
                zip(jax.tree.leaves(got), jax.tree.leaves(other))) > 1e-6
+
+
+def _curriculum_config(low_res_steps: int, factor: int = 2):
+  config = system.config_file("demo.py:tiny")
+  config.curriculum.low_res_steps, config.curriculum.low_res_factor = low_res_steps, factor
+  return config
+
+
+def test_the_phase_is_the_low_resolution_factor_for_the_first_steps_then_full_size():
+  """train_phase(step) of the update after `step` updates: the factor for steps 0 .. N - 1, then
+  1; None (one program) without the phase (configs/faces.py, the paper)."""
+  task = CopyPasteTask(_curriculum_config(3, factor=4))
+  assert [task.train_phase(s) for s in range(6)] == [4, 4, 4, 1, 1, 1]
+  assert CopyPasteTask(system.config_file("faces.py:tiny")).train_phase(0) is None
+
+
+def test_low_resolution_problems_pool_the_crops_and_divide_the_offset():
+  """The problems of the phase: the crops average-pooled 2 x 2 (NumPy, independently), a binary
+  mask at the pooled size, the composite and the input built from them, and T's sigma halved."""
+  config = _curriculum_config(2)
+  task = CopyPasteTask(config)
+  assert task.low_res_transform == dataclasses.replace(task.transform,
+                                                       sigma=task.transform.sigma / 2)
+  batch = _batch(config, 3)
+  ex = jax.device_get(jax.jit(task.problems, static_argnums=3)(
+      batch, jax.random.key(0), np.int32(0), 2))
+  size = config.data.image_size
+  images = batch["image"].astype(np.float64) / 255.0
+  pooled = images.reshape(2, size // 2, 2, size // 2, 2, 3).mean(axis=(2, 4))
+  np.testing.assert_allclose(ex["image"], pooled, atol=1e-6)
+  assert ex["mask"].shape == (2, size // 2, size // 2, 1)
+  assert set(np.unique(ex["mask"])) == {0.0, 1.0}
+  np.testing.assert_allclose(ex["composite"],
+                             ex["image"] * (1 - ex["mask"]) + ex["source"] * ex["mask"], atol=1e-6)
+  np.testing.assert_array_equal(ex["input"][..., 3:], ex["mask"])
+
+
+def test_the_step_of_each_phase_equals_the_step_that_reads_its_phase_from_the_state():
+  """The trainer compiles one step per phase (`phase` static, from the host's step count); the
+  step without `phase` picks the phase from state.step on device (`jax.lax.cond`). At a step in
+  the low-resolution phase and at one after it, both give the same state and metrics, and the
+  two phases give different ones (the phase changes the step)."""
+  config = _curriculum_config(1)
+  built = system.System(config, jax.devices()[:1])
+  task, key = built.task, built.root_key
+  batch = _batch(config, 5)
+  results = {}
+  for step in (0, 1):
+    state = built.init_state().replace(step=np.int32(step))
+    by_phase = jax.device_get(built.jit_train_step(task.train_phase(step))(state, batch, key))
+    state = built.init_state().replace(step=np.int32(step))
+    from_state = jax.device_get(built.jit_train_step()(state, batch, key))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 by_phase, from_state)
+    results[step] = by_phase
+  assert results[0][1]["image_scale"] == 0.5 and results[1][1]["image_scale"] == 1.0
+  assert abs(float(results[0][1]["l1"]) - float(results[1][1]["l1"])) > 1e-6
+
+
+def test_a_low_resolution_factor_the_generator_cannot_take_is_named():
+  """The pooled crops must be a size the generator halves level by level: 32 px with 3 levels
+  takes factors 2 and 4 but not 3 (the error names the sizes and the fix), and a factor below 2
+  is no phase at all."""
+  for factor in (2, 4):
+    CopyPasteTask(_curriculum_config(2, factor))
+  with pytest.raises(ValueError, match=r"image_size=32 with curriculum.low_res_factor=3: .*"
+                                       r"multiples of 24"):
+    CopyPasteTask(_curriculum_config(2, 3))
+  with pytest.raises(ValueError, match=r"low_res_factor=1: .*use 2 or more"):
+    CopyPasteTask(_curriculum_config(2, 1))

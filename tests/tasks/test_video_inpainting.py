@@ -440,7 +440,7 @@ def test_eight_devices_match_the_command_line_run(video_demo_tiny_run):
   _, local = first_batches(config.data, 2, global_batch_size=config.batch_size,
                            seed=config.seed)
   local.pop("skipped")
-  state, metrics = run.train_fn(state, partitioning.global_batch(local, run.mesh), run.root_key)
+  state, metrics = run.train_fn(0)(state, partitioning.global_batch(local, run.mesh), run.root_key)
   assert int(state.step) == 2 and np.isfinite(float(metrics["loss"]))
   got = flat_params(state.params)
   worst = max(float(np.max(np.abs(got[k] - want[k]))) for k in want)
