@@ -74,7 +74,8 @@ from data_pipelines import image_ops
 from data_pipelines.image_ops import DecodeError
 
 __all__ = ["DecodeError", "FileSource", "FolderSource", "CityscapesSource", "TfdsSource",
-           "SamplesSource", "image_paths", "make_source", "sample_image", "source_fields", "source_scalars",
+           "SamplesSource", "image_paths", "make_source", "sample_image", "source_fields",
+           "source_scalars",
            "FIELD_KINDS", "IMAGE_SUFFIXES", "SAMPLES_TRAIN", "SAMPLES_EVAL", "SAMPLES_TRAIN_PLUS",
            "SAMPLES_TRAIN_WIDE", "SAMPLES_TRAIN_WEIGHTED"]
 

@@ -129,14 +129,14 @@ class CopyPasteTask(Task):
                        "image size by this integer; use 2 or more, or curriculum.low_res_steps=0 "
                        "for no such phase.")
     # The generator halves the image once per level after its stem.
-    multiple = f * 2 ** (len(config.model.generator_widths) - 1)
+    levels = len(config.model.generator_widths) - 1
+    multiple = f * 2 ** levels
     h, w = image_ops.pair(config.data.image_size)
     if h % multiple or w % multiple:
       raise ValueError(f"data.image_size={config.data.image_size} with "
                        f"curriculum.low_res_factor={f}: both sides must be multiples of {multiple} "
-                       f"(the factor times the generator's down-sampling, "
-                       f"2^{len(config.model.generator_widths) - 1}); choose such a size or "
-                       "factor, or set curriculum.low_res_steps=0.")
+                       f"(the factor times the generator's down-sampling, 2^{levels}); choose "
+                       "such a size or factor, or set curriculum.low_res_steps=0.")
 
   def init(self, key: jax.Array) -> GanState:
     h, w = image_ops.pair(self.config.data.image_size)
