@@ -50,7 +50,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                  decay=0.1, milestones=(),                 # no milestones: constant lr
                  ema_decay=0.0)                            # no weight average (the paper)
   c.curriculum = dict(low_res_steps=0,   # the paper: none; first steps at 1 / low_res_factor
-                      low_res_factor=2)  # of data.image_size (cpjax.tasks.copy_paste)
+                      low_res_factor=2,  # of data.image_size (cpjax.tasks.copy_paste)
+                      reconstruction_steps=0)  # the paper: none; first steps L1 only
   c.checkpoint.every_steps = 5000
   c.sample_every_steps = 2000
   c.eval.num_examples = 200

@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import json
 import pathlib
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import jax
 import ml_collections
@@ -73,7 +73,7 @@ class System:
     warm = self.task.warm_start(state)   # pretrained weights, an earlier stage (host side)
     return state if warm is state else jax.device_put(warm, self.state_shardings)
 
-  def jit_train_step(self, phase: int | None = None) -> Callable[..., tuple[Any, Any]]:
+  def jit_train_step(self, phase: Hashable | None = None) -> Callable[..., tuple[Any, Any]]:
     """`task.train_step` jitted as training runs it: (state, batch, key) -> (state, metrics),
     the state donated and returned in the state shardings, the metrics replicated; with a
     `phase` (`Task.train_phase`), the step of that phase."""

@@ -12,7 +12,7 @@ a task that reads more declares it in `batch_needs`.
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, Hashable
 
 import jax
 import jax.numpy as jnp
@@ -91,14 +91,15 @@ class Task(abc.ABC):
   def train_step(self, state: Any, batch: Batch, key: jax.Array) -> tuple[Any, Metrics]:
     """One optimisation step. `key` is the run's root key; returns scalar metrics with 'loss'.
 
-    A task whose step changes its array shapes during a run (`train_phase`) also takes a
-    static keyword `phase`."""
+    A task whose step changes during a run (`train_phase`) also takes a static keyword
+    `phase`."""
 
-  def train_phase(self, step: int) -> int | None:
-    """The phase of the update after `step` updates, for a task whose train step changes its
-    array shapes during a run (the copy-paste task's low-resolution first steps): the trainer
-    compiles `train_step(..., phase=p)` once per phase and runs each step's. None (the
-    default): `train_step(state, batch, key)`, one program for the whole run."""
+  def train_phase(self, step: int) -> Hashable | None:
+    """The phase (a hashable static value) of the update after `step` updates, for a task
+    whose train step changes during a run (the copy-paste task's curriculum: low-resolution
+    or reconstruction-only first steps): the trainer compiles `train_step(..., phase=p)` once
+    per phase and runs each step's. None (the default): `train_step(state, batch, key)`, one
+    program for the whole run."""
     del step
     return None
 

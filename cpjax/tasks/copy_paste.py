@@ -28,6 +28,17 @@ compiles one step per phase. The paper has no such phase; it is a curriculum for
 the colours from the context at low resolution, where steps are cheap, then the detail at full
 size. Evaluation is always at full size.
 
+With `curriculum.reconstruction_steps` = N > 0 the first N steps update the generator alone,
+with the reconstruction loss L1(Y, I) alone: no critic update and no adversarial term (the
+critic starts to train at step N, from its initial weights). This is the first of the three
+training phases of Iizuka et al. (2017), whose global + local discriminator the critic follows:
+the completion network first trains on its reconstruction loss only. With the paper's alpha =
+1e-4 the adversarial term's gradient is a small part of the generator's while the critic is
+young (0.3 % of L1's at initialisation, 6 % at the end of configs/demo.py's run, at 128 px),
+and the critic's update (with the gradient penalty's double backward pass) is most of the cost
+of a low-resolution step, since the critic always runs at full size. The demo ends its 64 px
+phase with it.
+
 With `optim.ema_decay` > 0 the state also keeps an exponential moving average of the
 generator's parameters, and evaluation, samples and the tools use it (`inference_generator`).
 The paper keeps none; the progressive GAN of Karras et al. (2018), from which eq. 7 takes its
@@ -40,7 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -86,6 +97,17 @@ class GanState:
     return self.replace(**{network: view.params, opt: view.opt_state})
 
 
+class TrainPhase(NamedTuple):
+  """What a train step does (`CopyPasteTask.train_phase`): the image-size divisor of its
+  problems (1: full size) and whether it trains adversarially (critic update + adversarial term).
+  """
+  factor: int
+  adversarial: bool
+
+
+FULL_PHASE = TrainPhase(factor=1, adversarial=True)   # the paper's step
+
+
 class CopyPasteTask(Task):
   """The copy-paste system as a task of the shared training loop."""
 
@@ -116,6 +138,7 @@ class CopyPasteTask(Task):
     curriculum = config.get("curriculum") or {}
     self.low_res_steps = int(curriculum.get("low_res_steps", 0))
     self.low_res_factor = int(curriculum.get("low_res_factor", 2))
+    self.reconstruction_steps = int(curriculum.get("reconstruction_steps", 0))
     if self.low_res_steps > 0:
       self._check_low_res(config)
     self.low_res_transform = dataclasses.replace(
@@ -215,27 +238,37 @@ class CopyPasteTask(Task):
     grads, aux = jax.grad(critic_loss, has_aux=True)(state.critic)
     return state.apply_gradients("critic", grads, self.critic_tx), aux
 
-  def train_phase(self, step: int) -> int | None:
-    """The image-size divisor of the update after `step` updates: `low_res_factor` in the
-    low-resolution phase, then 1; None without that phase."""
-    if self.low_res_steps <= 0:
+  def train_phase(self, step: int) -> TrainPhase | None:
+    """What the update after `step` updates does: the image-size divisor (`low_res_factor` in
+    the low-resolution phase, then 1) and whether it is adversarial (from step
+    `reconstruction_steps` on). None without a curriculum: every step is the paper's."""
+    if self.low_res_steps <= 0 and self.reconstruction_steps <= 0:
       return None
-    return self.low_res_factor if step < self.low_res_steps else 1
+    return TrainPhase(factor=self.low_res_factor if step < self.low_res_steps else 1,
+                      adversarial=step >= self.reconstruction_steps)
 
   def train_step(self, state: GanState, batch: Batch, key: jax.Array,
-                 phase: int | None = None) -> tuple[GanState, Metrics]:
-    """One step; `phase` (static) is `train_phase` of the step. None: the phase is read from
-    state.step in the step (`jax.lax.cond`; on XLA:CPU a conditional's branch ran the demo's
-    low-resolution step 4x slower than the same step compiled alone, so the trainer passes it)."""
-    if phase is not None or self.low_res_steps <= 0:
-      return self._train_step_at(phase or 1, state, batch, key)
-    return jax.lax.cond(state.step < self.low_res_steps,
-                        functools.partial(self._train_step_at, self.low_res_factor),
-                        functools.partial(self._train_step_at, 1), state, batch, key)
+                 phase: TrainPhase | None = None) -> tuple[GanState, Metrics]:
+    """One step of `phase` (static: `train_phase` of the step; the trainer compiles one step per
+    phase). None: the paper's step, for a config without a curriculum.
 
-  def _train_step_at(self, factor: int, state: GanState, batch: Batch,
+    Raises:
+      ValueError: no phase is given but the config has a curriculum.
+    """
+    if phase is None:
+      if self.train_phase(0) is not None:
+        raise ValueError(
+            "CopyPasteTask.train_step: this config has a curriculum (curriculum.low_res_steps or "
+            "curriculum.reconstruction_steps > 0), whose steps differ from step to step; pass "
+            "phase=task.train_phase(step) (a static argument: System.jit_train_step(phase)).")
+      phase = FULL_PHASE
+    return self._train_step_at(phase, state, batch, key)
+
+  def _train_step_at(self, phase: TrainPhase, state: GanState, batch: Batch,
                      key: jax.Array) -> tuple[GanState, Metrics]:
-    """One step on the problems at 1 / factor of the image size (`problems`)."""
+    """One step on the problems at 1 / phase.factor of the image size (`problems`); without
+    the critic unless phase.adversarial."""
+    factor = phase.factor
     ex = self.problems(batch, key, state.step, factor)
     # The critic's view: its inputs at full size (the low-resolution ones repeated).
     seen = functools.partial(_repeat_pixels, factor=factor)
@@ -249,12 +282,14 @@ class CopyPasteTask(Task):
     fake, pull_back = jax.vjp(lambda params: self.generate(params, ex, noise_key),
                               state.generator)
     critic_metrics: Metrics = {}
-    for i in range(self.config.optim.critic_steps):
+    for i in range(self.config.optim.critic_steps if phase.adversarial else 0):
       gp_key = jax.random.fold_in(jax.random.fold_in(step_key, _GP), i)
       state, critic_metrics = self._critic_update(state, critic_ex, seen(fake), gp_key)
 
     def generator_loss(y):
       rec = losses.l1(y, ex["image"])
+      if not phase.adversarial:
+        return rec, {"l1": rec}
       adversarial = losses.wgan_generator_loss(self._score(state.critic, seen(y), critic_ex))
       loss = rec + self.config.loss.alpha * adversarial
       return loss, {"l1": rec, "generator_adversarial": adversarial}

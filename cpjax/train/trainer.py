@@ -25,7 +25,7 @@ import pathlib
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Hashable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -112,7 +112,7 @@ class _Run:
         self.workdir, max_to_keep=config.checkpoint.max_to_keep,
         async_save=config.checkpoint.async_save)
     repl = partitioning.replicated(self.mesh)
-    self._train_fns: dict[int | None, Callable[..., Any]] = {}
+    self._train_fns: dict[Hashable, Callable[..., Any]] = {}
     self.eval_fn = jax.jit(self._eval_sums, out_shardings=repl)
     self.baseline_fn = jax.jit(self._baseline_sums, out_shardings=repl)
     self._baseline_totals: dict[str, np.ndarray] | None = None
@@ -242,8 +242,10 @@ def _check_finite(history: list[tuple[int, dict[str, float]]], last_good: int | 
 
 
 def _mean_metrics(history: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
-  keys = history[0][1].keys()
-  return {k: float(np.mean([m[k] for _, m in history])) for k in keys}
+  """Each metric's mean over the steps that report it (a task's phases may report different
+  metrics: the copy-paste critic's only once it trains)."""
+  keys = dict.fromkeys(k for _, m in history for k in m)
+  return {k: float(np.mean([m[k] for _, m in history if k in m])) for k in keys}
 
 
 def _check_loop_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:

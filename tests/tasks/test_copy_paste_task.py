@@ -1,13 +1,15 @@
-"""The copy-paste task: evaluation baselines, optimisers, weight average, low-resolution phase."""
+"""The copy-paste task: evaluation baselines, optimisers, weight average, curriculum phases."""
 from __future__ import annotations
 
 import dataclasses
 
 import jax
 import numpy as np
+import optax
 import pytest
 
-from cpjax import system
+from cpjax import losses, system
+from cpjax.tasks import copy_paste
 from cpjax.tasks.copy_paste import CopyPasteTask, poisson_blend
 
 
@@ -109,17 +111,22 @@ def test_evaluation_and_samples_run_the_moving_average():
                zip(jax.tree.leaves(got), jax.tree.leaves(other))) > 1e-6
 
 
-def _curriculum_config(low_res_steps: int, factor: int = 2):
+def _curriculum_config(low_res_steps: int, factor: int = 2, reconstruction_steps: int = 0):
   config = system.config_file("demo.py:tiny")
   config.curriculum.low_res_steps, config.curriculum.low_res_factor = low_res_steps, factor
+  config.curriculum.reconstruction_steps = reconstruction_steps
   return config
 
 
-def test_the_phase_is_the_low_resolution_factor_for_the_first_steps_then_full_size():
+def test_the_phase_gives_the_size_and_the_adversarial_switch_of_each_step():
   """train_phase(step) of the update after `step` updates: the factor for steps 0 .. N - 1, then
-  1; None (one program) without the phase (configs/faces.py, the paper)."""
-  task = CopyPasteTask(_curriculum_config(3, factor=4))
-  assert [task.train_phase(s) for s in range(6)] == [4, 4, 4, 1, 1, 1]
+  1; reconstruction only for steps 0 .. R - 1; None (one program) without a curriculum
+  (configs/faces.py, the paper)."""
+  task = CopyPasteTask(_curriculum_config(3, factor=4, reconstruction_steps=2))
+  assert [tuple(task.train_phase(s)) for s in range(5)] == [
+      (4, False), (4, False), (4, True), (1, True), (1, True)]
+  task = CopyPasteTask(_curriculum_config(0, reconstruction_steps=1))
+  assert [tuple(task.train_phase(s)) for s in range(2)] == [(1, False), (1, True)]
   assert CopyPasteTask(system.config_file("faces.py:tiny")).train_phase(0) is None
 
 
@@ -144,26 +151,61 @@ def test_low_resolution_problems_pool_the_crops_and_divide_the_offset():
   np.testing.assert_array_equal(ex["input"][..., 3:], ex["mask"])
 
 
-def test_the_step_of_each_phase_equals_the_step_that_reads_its_phase_from_the_state():
-  """The trainer compiles one step per phase (`phase` static, from the host's step count); the
-  step without `phase` picks the phase from state.step on device (`jax.lax.cond`). At a step in
-  the low-resolution phase and at one after it, both give the same state and metrics, and the
-  two phases give different ones (the phase changes the step)."""
+def test_a_reconstruction_step_is_adam_on_the_l1_loss_alone_and_leaves_the_critic():
+  """A step of the reconstruction-only phase: the critic and its Adam state stay as they were,
+  and the generator moves by one Adam update of the gradient of L1(Y, I) alone, computed here
+  from the task's problems and results with optax (not through the step); the metrics are the
+  L1 loss only. The adversarial step of the same state changes the critic, and its generator
+  differs from that update by over 0.1 lr (its adversarial gradient, small against L1's,
+  decides the sign of Adam's first update lr g / (|g| + eps) wherever L1's is near zero).
+  Tolerance 0.01 lr: the same first update turns float rounding of the two programs' gradients
+  (2.2e-6 at most, measured) into parts of lr where |g| is within a few eps."""
+  config = _curriculum_config(0, reconstruction_steps=1)
+  built = system.System(config, jax.devices()[:1])
+  task, key = built.task, built.root_key
+  batch = _batch(config, 5)
+  state = jax.device_get(built.init_state())
+
+  def expected(state):
+    ex = task.problems(batch, key, state.step)
+    noise_key = jax.random.fold_in(jax.random.fold_in(key, state.step), copy_paste._NOISE)
+    loss, grads = jax.value_and_grad(
+        lambda p: losses.l1(task.generate(p, ex, noise_key), ex["image"]))(state.generator)
+    updates, _ = task.generator_tx.update(grads, state.generator_opt, state.generator)
+    return loss, optax.apply_updates(state.generator, updates)
+
+  loss, generator = jax.device_get(jax.jit(expected)(state))
+  after, logged = jax.device_get(built.jit_train_step(task.train_phase(0))(state, batch, key))
+  assert set(logged) == {"loss", "l1"}
+  np.testing.assert_allclose(logged["loss"], loss, rtol=1e-6)
+  lr = config.optim.lr
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=0.01 * lr),
+               after.generator, generator)
+  jax.tree.map(np.testing.assert_array_equal, (after.critic, after.critic_opt),
+               (state.critic, state.critic_opt))
+  adversarial, logged = jax.device_get(
+      built.jit_train_step(task.train_phase(1))(state, batch, key))
+  assert {"critic_loss", "gradient_penalty", "generator_adversarial"} <= set(logged)
+  moved = lambda a, b: max(float(np.max(np.abs(x - y)))
+                           for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert moved(adversarial.critic, state.critic) > 0.1 * lr
+  assert moved(adversarial.generator, generator) > 0.1 * lr
+
+
+def test_a_step_of_a_config_with_a_curriculum_needs_its_phase():
+  """Without `phase` the step cannot know which phase it is in: the error names the fix, where
+  a silent full-size adversarial step would train another recipe. The phases differ: the same
+  state and batch give other metrics at 1/2 size than at full size."""
   config = _curriculum_config(1)
   built = system.System(config, jax.devices()[:1])
   task, key = built.task, built.root_key
   batch = _batch(config, 5)
-  results = {}
-  for step in (0, 1):
-    state = built.init_state().replace(step=np.int32(step))
-    by_phase = jax.device_get(built.jit_train_step(task.train_phase(step))(state, batch, key))
-    state = built.init_state().replace(step=np.int32(step))
-    from_state = jax.device_get(built.jit_train_step()(state, batch, key))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 by_phase, from_state)
-    results[step] = by_phase
-  assert results[0][1]["image_scale"] == 0.5 and results[1][1]["image_scale"] == 1.0
-  assert abs(float(results[0][1]["l1"]) - float(results[1][1]["l1"])) > 1e-6
+  with pytest.raises(ValueError, match=r"has a curriculum .*pass phase=task.train_phase\(step\)"):
+    built.jit_train_step()(built.init_state(), batch, key)
+  results = [jax.device_get(built.jit_train_step(task.train_phase(step))(
+      built.init_state(), batch, key))[1] for step in (0, 1)]
+  assert results[0]["image_scale"] == 0.5 and results[1]["image_scale"] == 1.0
+  assert abs(float(results[0]["l1"]) - float(results[1]["l1"])) > 1e-6
 
 
 def test_a_low_resolution_factor_the_generator_cannot_take_is_named():

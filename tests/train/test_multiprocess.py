@@ -1,19 +1,22 @@
 """Training on several processes (jax.distributed on 127.0.0.1, 2 CPU devices each) of the tiny
-copy-paste config: multi-host preemption, a lost peer, and (after the restart that follows a
-lost peer) the one-device result."""
+copy-paste config: multi-host preemption, a lost peer, (after the restart that follows a lost
+peer) the one-device result, and the one-device result of a run with a curriculum."""
 from __future__ import annotations
 
+import json
 import pathlib
 import signal
 import subprocess
 import time
 
 import jax
+import numpy as np
 import pytest
 
 from conftest import REPO, subprocess_env
 from cpjax.train import trainer
-from trainer_runs import assert_same_eval, assert_same_params, free_port, main_cmd, restore, tiny
+from trainer_runs import (assert_same_eval, assert_same_params,
+                          assert_same_params_but_rounding, free_port, main_cmd, restore, tiny)
 
 
 def _launch(workdir: pathlib.Path, port: int, *extra: str,
@@ -93,3 +96,26 @@ def test_a_killed_peer_stops_the_other_with_one_line(victim, tmp_path):
                             devices=jax.devices()[:1])
   assert_same_params(reference, restore(tiny(), tmp_path / "w"))
   assert_same_eval(tmp_path / "one", tmp_path / "w", latest + 1)
+
+
+def test_two_processes_run_a_curriculum_as_one_device_does(tmp_path):
+  """curriculum.low_res_steps 3 and reconstruction_steps 1 of 4 steps on 2 processes: every
+  process picks each step's compiled phase from its own step count, so both run the same
+  program at every step; the run ends with one device's parameters, but for entries whose
+  gradient is float rounding (`assert_same_params_but_rounding`, as for 8 devices in
+  test_trainer.py), and logs the same losses (1e-4)."""
+  curriculum = {"curriculum.low_res_steps": 3, "curriculum.reconstruction_steps": 1,
+                "log_every_steps": 1}
+  procs = _launch(tmp_path / "w", free_port(), "--config.total_steps=4",
+                  *(f"--config.{k}={v}" for k, v in curriculum.items()))
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [out[-2000:] for out in outputs]
+  reference = trainer.train(tiny(**curriculum), tmp_path / "one", devices=jax.devices()[:1])
+  assert_same_params_but_rounding(reference, restore(tiny(**curriculum), tmp_path / "w"))
+  logged = [[json.loads(line) for line in (tmp_path / run / "train_metrics.jsonl").read_text()
+             .splitlines()] for run in ("one", "w")]
+  assert [[(m["step"], "critic_loss" in m) for m in run] for run in logged] == [
+      [(1, False), (2, True), (3, True), (4, True)]] * 2
+  np.testing.assert_allclose([m["loss"] for m in logged[1]], [m["loss"] for m in logged[0]],
+                             rtol=1e-4)
+
