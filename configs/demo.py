@@ -15,7 +15,8 @@ docs/copy_paste_demo.md every run behind them):
   alone, on its L1 loss alone (the critic from step 9000: Iizuka et al. 2017's first phase),
   on the crops average-pooled to 64 px (T's offset halved), at 14-15 steps/s; steps 9000-11699
   train both networks at 128 px with the paper's losses, at about 3 steps/s: about 27.5
-  minutes in all. On 2026-12-08 it ended at 28.48 dB / 0.933 (seed 0). With the critic in
+  minutes in all. On 2026-12-08 it ended at 28.48 / 0.9326, 28.57 / 0.9322 and 28.57 /
+  0.9338 (dB / SSIM; seeds 0, 1, 2; Poisson blending: 28.19 / 0.9340). With the critic in
   the first phase its step ran at 6 steps/s, and the recipe before (4400 steps at 64 px, 2600
   at 128) ended at 28.01-28.39 dB / 0.928-0.930 (seeds 0, 1, 2); with the first phase
   without the critic but 5000 steps long (3400 at 128 px), at 28.17 / 0.929 (seed 0). Three
