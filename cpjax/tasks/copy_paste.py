@@ -250,7 +250,8 @@ class CopyPasteTask(Task):
   def train_step(self, state: GanState, batch: Batch, key: jax.Array,
                  phase: TrainPhase | None = None) -> tuple[GanState, Metrics]:
     """One step of `phase` (static: `train_phase` of the step; the trainer compiles one step per
-    phase). None: the paper's step, for a config without a curriculum.
+    phase): on the problems at 1 / phase.factor of the image size (`problems`), without the
+    critic unless phase.adversarial. None: the paper's step, for a config without a curriculum.
 
     Raises:
       ValueError: no phase is given but the config has a curriculum.
@@ -262,12 +263,6 @@ class CopyPasteTask(Task):
             "curriculum.reconstruction_steps > 0), whose steps differ from step to step; pass "
             "phase=task.train_phase(step) (a static argument: System.jit_train_step(phase)).")
       phase = FULL_PHASE
-    return self._train_step_at(phase, state, batch, key)
-
-  def _train_step_at(self, phase: TrainPhase, state: GanState, batch: Batch,
-                     key: jax.Array) -> tuple[GanState, Metrics]:
-    """One step on the problems at 1 / phase.factor of the image size (`problems`); without
-    the critic unless phase.adversarial."""
     factor = phase.factor
     ex = self.problems(batch, key, state.step, factor)
     # The critic's view: its inputs at full size (the low-resolution ones repeated).

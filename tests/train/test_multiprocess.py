@@ -15,8 +15,9 @@ import pytest
 
 from conftest import REPO, subprocess_env
 from cpjax.train import trainer
-from trainer_runs import (assert_same_eval, assert_same_params,
-                          assert_same_params_but_rounding, free_port, main_cmd, restore, tiny)
+from trainer_runs import (CURRICULUM, assert_same_eval, assert_same_params,
+                          assert_same_params_but_rounding, free_port, main_cmd, restore,
+                          tiny)
 
 
 def _launch(workdir: pathlib.Path, port: int, *extra: str,
@@ -104,8 +105,7 @@ def test_two_processes_run_a_curriculum_as_one_device_does(tmp_path):
   program at every step; the run ends with one device's parameters, but for entries whose
   gradient is float rounding (`assert_same_params_but_rounding`, as for 8 devices in
   test_trainer.py), and logs the same losses (1e-4)."""
-  curriculum = {"curriculum.low_res_steps": 3, "curriculum.reconstruction_steps": 1,
-                "log_every_steps": 1}
+  curriculum = CURRICULUM
   procs = _launch(tmp_path / "w", free_port(), "--config.total_steps=4",
                   *(f"--config.{k}={v}" for k, v in curriculum.items()))
   outputs = [p.communicate(timeout=600)[0] for p in procs]

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, evaluate_twice, subprocess_env
 from cpjax.train import trainer
 import trainer_runs
-from trainer_runs import (assert_same_eval, assert_same_params,
+from trainer_runs import (CURRICULUM, assert_same_eval, assert_same_params,
                           assert_same_params_but_rounding, main_cmd, tiny)
 
 
@@ -71,8 +71,7 @@ def test_a_curriculum_resumes_exactly_and_matches_on_eight_devices(tmp_path):
   (`assert_same_params_but_rounding`). At 16 px the tiny generator's bottleneck is 2 x 2, where
   8 of the 9 taps of its dilated convs see only padding: 9 of the 2304 entries of dilated_0's
   kernel differ by up to 3.7 lr after 4 steps (measured; 20 of the 101223 entries in all)."""
-  phased = {"curriculum.low_res_steps": 3, "curriculum.reconstruction_steps": 1,
-            "log_every_steps": 1}
+  phased = CURRICULUM
   straight = trainer.train(tiny(**phased), tmp_path / "straight", devices=jax.devices()[:1])
   logged = [json.loads(line) for line in
             (tmp_path / "straight" / "train_metrics.jsonl").read_text().splitlines()]

@@ -25,6 +25,12 @@ from cpjax.train import trainer
 PINNED = {"optim.b1": 0.0, "optim.lr": 2e-4, "optim.milestones": (), "transform.sigma": 0.1171875}
 
 
+# A curriculum within the 4 steps of `tiny`: steps 0-2 at half size, step 0 without the critic;
+# logged every step.
+CURRICULUM = {"curriculum.low_res_steps": 3, "curriculum.reconstruction_steps": 1,
+              "log_every_steps": 1}
+
+
 def tiny(total_steps: int = 4, **overrides):
   """configs/demo.py:tiny with the `PINNED` settings."""
   return tiny_config("demo", **{**PINNED, "total_steps": total_steps, **overrides})
